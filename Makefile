@@ -1,0 +1,38 @@
+# Embassy build, test and demo entry points. Each area adds its targets in
+# mk/<area>.mk; this file holds what is shared.
+SHELL := /bin/bash
+export GOFLAGS ?= -mod=mod
+export CGO_ENABLED ?= 0
+GO ?= go
+BUILD := build
+
+.PHONY: all deps build test unit vet bench soak demo clean
+all: build
+
+## deps: install system packages and the guest kernel (idempotent)
+deps:
+	@scripts/install-deps.sh
+	@if [ -x scripts/fetch-kernel.sh ]; then scripts/fetch-kernel.sh; fi
+
+## build: the three binaries into build/
+build:
+	@mkdir -p $(BUILD)
+	$(GO) build -trimpath -o $(BUILD)/ ./cmd/...
+
+## vet: gofmt and go vet
+vet:
+	@fmt=$$(gofmt -l $$(git ls-files '*.go' ; git ls-files --others --exclude-standard '*.go')); \
+	  if [ -n "$$fmt" ]; then echo "gofmt needed: $$fmt"; exit 1; fi
+	$(GO) vet ./...
+
+## test: install what is needed and run every test, QEMU scenarios included
+test: deps vet
+	$(GO) test -count=1 -timeout 60m ./...
+	CGO_ENABLED=1 $(GO) test -count=1 -race -timeout 30m $(RACE_PKGS)
+
+RACE_PKGS ?= ./storage/...
+
+clean:
+	rm -rf $(BUILD)
+
+-include mk/*.mk
