@@ -14,7 +14,7 @@ type memDevice struct {
 	durable []byte
 	pending []pendingWrite
 	// syncs counts Sync calls; failAfterWrites, when > 0, makes the device
-	// "lose power" after that many more writes (all later I/O fails).
+	// "lose power" at that many more writes or syncs (all later I/O fails).
 	syncs           int
 	failAfterWrites int
 	dead            bool
@@ -80,6 +80,14 @@ func (d *memDevice) Sync() error {
 	defer d.mu.Unlock()
 	if d.dead {
 		return errPowerCut
+	}
+	if d.failAfterWrites > 0 {
+		// Power may also go while the cache is being flushed.
+		d.failAfterWrites--
+		if d.failAfterWrites == 0 {
+			d.dead = true
+			return errPowerCut
+		}
 	}
 	for _, w := range d.pending {
 		copy(d.durable[w.off:], w.data)

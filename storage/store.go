@@ -239,7 +239,7 @@ func Open(dev Device, opts OpenOptions) (*Store, error) {
 		cacheBytes = DefaultCacheBytes
 	}
 	capNodes := int(cacheBytes / (BlockSize + 512))
-	if min := 4*g.depth() + 16; capNodes < min {
+	if min := g.depth() + 2; capNodes < min {
 		capNodes = min
 	}
 	s := &Store{
@@ -407,8 +407,9 @@ func (s *Store) Rewrap(newKEK []byte) error {
 }
 
 // commitLocked writes dirty metadata to the free slots, then the
-// superblock with the new root and epoch. Order: data sync, metadata
-// writes, sync, superblock write, sync. The previous superblock and every
+// superblock with the new root and epoch. Order: metadata writes, one sync
+// (covering the data written since the last commit too), superblock write,
+// sync. The previous superblock and every
 // block it references stay untouched, so a power cut at any instant leaves
 // either the old or the new committed state. Called with commitMu held
 // exclusively; force writes the superblock even with nothing dirty.
@@ -428,9 +429,6 @@ func (s *Store) commitLocked(force bool) error {
 }
 
 func (s *Store) commitNodes(dirty []*node) error {
-	if err := s.dev.Sync(); err != nil {
-		return fmt.Errorf("sync data: %w", err)
-	}
 	sort.Slice(dirty, func(i, j int) bool {
 		if dirty[i].level != dirty[j].level {
 			return dirty[i].level < dirty[j].level
