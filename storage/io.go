@@ -170,7 +170,10 @@ func (s *Store) readSpan(p []byte, pos int64, b0, b1 uint64) (int, error) {
 	span := int(b1-b0) * BlockSize
 	if start == 0 && len(p) >= span {
 		// Whole blocks: decrypt straight into p.
-		return span, s.readChunk(p[:span], b0, b1, nil)
+		if err := s.readChunk(p[:span], b0, b1, nil); err != nil {
+			return 0, err
+		}
+		return span, nil
 	}
 	tp := s.getBuf()
 	defer s.putBuf(tp)
