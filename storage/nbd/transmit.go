@@ -174,6 +174,12 @@ func (c *conn) handle(r *request, dirty *atomic.Bool) *reply {
 	if r.errno != 0 {
 		return fail(r.errno, "request too large")
 	}
+	if r.typ == cmdRead && r.length > c.s.maxPay {
+		if r.flags&cmdFlagDF != 0 {
+			return fail(errOverflow, "read too large for one chunk")
+		}
+		return fail(errInval, "read larger than maximum payload")
+	}
 	end := r.off + uint64(r.length)
 	inRange := end >= r.off && end <= uint64(c.size)
 	writes := r.typ == cmdWrite || r.typ == cmdTrim || r.typ == cmdWriteZeroes
@@ -191,12 +197,6 @@ func (c *conn) handle(r *request, dirty *atomic.Bool) *reply {
 	var err error
 	switch r.typ {
 	case cmdRead:
-		if r.length > c.s.maxPay {
-			if r.flags&cmdFlagDF != 0 {
-				return fail(errOverflow, "read too large for one chunk")
-			}
-			return fail(errInval, "read larger than maximum payload")
-		}
 		rep.off = r.off
 		rep.df = r.flags&cmdFlagDF != 0
 		if n == 0 {
