@@ -14,7 +14,6 @@ import (
 	"github.com/dataembassy/embassy/appliance"
 )
 
-
 // syncBuffer is a goroutine-safe log sink.
 type syncBuffer struct {
 	mu sync.Mutex
