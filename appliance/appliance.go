@@ -45,46 +45,45 @@ var (
 	ErrLocked = errors.New("appliance: local key share locked until reboot")
 )
 
-// Lease is a verifier's positive decision.
-type Lease struct {
-	// Expires is when the appliance must stop serving unless renewed.
-	Expires time.Time
-	// Provision is set when the verifier wants a blank disk formatted.
+// Unlocked is the result of a successful unlock: the verifier released its
+// share and the TPM combined it with the local share.
+type Unlocked struct {
+	// KEK is the store's key-encryption key. The appliance zeroizes it.
+	KEK []byte
+	// Provision is set when the verifier has never seen a store from this
+	// appliance: format the data disk.
 	Provision bool
-	// RemoteShare is the verifier's key share, already imported/decrypted by
-	// the attester (bound to this TPM and its PCRs).
-	RemoteShare []byte
+	// SealedLocal is the newly sealed local share when Provision is set;
+	// it goes into the data disk header.
+	SealedLocal []byte
+	// Lease is how long the appliance may serve before a heartbeat.
+	Lease time.Duration
+	// Release names the release the verifier matched (for the console).
+	Release string
 }
 
-// Attester is the appliance side of the verifier protocol.
+// Attester is the appliance side of the verifier protocol (attest/agent).
 type Attester interface {
-	// Attest sends fresh evidence (quote over a verifier nonce, event logs)
-	// and returns the lease with the remote share. Refusal and revocation
-	// are errors wrapping ErrRefused or ErrRevoked; anything else is treated
-	// as transient (verifier unreachable) and retried.
-	Attest(ctx context.Context) (*Lease, error)
-	// Renew re-attests while serving and returns the extended lease. The
-	// remote share is not sent again. Same error contract as Attest.
-	Renew(ctx context.Context) (*Lease, error)
-}
-
-// KeyShares is the TPM side of the key: the local share sealed to this TPM
-// and its boot measurements, and the phase PCR that closes the unseal window.
-type KeyShares interface {
-	// SealNew creates a new random local share sealed to the TPM and returns
-	// the sealed blob (stored in the data disk header).
-	SealNew(ctx context.Context) ([]byte, error)
-	// KEK unseals the local share from sealed and combines it with the
-	// remote share into the store's key-encryption key.
-	KEK(ctx context.Context, sealed, remote []byte) ([]byte, error)
-	// Lock extends the phase PCR: the local share cannot be unsealed again
-	// until reboot.
-	Lock(ctx context.Context) error
+	// Unlock attests the boot, reporting the store's last known epoch,
+	// imports the verifier's share, unseals the local share from
+	// sealedLocal (nil on a blank disk) or seals a new one, derives the KEK
+	// and extends the phase PCR. Refusal and revocation are errors wrapping
+	// ErrRefused or ErrRevoked (the phase PCR is then untouched); other
+	// errors are transient unless Locked reports the phase PCR extended.
+	Unlock(ctx context.Context, epoch uint64, sealedLocal []byte) (*Unlocked, error)
+	// Heartbeat re-attests a running appliance and returns the renewed
+	// lease. Same error contract as Unlock.
+	Heartbeat(ctx context.Context, epoch uint64) (time.Duration, error)
+	// Locked reports whether the phase PCR has been extended this boot, so
+	// that no share can be unsealed again until reboot.
+	Locked() (bool, error)
 }
 
 // Store is an open store. The appliance treats it as opaque and hands it
 // to the Exporter.
 type Store interface {
+	// Epoch is the store's commit epoch, reported to the verifier.
+	Epoch() uint64
 	// Flush makes completed writes durable.
 	Flush() error
 	// Close flushes, wipes the store's keys from memory and releases it.
@@ -122,9 +121,9 @@ type Platform interface {
 
 // Measurer extends the appliance's own PCR and keeps its event log.
 type Measurer interface {
-	// Measure records an event: the digest of data extends the PCR, the
-	// description and digest go into the log.
-	Measure(description string, data []byte) error
+	// Measure records an event: its digest extends the PCR and the event
+	// goes into the log the verifier replays.
+	Measure(typ, name string, data []byte) error
 }
 
 // PCRReader reads PCR values for the console report.
@@ -134,8 +133,10 @@ type PCRReader interface {
 
 // Measurement is one thing the appliance measures at start.
 type Measurement struct {
-	// Description names it in the event log ("embassy-appliance binary").
-	Description string
+	// Type is the event type ("binary", "config").
+	Type string
+	// Name names what was measured (its path).
+	Name string
 	// Data is what is hashed.
 	Data []byte
 }
@@ -153,7 +154,6 @@ type Options struct {
 	Measurer Measurer
 	PCRs     PCRReader // optional
 	Attester Attester
-	Keys     KeyShares
 	Storage  Storage
 	Exporter Exporter
 
@@ -166,18 +166,17 @@ type Options struct {
 
 // Appliance runs the boot sequence. Create with New; call Run once.
 type Appliance struct {
-	o      Options
-	log    *slog.Logger
-	locked bool
-	disk   Device
-	start  time.Time
+	o     Options
+	log   *slog.Logger
+	disk  Device
+	start time.Time
 }
 
 // New checks opts and returns an Appliance.
 func New(opts Options) (*Appliance, error) {
 	if opts.Config == nil || opts.Platform == nil || opts.Measurer == nil || opts.Attester == nil ||
-		opts.Keys == nil || opts.Storage == nil || opts.Exporter == nil {
-		return nil, errors.New("appliance: Config, Platform, Measurer, Attester, Keys, Storage and Exporter are required")
+		opts.Storage == nil || opts.Exporter == nil {
+		return nil, errors.New("appliance: Config, Platform, Measurer, Attester, Storage and Exporter are required")
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -212,10 +211,10 @@ func (a *Appliance) Run(ctx context.Context) error {
 	if err := a.step("measure", func() error {
 		for _, m := range a.o.Measurements {
 			sum := sha256.Sum256(m.Data)
-			if err := a.o.Measurer.Measure(m.Description, m.Data); err != nil {
-				return fmt.Errorf("measuring %s: %w", m.Description, err)
+			if err := a.o.Measurer.Measure(m.Type, m.Name, m.Data); err != nil {
+				return fmt.Errorf("measuring %s: %w", m.Name, err)
 			}
-			a.log.Info("measured", "what", m.Description, "sha256", hex.EncodeToString(sum[:]))
+			a.log.Info("measured", "type", m.Type, "name", m.Name, "sha256", hex.EncodeToString(sum[:]))
 		}
 		return nil
 	}); err != nil {
@@ -289,81 +288,76 @@ func reason(err error) string {
 // returns a non-nil error saying why it stopped, after zeroizing.
 func (a *Appliance) session(ctx context.Context) error {
 	cfg := a.o.Config
-	var lease *Lease
-	if err := a.step("attest", func() error {
-		l, err := a.o.Attester.Attest(ctx)
-		if err != nil {
+	if locked, err := a.o.Attester.Locked(); err == nil && locked {
+		return a.waitForReadmission(ctx)
+	}
+
+	hdr, err := ReadHeader(a.disk, cfg.Disk.HeaderSize)
+	blank := errors.Is(err, ErrNoHeader)
+	if err != nil && !blank {
+		return fmt.Errorf("%w: %w", ErrHalted, err)
+	}
+	var sealed []byte
+	var epoch uint64
+	if !blank {
+		sealed, epoch = hdr.SealedLocal, hdr.Epoch
+	}
+
+	var u *Unlocked
+	if err := a.step("attest+unlock", func() error {
+		var err error
+		if u, err = a.o.Attester.Unlock(ctx, epoch, sealed); err != nil {
 			return err
 		}
-		lease = l
-		a.log.Info("verifier accepted", "lease_expires", l.Expires.UTC().Format(time.RFC3339), "provision", l.Provision)
+		a.log.Info("verifier released the key", "release", u.Release, "lease", u.Lease, "provision", u.Provision)
 		return nil
 	}); err != nil {
+		if errors.Is(err, ErrRefused) || errors.Is(err, ErrRevoked) {
+			return err
+		}
+		if locked, lerr := a.o.Attester.Locked(); lerr == nil && locked {
+			// The verifier answered and the unseal window is closed:
+			// retrying this boot cannot succeed.
+			return fmt.Errorf("%w: %w", ErrHalted, err)
+		}
 		return err
 	}
-	defer clear(lease.RemoteShare)
-	if a.locked {
-		return ErrLocked
-	}
+	defer clear(u.KEK)
+	a.reportPCRs("after unlocking")
 
 	storeDev, err := NewWindow(a.disk, cfg.Disk.HeaderSize)
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: %w", ErrHalted, err)
 	}
 	var store Store
-	unsealed := false
-	if err := a.step("unlock", func() error {
-		sealed, err := ReadHeader(a.disk, cfg.Disk.HeaderSize)
-		provision := false
+	if err := a.step("open store", func() error {
+		var err error
 		switch {
-		case errors.Is(err, ErrNoHeader) && lease.Provision:
-			provision = true
+		case u.Provision && blank:
 			a.log.Info("blank data disk: provisioning a new store")
-			if sealed, err = a.o.Keys.SealNew(ctx); err != nil {
-				return fmt.Errorf("sealing a new local share: %w", err)
-			}
-		case errors.Is(err, ErrNoHeader):
-			return ErrNotProvisioned
-		case err != nil:
-			return fmt.Errorf("%w: %w", ErrHalted, err)
-		}
-		unsealed = true
-		kek, err := a.o.Keys.KEK(ctx, sealed, lease.RemoteShare)
-		if err != nil {
-			return fmt.Errorf("%w: deriving the KEK: %w", ErrHalted, err)
-		}
-		defer clear(kek)
-		if provision {
-			if store, err = a.o.Storage.Format(storeDev, kek); err != nil {
+			if store, err = a.o.Storage.Format(storeDev, u.KEK); err != nil {
 				return fmt.Errorf("%w: formatting the store: %w", ErrHalted, err)
 			}
-			// The header goes last: a crash before this point leaves a blank
-			// disk that is provisioned again.
-			if err := WriteHeader(a.disk, sealed, cfg.Disk.HeaderSize); err != nil {
+			// The header goes last: a crash before this point leaves a
+			// blank disk, provisioned again on the next boot.
+			if err := WriteHeader(a.disk, Header{Epoch: store.Epoch(), SealedLocal: u.SealedLocal}, cfg.Disk.HeaderSize); err != nil {
 				store.Close()
-				return err
+				return fmt.Errorf("%w: %w", ErrHalted, err)
 			}
-			a.log.Info("store formatted")
-			return nil
+			a.log.Info("store formatted", "epoch", store.Epoch())
+		case u.Provision:
+			return fmt.Errorf("%w: the verifier says provision but the data disk holds a store", ErrHalted)
+		default:
+			if store, err = a.o.Storage.Open(storeDev, u.KEK); err != nil {
+				return fmt.Errorf("%w: opening the store: %w", ErrHalted, err)
+			}
+			a.log.Info("store opened", "epoch", store.Epoch())
 		}
-		if store, err = a.o.Storage.Open(storeDev, kek); err != nil {
-			return fmt.Errorf("%w: opening the store: %w", ErrHalted, err)
-		}
-		a.log.Info("store opened")
 		return nil
 	}); err != nil {
-		// Close the unseal window even on failure once the share was
-		// touched: a failed unlock must not leave it open.
-		if unsealed {
-			a.lock(ctx)
-		}
 		return err
 	}
-	if err := a.lock(ctx); err != nil {
-		store.Close()
-		return err
-	}
-	a.reportPCRs("after locking")
+	clear(u.KEK)
 
 	serveCtx, stopServing := context.WithCancel(ctx)
 	served := make(chan error, 1)
@@ -374,74 +368,80 @@ func (a *Appliance) session(ctx context.Context) error {
 	}()
 	stop := func(why error) error {
 		stopServing()
-		serr := <-served
+		<-served
 		// Zeroize: the store wipes its keys on Close.
 		if err := store.Close(); err != nil {
 			a.log.Error("closing store", "err", err)
 		}
 		a.log.Warn("stopped serving, keys zeroized", "reason", reason(why), "err", why)
-		if serr != nil && !errors.Is(serr, context.Canceled) && why == nil {
-			return serr
-		}
 		return why
 	}
 
+	expires := time.Now().Add(u.Lease)
 	for {
-		renewAt := time.Until(lease.Expires)
-		renewAt = time.Duration(float64(renewAt) * a.o.RenewFraction)
+		wait := time.Duration(float64(time.Until(expires)) * a.o.RenewFraction)
 		select {
 		case <-ctx.Done():
 			return stop(ctx.Err())
 		case err := <-served:
 			served <- err // stop reads it again
 			return stop(fmt.Errorf("NBD server stopped: %w", err))
-		case <-time.After(renewAt):
+		case <-time.After(wait):
 		}
-		l, err := a.renew(ctx, lease.Expires)
+		lease, err := a.heartbeat(ctx, store, expires)
 		if err != nil {
 			return stop(err)
 		}
-		lease.Expires = l.Expires
-		a.log.Info("lease renewed", "lease_expires", l.Expires.UTC().Format(time.RFC3339))
+		expires = time.Now().Add(lease)
+		a.log.Info("lease renewed", "lease", lease, "epoch", store.Epoch())
 	}
 }
 
-// renew re-attests, retrying transient failures until the lease expires.
-func (a *Appliance) renew(ctx context.Context, expires time.Time) (*Lease, error) {
+// heartbeat re-attests, retrying transient failures until the lease
+// expires. The store's epoch is recorded in the disk header first, so the
+// next boot reports an epoch the verifier has seen (or a newer one).
+func (a *Appliance) heartbeat(ctx context.Context, store Store, expires time.Time) (time.Duration, error) {
+	cfg := a.o.Config
 	delay := 200 * time.Millisecond
 	for {
-		l, err := a.o.Attester.Renew(ctx)
+		epoch := store.Epoch()
+		if err := UpdateHeaderEpoch(a.disk, epoch, cfg.Disk.HeaderSize); err != nil {
+			a.log.Error("recording the epoch in the disk header", "err", err)
+		}
+		l, err := a.o.Attester.Heartbeat(ctx, epoch)
 		if err == nil {
 			return l, nil
 		}
 		if errors.Is(err, ErrRefused) || errors.Is(err, ErrRevoked) {
-			return nil, err
+			return 0, err
 		}
 		left := time.Until(expires)
 		if left <= 0 {
-			return nil, fmt.Errorf("%w (last error: %v)", ErrLeaseExpired, err)
+			return 0, fmt.Errorf("%w (last error: %v)", ErrLeaseExpired, err)
 		}
-		a.log.Warn("renewal failed, retrying", "err", err, "lease_left", left.Round(time.Millisecond))
+		a.log.Warn("heartbeat failed, retrying", "err", err, "lease_left", left.Round(time.Millisecond))
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return 0, ctx.Err()
 		case <-time.After(min(delay, left)):
 		}
 		delay = min(2*delay, 5*time.Second)
 	}
 }
 
-func (a *Appliance) lock(ctx context.Context) error {
-	if a.locked {
-		return nil
+// waitForReadmission runs when this boot's unseal window is closed (after a
+// revocation, refusal or lost lease): it asks the verifier, by heartbeat,
+// whether the appliance is admitted again, and returns ErrLocked (reboot)
+// when it is.
+func (a *Appliance) waitForReadmission(ctx context.Context) error {
+	hdr, err := ReadHeader(a.disk, a.o.Config.Disk.HeaderSize)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrHalted, err)
 	}
-	return a.step("lock", func() error {
-		if err := a.o.Keys.Lock(ctx); err != nil {
-			return fmt.Errorf("extending the phase PCR: %w", err)
-		}
-		a.locked = true
-		return nil
-	})
+	if _, err := a.o.Attester.Heartbeat(ctx, hdr.Epoch); err != nil {
+		return err
+	}
+	return ErrLocked
 }
 
 func (a *Appliance) reportPCRs(when string) {

@@ -36,7 +36,6 @@ type rig struct {
 	platform *fakePlatform
 	measurer *fakeMeasurer
 	attester *fakeAttester
-	keys     *fakeKeys
 	exporter *fakeExporter
 	log      *syncBuffer
 	done     chan struct{}
@@ -52,22 +51,24 @@ func testConfig() *appliance.Config {
 	}
 }
 
-// start runs an appliance on disk with the given TPM name and attester.
-func start(t *testing.T, disk *memDevice, tpm string, att *fakeAttester) *rig {
+// start runs an appliance on disk with the given attester.
+func start(t *testing.T, disk *memDevice, att *fakeAttester) *rig {
 	t.Helper()
 	r := &rig{
 		platform: &fakePlatform{disk: disk, rebooted: make(chan struct{})},
 		measurer: &fakeMeasurer{},
 		attester: att,
-		keys:     &fakeKeys{tpm: tpm},
 		exporter: newFakeExporter(),
 		log:      &syncBuffer{},
 		done:     make(chan struct{}),
 	}
 	a, err := appliance.New(appliance.Options{
-		Config:       testConfig(),
-		Measurements: []appliance.Measurement{{Description: "binary", Data: []byte("bin")}, {Description: "config", Data: []byte("cfg")}},
-		Platform:     r.platform, Measurer: r.measurer, Attester: r.attester, Keys: r.keys,
+		Config: testConfig(),
+		Measurements: []appliance.Measurement{
+			{Type: "binary", Name: "/bin/embassy-appliance", Data: []byte("bin")},
+			{Type: "config", Name: "/etc/embassy/appliance.json", Data: []byte("cfg")},
+		},
+		Platform: r.platform, Measurer: r.measurer, Attester: r.attester,
 		Storage: fakeStorage{}, Exporter: r.exporter,
 		Logger: slog.New(slog.NewTextHandler(r.log, nil)),
 	})
@@ -100,16 +101,6 @@ func (r *rig) waitServing(t *testing.T) {
 	}
 }
 
-func (r *rig) stop(t *testing.T) {
-	t.Helper()
-	r.cancel()
-	select {
-	case <-r.done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run did not return")
-	}
-}
-
 // waitLog waits until the console log contains substr.
 func (r *rig) waitLog(t *testing.T, substr string) {
 	t.Helper()
@@ -123,51 +114,65 @@ func (r *rig) waitLog(t *testing.T, substr string) {
 	t.Fatalf("console never said %q", substr)
 }
 
-func alwaysLease(d time.Duration, provision bool) func(int) (*appliance.Lease, error) {
-	return func(int) (*appliance.Lease, error) { return lease(d, provision), nil }
+func (r *rig) stop(t *testing.T) {
+	t.Helper()
+	r.cancel()
+	select {
+	case <-r.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return")
+	}
+}
+
+func grant(provision bool, lease time.Duration) func(int) (bool, time.Duration, error) {
+	return func(int) (bool, time.Duration, error) { return provision, lease, nil }
+}
+
+func beats(lease time.Duration) func(int) (time.Duration, error) {
+	return func(int) (time.Duration, error) { return lease, nil }
 }
 
 func TestFirstBootProvisionsThenReopens(t *testing.T) {
 	disk := newMemDevice(64 << 10)
-	r := start(t, disk, "tpm-A", &fakeAttester{attest: alwaysLease(time.Hour, true), renew: alwaysLease(time.Hour, false)})
+	r := start(t, disk, &fakeAttester{tpm: "A", decide: grant(true, time.Hour), heartbeat: beats(time.Hour)})
 	r.waitServing(t)
-	if !r.keys.isLocked() {
-		t.Error("serving before the phase PCR was extended")
-	}
-	if len(r.measurer.events) != 2 || !strings.HasPrefix(r.measurer.events[0], "binary:") {
+	if len(r.measurer.events) != 2 || !strings.HasPrefix(r.measurer.events[0], "binary:/bin/embassy-appliance:") {
 		t.Errorf("measurements %v", r.measurer.events)
 	}
-	if _, err := appliance.ReadHeader(disk, 4096); err != nil {
+	h, err := appliance.ReadHeader(disk, 4096)
+	if err != nil {
 		t.Fatalf("no header after provisioning: %v", err)
+	}
+	if string(h.SealedLocal) != "sealed-by-A" || h.Epoch != 7 {
+		t.Errorf("header %+v", h)
+	}
+	if r.attester.epochs[0] != 0 {
+		t.Errorf("first boot reported epoch %d, want 0", r.attester.epochs[0])
 	}
 	r.stop(t)
 	if !r.exporter.stores[0].isClosed() {
 		t.Error("store not closed (keys not zeroized) on shutdown")
 	}
 
-	// Reboot: same disk, same TPM, verifier no longer says provision.
-	r2 := start(t, disk, "tpm-A", &fakeAttester{attest: alwaysLease(time.Hour, false), renew: alwaysLease(time.Hour, false)})
+	// Reboot: same disk, same TPM, the verifier no longer says provision.
+	r2 := start(t, disk, &fakeAttester{tpm: "A", decide: grant(false, time.Hour), heartbeat: beats(time.Hour)})
 	r2.waitServing(t)
-	if r2.keys.sealed != 0 {
-		t.Error("second boot sealed a new share instead of reusing the disk's")
-	}
-	if !strings.Contains(r2.log.String(), "store opened") {
-		t.Errorf("second boot did not open the existing store:\n%s", r2.log.String())
+	r2.waitLog(t, "store opened")
+	if r2.attester.epochs[0] != 7 {
+		t.Errorf("second boot reported epoch %d, want the header's 7", r2.attester.epochs[0])
 	}
 }
 
-func TestRefusedRetriesWithoutUnlocking(t *testing.T) {
+func TestRefusedRetriesWithBackoff(t *testing.T) {
 	disk := newMemDevice(64 << 10)
-	att := &fakeAttester{
-		attest: func(n int) (*appliance.Lease, error) {
+	att := &fakeAttester{tpm: "A", heartbeat: beats(time.Hour),
+		decide: func(n int) (bool, time.Duration, error) {
 			if n <= 3 {
-				return nil, fmt.Errorf("PCR 9 differs: %w", appliance.ErrRefused)
+				return false, 0, fmt.Errorf("PCR 9 differs: %w", appliance.ErrRefused)
 			}
-			return lease(time.Hour, true), nil
-		},
-		renew: alwaysLease(time.Hour, false),
-	}
-	r := start(t, disk, "tpm-A", att)
+			return true, time.Hour, nil
+		}}
+	r := start(t, disk, att)
 	r.waitServing(t)
 	if n, _ := att.counts(); n != 4 {
 		t.Errorf("attested %d times, want 4", n)
@@ -175,27 +180,49 @@ func TestRefusedRetriesWithoutUnlocking(t *testing.T) {
 	if got := strings.Count(r.log.String(), "reason=refused"); got != 3 {
 		t.Errorf("logged %d refusals, want 3:\n%s", got, r.log.String())
 	}
-	if r.keys.kekCall != 1 {
-		t.Errorf("KEK derived %d times, want 1 (only after acceptance)", r.keys.kekCall)
+	if !strings.Contains(r.log.String(), "retry_in=20ms") || !strings.Contains(r.log.String(), "retry_in=40ms") {
+		t.Errorf("no growing backoff:\n%s", r.log.String())
+	}
+}
+
+func TestRefusedNeverServes(t *testing.T) {
+	disk := newMemDevice(64 << 10)
+	att := &fakeAttester{tpm: "A", heartbeat: beats(time.Hour),
+		decide: func(int) (bool, time.Duration, error) {
+			return false, 0, fmt.Errorf("check release, PCR 15: %w", appliance.ErrRefused)
+		}}
+	r := start(t, disk, att)
+	r.waitLog(t, "retry_in=40ms")
+	if r.exporter.isServing() {
+		t.Fatal("served after a refusal")
+	}
+	if _, err := appliance.ReadHeader(disk, 4096); !errors.Is(err, appliance.ErrNoHeader) {
+		t.Errorf("disk touched after a refusal: %v", err)
 	}
 }
 
 func TestRevokedWhileServingStopsAndZeroizes(t *testing.T) {
 	disk := newMemDevice(64 << 10)
-	att := &fakeAttester{
-		attest: alwaysLease(300*time.Millisecond, true),
-		renew: func(n int) (*appliance.Lease, error) {
-			if n == 1 {
-				return lease(300*time.Millisecond, false), nil
+	revoked := make(chan struct{})
+	att := &fakeAttester{tpm: "A", decide: grant(true, 300*time.Millisecond),
+		heartbeat: func(n int) (time.Duration, error) {
+			switch {
+			case n == 1:
+				return 300 * time.Millisecond, nil
+			case n == 2:
+				close(revoked)
+				return 0, fmt.Errorf("operator revoked: %w", appliance.ErrRevoked)
+			case n < 5:
+				return 0, fmt.Errorf("still revoked: %w", appliance.ErrRevoked)
 			}
-			return nil, fmt.Errorf("operator revoked: %w", appliance.ErrRevoked)
-		},
-	}
-	r := start(t, disk, "tpm-A", att)
+			return time.Hour, nil // released again
+		}}
+	r := start(t, disk, att)
 	r.waitServing(t)
+	<-revoked
 	r.waitLog(t, "stopped serving, keys zeroized")
 	if r.exporter.isServing() {
-		t.Error("exporter still serving")
+		t.Error("exporter still serving after revocation")
 	}
 	if !r.exporter.stores[0].isClosed() {
 		t.Error("store not closed after revocation")
@@ -203,29 +230,25 @@ func TestRevokedWhileServingStopsAndZeroizes(t *testing.T) {
 	if !strings.Contains(r.log.String(), "reason=revoked") {
 		t.Errorf("console does not say why:\n%s", r.log.String())
 	}
-	// The verifier accepts again, but the local share is locked: reboot.
+	// Admitted again, but the unseal window is closed this boot: reboot.
 	select {
 	case <-r.done:
 	case <-time.After(5 * time.Second):
-		t.Fatal("no reboot after re-acceptance")
+		t.Fatal("no reboot after readmission")
 	}
 	if r.platform.reboots != 1 {
 		t.Errorf("reboots = %d, want 1", r.platform.reboots)
+	}
+	if n, _ := att.counts(); n != 1 {
+		t.Errorf("Unlock called %d times in one boot, want 1", n)
 	}
 }
 
 func TestLeaseExpiresWhenVerifierUnreachable(t *testing.T) {
 	disk := newMemDevice(64 << 10)
-	att := &fakeAttester{
-		attest: func(n int) (*appliance.Lease, error) {
-			if n == 1 {
-				return lease(400*time.Millisecond, true), nil
-			}
-			return nil, errors.New("connection refused")
-		},
-		renew: func(int) (*appliance.Lease, error) { return nil, errors.New("connection refused") },
-	}
-	r := start(t, disk, "tpm-A", att)
+	att := &fakeAttester{tpm: "A", decide: grant(true, 400*time.Millisecond),
+		heartbeat: func(int) (time.Duration, error) { return 0, errors.New("connection refused") }}
+	r := start(t, disk, att)
 	r.waitServing(t)
 	r.waitLog(t, "stopped serving, keys zeroized")
 	if r.exporter.isServing() {
@@ -236,46 +259,38 @@ func TestLeaseExpiresWhenVerifierUnreachable(t *testing.T) {
 	}
 }
 
-func TestBlankDiskWithoutProvisionNeverFormats(t *testing.T) {
-	disk := newMemDevice(64 << 10)
-	r := start(t, disk, "tpm-A", &fakeAttester{attest: alwaysLease(time.Hour, false), renew: alwaysLease(time.Hour, false)})
-	deadline := time.Now().Add(300 * time.Millisecond)
-	for time.Now().Before(deadline) && !strings.Contains(r.log.String(), "not provisioned") {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if !strings.Contains(r.log.String(), `reason="not provisioned"`) {
-		t.Fatalf("no 'not provisioned' on the console:\n%s", r.log.String())
-	}
-	if r.exporter.isServing() || r.keys.sealed != 0 || r.keys.isLocked() {
-		t.Error("blank disk without a provisioning grant was served, sealed or locked")
-	}
-	if _, err := appliance.ReadHeader(disk, 4096); !errors.Is(err, appliance.ErrNoHeader) {
-		t.Errorf("header written: %v", err)
-	}
-}
-
 func TestOtherTPMHalts(t *testing.T) {
 	disk := newMemDevice(64 << 10)
-	r := start(t, disk, "tpm-A", &fakeAttester{attest: alwaysLease(time.Hour, true), renew: alwaysLease(time.Hour, false)})
+	r := start(t, disk, &fakeAttester{tpm: "A", decide: grant(true, time.Hour), heartbeat: beats(time.Hour)})
 	r.waitServing(t)
 	r.stop(t)
 
-	r2 := start(t, disk, "tpm-B", &fakeAttester{attest: alwaysLease(time.Hour, false), renew: alwaysLease(time.Hour, false)})
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) && !strings.Contains(r2.log.String(), "HALTED") {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if !strings.Contains(r2.log.String(), "HALTED") {
-		t.Fatalf("no halt with another TPM:\n%s", r2.log.String())
-	}
+	att := &fakeAttester{tpm: "B", decide: grant(false, time.Hour), heartbeat: beats(time.Hour)}
+	r2 := start(t, disk, att)
+	r2.waitLog(t, "HALTED")
 	if r2.exporter.isServing() {
 		t.Error("served with another TPM")
 	}
-	if !r2.keys.isLocked() {
-		t.Error("unseal window left open after a failed unlock")
-	}
-	if n, _ := r2.attester.counts(); n != 1 {
+	time.Sleep(50 * time.Millisecond)
+	if n, _ := att.counts(); n != 1 {
 		t.Errorf("attested %d times after a halt, want 1", n)
+	}
+}
+
+func TestStoreOpenFailureHalts(t *testing.T) {
+	disk := newMemDevice(64 << 10)
+	r := start(t, disk, &fakeAttester{tpm: "A", decide: grant(true, time.Hour), heartbeat: beats(time.Hour)})
+	r.waitServing(t)
+	r.stop(t)
+	disk.buf[4096] ^= 0xff // the fake store's key check block
+
+	r2 := start(t, disk, &fakeAttester{tpm: "A", decide: grant(false, time.Hour), heartbeat: beats(time.Hour)})
+	r2.waitLog(t, "HALTED")
+	if !strings.Contains(r2.log.String(), errWrongKey.Error()) {
+		t.Errorf("console does not carry the store's error:\n%s", r2.log.String())
+	}
+	if r2.exporter.isServing() {
+		t.Error("served a store that failed to open")
 	}
 }
 

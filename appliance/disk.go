@@ -78,14 +78,17 @@ func (w *Window) Size() (int64, error) { return w.Length, nil }
 //	0   8  magic "EMBHDR\x00\x01"
 //	8   4  format version, big endian (1)
 //	12  4  payload length n, big endian
-//	16 32  sha256(payload)
-//	48  n  payload: the TPM-sealed local key share blob
+//	16  8  store epoch last reported to the verifier, big endian
+//	24 32  sha256(bytes 16..24 || payload)
+//	56  n  payload: the TPM-sealed local key share blob
 //
 // An all-zero first block means "never provisioned". The checksum only
-// catches accidents: the payload is authenticated by the TPM when unsealed.
+// catches accidents: the payload is authenticated by the TPM when unsealed,
+// and the epoch is advisory (the store's own rollback check is the TPM NV
+// counter).
 const (
 	headerVersion  = 1
-	headerFixedLen = 48
+	headerFixedLen = 56
 )
 
 var headerMagic = [8]byte{'E', 'M', 'B', 'H', 'D', 'R', 0, 1}
@@ -98,59 +101,77 @@ var (
 	ErrBadHeader = errors.New("appliance: data disk header is corrupt")
 )
 
-// EncodeHeader lays out payload in a header region of regionSize bytes.
-func EncodeHeader(payload []byte, regionSize int64) ([]byte, error) {
-	if int64(len(payload)) > regionSize-headerFixedLen {
-		return nil, fmt.Errorf("appliance: %d-byte sealed share does not fit a %d-byte header", len(payload), regionSize)
+// Header is the content of the data disk's header region.
+type Header struct {
+	// Epoch is the store epoch last reported to the verifier.
+	Epoch uint64
+	// SealedLocal is the TPM-sealed local key share.
+	SealedLocal []byte
+}
+
+func headerSum(b []byte, payload []byte) [32]byte {
+	h := sha256.New()
+	h.Write(b[16:24])
+	h.Write(payload)
+	var s [32]byte
+	h.Sum(s[:0])
+	return s
+}
+
+// EncodeHeader lays out h for a header region of regionSize bytes.
+func EncodeHeader(h Header, regionSize int64) ([]byte, error) {
+	if int64(len(h.SealedLocal)) > regionSize-headerFixedLen {
+		return nil, fmt.Errorf("appliance: %d-byte sealed share does not fit a %d-byte header", len(h.SealedLocal), regionSize)
 	}
-	b := make([]byte, headerFixedLen+len(payload))
+	b := make([]byte, headerFixedLen+len(h.SealedLocal))
 	copy(b, headerMagic[:])
 	binary.BigEndian.PutUint32(b[8:], headerVersion)
-	binary.BigEndian.PutUint32(b[12:], uint32(len(payload)))
-	sum := sha256.Sum256(payload)
-	copy(b[16:], sum[:])
-	copy(b[headerFixedLen:], payload)
+	binary.BigEndian.PutUint32(b[12:], uint32(len(h.SealedLocal)))
+	binary.BigEndian.PutUint64(b[16:], h.Epoch)
+	copy(b[headerFixedLen:], h.SealedLocal)
+	sum := headerSum(b, h.SealedLocal)
+	copy(b[24:], sum[:])
 	return b, nil
 }
 
-// ParseHeader returns the payload of an encoded header region (or a prefix
-// of it holding at least the whole header).
-func ParseHeader(region []byte) ([]byte, error) {
+// ParseHeader decodes a header region (or a prefix of it holding at least
+// the whole header).
+func ParseHeader(region []byte) (Header, error) {
 	if len(region) < headerFixedLen {
-		return nil, fmt.Errorf("%w: %d bytes", ErrBadHeader, len(region))
+		return Header{}, fmt.Errorf("%w: %d bytes", ErrBadHeader, len(region))
 	}
 	if !bytes.Equal(region[:8], headerMagic[:]) {
 		if allZero(region[:min(len(region), 4096)]) {
-			return nil, ErrNoHeader
+			return Header{}, ErrNoHeader
 		}
-		return nil, fmt.Errorf("%w: bad magic", ErrBadHeader)
+		return Header{}, fmt.Errorf("%w: bad magic", ErrBadHeader)
 	}
 	if v := binary.BigEndian.Uint32(region[8:]); v != headerVersion {
-		return nil, fmt.Errorf("%w: version %d", ErrBadHeader, v)
+		return Header{}, fmt.Errorf("%w: version %d", ErrBadHeader, v)
 	}
 	n := int64(binary.BigEndian.Uint32(region[12:]))
 	if n > int64(len(region)-headerFixedLen) {
-		return nil, fmt.Errorf("%w: payload length %d exceeds the region", ErrBadHeader, n)
+		return Header{}, fmt.Errorf("%w: payload length %d exceeds the region", ErrBadHeader, n)
 	}
 	payload := region[headerFixedLen : headerFixedLen+n]
-	if sum := sha256.Sum256(payload); !bytes.Equal(sum[:], region[16:48]) {
-		return nil, fmt.Errorf("%w: checksum mismatch", ErrBadHeader)
+	if sum := headerSum(region, payload); !bytes.Equal(sum[:], region[24:56]) {
+		return Header{}, fmt.Errorf("%w: checksum mismatch", ErrBadHeader)
 	}
-	return bytes.Clone(payload), nil
+	return Header{Epoch: binary.BigEndian.Uint64(region[16:]), SealedLocal: bytes.Clone(payload)}, nil
 }
 
 // ReadHeader reads and parses the header region of dev.
-func ReadHeader(dev io.ReaderAt, regionSize int64) ([]byte, error) {
+func ReadHeader(dev io.ReaderAt, regionSize int64) (Header, error) {
 	region := make([]byte, regionSize)
 	if _, err := dev.ReadAt(region, 0); err != nil {
-		return nil, fmt.Errorf("appliance: reading data disk header: %w", err)
+		return Header{}, fmt.Errorf("appliance: reading data disk header: %w", err)
 	}
 	return ParseHeader(region)
 }
 
-// WriteHeader writes payload into the header region of dev and syncs it.
-func WriteHeader(dev Device, payload []byte, regionSize int64) error {
-	b, err := EncodeHeader(payload, regionSize)
+// WriteHeader writes h into the header region of dev and syncs it.
+func WriteHeader(dev Device, h Header, regionSize int64) error {
+	b, err := EncodeHeader(h, regionSize)
 	if err != nil {
 		return err
 	}
@@ -161,6 +182,20 @@ func WriteHeader(dev Device, payload []byte, regionSize int64) error {
 		return fmt.Errorf("appliance: syncing data disk header: %w", err)
 	}
 	return nil
+}
+
+// UpdateHeaderEpoch rewrites the header with a new epoch, keeping the
+// sealed share. It is a no-op when the epoch is unchanged.
+func UpdateHeaderEpoch(dev Device, epoch uint64, regionSize int64) error {
+	h, err := ReadHeader(dev, regionSize)
+	if err != nil {
+		return err
+	}
+	if h.Epoch == epoch {
+		return nil
+	}
+	h.Epoch = epoch
+	return WriteHeader(dev, h, regionSize)
 }
 
 func allZero(b []byte) bool {

@@ -14,19 +14,25 @@ func TestHeaderRoundTrip(t *testing.T) {
 		t.Fatalf("blank disk: %v, want ErrNoHeader", err)
 	}
 	payload := bytes.Repeat([]byte("sealed"), 100)
-	if err := appliance.WriteHeader(disk, payload, 8192); err != nil {
+	if err := appliance.WriteHeader(disk, appliance.Header{Epoch: 3, SealedLocal: payload}, 8192); err != nil {
 		t.Fatal(err)
 	}
 	got, err := appliance.ReadHeader(disk, 8192)
-	if err != nil || !bytes.Equal(got, payload) {
-		t.Fatalf("ReadHeader = %q, %v", got, err)
+	if err != nil || !bytes.Equal(got.SealedLocal, payload) || got.Epoch != 3 {
+		t.Fatalf("ReadHeader = %+v, %v", got, err)
+	}
+	if err := appliance.UpdateHeaderEpoch(disk, 9, 8192); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := appliance.ReadHeader(disk, 8192); err != nil || got.Epoch != 9 || !bytes.Equal(got.SealedLocal, payload) {
+		t.Fatalf("after UpdateHeaderEpoch: %+v, %v", got, err)
 	}
 	// Flip a payload byte: the checksum catches it.
 	disk.buf[100] ^= 1
 	if _, err := appliance.ReadHeader(disk, 8192); !errors.Is(err, appliance.ErrBadHeader) {
 		t.Fatalf("corrupt header: %v, want ErrBadHeader", err)
 	}
-	if err := appliance.WriteHeader(disk, make([]byte, 9000), 8192); err == nil {
+	if err := appliance.WriteHeader(disk, appliance.Header{SealedLocal: make([]byte, 9000)}, 8192); err == nil {
 		t.Error("oversized payload accepted")
 	}
 }
@@ -63,19 +69,19 @@ func TestWindow(t *testing.T) {
 }
 
 func FuzzParseHeader(f *testing.F) {
-	good, _ := appliance.EncodeHeader([]byte("sealed share"), 4096)
+	good, _ := appliance.EncodeHeader(appliance.Header{Epoch: 5, SealedLocal: []byte("sealed share")}, 4096)
 	f.Add(good)
 	f.Add(make([]byte, 64))
 	f.Add([]byte("EMBHDR\x00\x01\x00\x00\x00\x01\xff\xff\xff\xff"))
 	f.Fuzz(func(t *testing.T, region []byte) {
-		p, err := appliance.ParseHeader(region)
+		h, err := appliance.ParseHeader(region)
 		if err != nil {
 			if !errors.Is(err, appliance.ErrBadHeader) && !errors.Is(err, appliance.ErrNoHeader) {
 				t.Fatalf("untyped error %v", err)
 			}
 			return
 		}
-		enc, err := appliance.EncodeHeader(p, int64(len(region)))
+		enc, err := appliance.EncodeHeader(h, int64(len(region)))
 		if err != nil {
 			t.Fatal(err)
 		}

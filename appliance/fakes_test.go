@@ -68,82 +68,68 @@ func (p *fakePlatform) Reboot() error {
 
 type fakeMeasurer struct{ events []string }
 
-func (m *fakeMeasurer) Measure(desc string, data []byte) error {
-	m.events = append(m.events, fmt.Sprintf("%s:%x", desc, sha256.Sum256(data)))
+func (m *fakeMeasurer) Measure(typ, name string, data []byte) error {
+	m.events = append(m.events, fmt.Sprintf("%s:%s:%x", typ, name, sha256.Sum256(data)))
 	return nil
 }
 
-// fakeAttester answers Attest and Renew from scripted functions.
+// fakeAttester plays verifier and TPM: Unlock answers from a script, and
+// the KEK is sha256(sealed share || "remote"), where a share sealed by
+// another TPM does not unseal. A successful or post-decision Unlock closes
+// the unseal window (Locked), as the real agent's phase PCR does.
 type fakeAttester struct {
-	mu      sync.Mutex
-	attest  func(n int) (*appliance.Lease, error)
-	renew   func(n int) (*appliance.Lease, error)
-	nAttest int
-	nRenew  int
+	tpm       string
+	mu        sync.Mutex
+	decide    func(n int) (provision bool, lease time.Duration, err error)
+	heartbeat func(n int) (time.Duration, error)
+	nUnlock   int
+	nBeat     int
+	locked    bool
+	epochs    []uint64
 }
 
-func (a *fakeAttester) Attest(context.Context) (*appliance.Lease, error) {
+func (a *fakeAttester) Unlock(_ context.Context, epoch uint64, sealed []byte) (*appliance.Unlocked, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.nAttest++
-	return a.attest(a.nAttest)
+	a.nUnlock++
+	a.epochs = append(a.epochs, epoch)
+	provision, lease, err := a.decide(a.nUnlock)
+	if err != nil {
+		return nil, err
+	}
+	if a.locked {
+		return nil, errors.New("verifier: phase PCR already extended")
+	}
+	a.locked = true
+	u := &appliance.Unlocked{Provision: provision, Lease: lease, Release: "test-release"}
+	if provision {
+		sealed = []byte("sealed-by-" + a.tpm)
+		u.SealedLocal = sealed
+	} else if !bytes.Equal(sealed, []byte("sealed-by-"+a.tpm)) {
+		return nil, errors.New("unseal failed: sealed to another TPM")
+	}
+	sum := sha256.Sum256(append(append([]byte{}, sealed...), "remote"...))
+	u.KEK = sum[:]
+	return u, nil
 }
 
-func (a *fakeAttester) Renew(context.Context) (*appliance.Lease, error) {
+func (a *fakeAttester) Heartbeat(context.Context, uint64) (time.Duration, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.nRenew++
-	return a.renew(a.nRenew)
+	a.nBeat++
+	return a.heartbeat(a.nBeat)
+}
+
+func (a *fakeAttester) Locked() (bool, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.locked, nil
 }
 
 func (a *fakeAttester) counts() (int, int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.nAttest, a.nRenew
-}
-
-// fakeKeys derives KEK = sha256(sealed || remote); a TPM "identity" is
-// part of the sealed blob, so another TPM cannot unseal it.
-type fakeKeys struct {
-	tpm     string
-	mu      sync.Mutex
-	locked  bool
-	kekCall int
-	sealed  int
-}
-
-func (k *fakeKeys) SealNew(context.Context) ([]byte, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.sealed++
-	return []byte("sealed-by-" + k.tpm), nil
-}
-
-func (k *fakeKeys) KEK(_ context.Context, sealed, remote []byte) ([]byte, error) {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.kekCall++
-	if k.locked {
-		return nil, errors.New("phase PCR extended: unseal refused")
-	}
-	if !bytes.Equal(sealed, []byte("sealed-by-"+k.tpm)) {
-		return nil, errors.New("unseal failed: sealed to another TPM")
-	}
-	sum := sha256.Sum256(append(append([]byte{}, sealed...), remote...))
-	return sum[:], nil
-}
-
-func (k *fakeKeys) Lock(context.Context) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.locked = true
-	return nil
-}
-
-func (k *fakeKeys) isLocked() bool {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.locked
+	return a.nUnlock, a.nBeat
 }
 
 // fakeStorage writes sha256(kek) at the start of the store device.
@@ -155,6 +141,8 @@ type fakeStore struct {
 	mu     sync.Mutex
 	closed bool
 }
+
+func (s *fakeStore) Epoch() uint64 { return 7 }
 
 func (s *fakeStore) Flush() error { return nil }
 func (s *fakeStore) Close() error {
@@ -221,8 +209,4 @@ func (e *fakeExporter) isServing() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.serving
-}
-
-func lease(d time.Duration, provision bool) *appliance.Lease {
-	return &appliance.Lease{Expires: time.Now().Add(d), Provision: provision, RemoteShare: []byte("remote-share")}
 }
