@@ -11,13 +11,6 @@ import (
 	"github.com/dataembassy/embassy/storage"
 )
 
-func runCLI(t *testing.T, args ...string) (int, string, string) {
-	t.Helper()
-	var out, errb bytes.Buffer
-	code := run(args, &out, &errb)
-	return code, out.String(), errb.String()
-}
-
 func TestStoreCLI(t *testing.T) {
 	dir := t.TempDir()
 	kek, priv, pub := filepath.Join(dir, "kek"), filepath.Join(dir, "rec.key"), filepath.Join(dir, "rec.pub")
