@@ -49,7 +49,14 @@ func (s *Store) unlockRange(b0, b1 uint64, write bool) {
 
 func (s *Store) getBuf() *[]byte         { return s.bufs.Get().(*[]byte) }
 func (s *Store) putBuf(b *[]byte)        { s.bufs.Put(b) }
-func nonceBytes(dst *[12]byte, n uint64) { binary.BigEndian.PutUint64(dst[4:], n) }
+// nonceBytes builds a data nonce: the session's random 48-bit salt, then
+// the low 48 bits of the write counter.
+func (s *Store) nonceBytes(dst *[12]byte, n uint64) {
+	copy(dst[:6], s.nonceSalt[:])
+	var c [8]byte
+	binary.BigEndian.PutUint64(c[:], n)
+	copy(dst[6:], c[2:])
+}
 
 // readChunk authenticates and decrypts blocks [b0, b1) into dst
 // ((b1-b0)*BlockSize bytes). Unmapped blocks read as zeros. A block that
@@ -252,6 +259,9 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 	if n0+uint64(nb) > s.nonceLimit.Load() {
 		return 0, errRetry{}
 	}
+	if n0+uint64(nb) > maxNonceCounter {
+		return 0, ErrNoncesExhausted
+	}
 	s.lockRange(b0, b1, true)
 	defer s.unlockRange(b0, b1, true)
 
@@ -318,7 +328,7 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 	for k := 0; k < nb; k++ {
 		e := &news[k]
 		e.flags = flagMapped | byte(slots[k]<<1)
-		nonceBytes(&e.nonce, n0+uint64(k))
+		s.nonceBytes(&e.nonce, n0+uint64(k))
 		out := s.keys.data.Seal(ct[k*BlockSize:k*BlockSize], e.nonce[:], plain[k*BlockSize:(k+1)*BlockSize], s.blockAAD(&aad, b0+uint64(k)))
 		copy(e.tag[:], out[BlockSize:])
 	}
