@@ -134,11 +134,8 @@ func crashSchedule(seed uint64) error {
 			noteChange(off, n)
 			_, err = s.WriteAt(data, off)
 		case k < 7:
-			b0 := (off + storage.BlockSize - 1) / storage.BlockSize * storage.BlockSize
-			if e := (off + n) / storage.BlockSize * storage.BlockSize; e > b0 {
-				clear(cur[b0:e])
-				noteChange(b0, e-b0)
-			}
+			clear(cur[off : off+n])
+			noteChange(off, n)
 			err = s.Trim(off, n)
 		case k < 8:
 			clear(cur[off : off+n])
