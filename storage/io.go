@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"sync"
 )
 
 // maxChunk is how many blocks one internal I/O step covers (1 MiB).
@@ -47,8 +48,31 @@ func (s *Store) unlockRange(b0, b1 uint64, write bool) {
 	}
 }
 
-func (s *Store) getBuf() *[]byte         { return s.bufs.Get().(*[]byte) }
-func (s *Store) putBuf(b *[]byte)        { s.bufs.Put(b) }
+// Scratch buffers come from two pools so that 4 KiB requests do not
+// allocate (and zero) 1 MiB buffers whenever the GC empties the pools.
+const smallBufBlocks = 4
+
+var (
+	smallBufs = sync.Pool{New: func() any { b := make([]byte, smallBufBlocks*BlockSize+16); return &b }}
+	largeBufs = sync.Pool{New: func() any { b := make([]byte, maxChunk*BlockSize+16); return &b }}
+)
+
+// getBuf returns a scratch buffer of at least blocks*BlockSize+16 bytes.
+func getBuf(blocks int) *[]byte {
+	if blocks <= smallBufBlocks {
+		return smallBufs.Get().(*[]byte)
+	}
+	return largeBufs.Get().(*[]byte)
+}
+
+func putBuf(b *[]byte) {
+	if len(*b) == smallBufBlocks*BlockSize+16 {
+		smallBufs.Put(b)
+	} else {
+		largeBufs.Put(b)
+	}
+}
+
 // nonceBytes builds a data nonce: the session's random 48-bit salt, then
 // the low 48 bits of the write counter.
 func (s *Store) nonceBytes(dst *[12]byte, n uint64) {
@@ -85,8 +109,8 @@ func (s *Store) readChunk(dst []byte, b0, b1 uint64, report func(uint64, error))
 		entries[k] = leaf.leaf[i%leafEntries]
 		leaf.mu.RUnlock()
 	}
-	bp := s.getBuf()
-	defer s.putBuf(bp)
+	bp := getBuf(nb)
+	defer putBuf(bp)
 	scratch := *bp
 	// Read runs of mapped blocks that are contiguous on disk in one call.
 	for k := 0; k < nb; {
@@ -191,8 +215,8 @@ func (s *Store) readSpan(p []byte, pos int64, b0, b1 uint64) (int, error) {
 		}
 		return span, nil
 	}
-	tp := s.getBuf()
-	defer s.putBuf(tp)
+	tp := getBuf(int(b1 - b0))
+	defer putBuf(tp)
 	tmp := (*tp)[:span]
 	if err := s.readChunk(tmp, b0, b1, nil); err != nil {
 		return 0, err
@@ -277,8 +301,8 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 		plain = src
 	} else {
 		// Merge into the current contents of the first and last block.
-		tp := s.getBuf()
-		defer s.putBuf(tp)
+		tp := getBuf(nb)
+		defer putBuf(tp)
 		plain = (*tp)[:span]
 		if start != 0 {
 			if err := s.readChunk(plain[:BlockSize], b0, b0+1, nil); err != nil {
@@ -321,8 +345,8 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 		l.mu.RUnlock()
 	}
 
-	bp := s.getBuf()
-	defer s.putBuf(bp)
+	bp := getBuf(nb)
+	defer putBuf(bp)
 	ct := *bp
 	var aad [24]byte
 	for k := 0; k < nb; k++ {

@@ -115,7 +115,6 @@ type Store struct {
 
 	integrityFailures atomic.Uint64
 	commits           atomic.Uint64
-	bufs              sync.Pool
 }
 
 // Format creates a new, empty store on dev, destroying what dev held, and
@@ -260,7 +259,6 @@ func Open(dev Device, opts OpenOptions) (*Store, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	s.bufs.New = func() any { b := make([]byte, maxChunk*BlockSize+16); return &b }
 	s.uuid = best.uuid
 	if _, err := rand.Read(s.nonceSalt[:]); err != nil {
 		return nil, err
