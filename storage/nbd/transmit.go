@@ -205,9 +205,11 @@ func (c *conn) handle(r *request, dirty *atomic.Bool) *reply {
 		buf := getBuf(int(n))
 		var got int
 		got, err = be.ReadAt(buf, off)
-		if got == len(buf) {
+		// Only io.EOF with a full buffer is success: any other error voids
+		// the data, whatever count came with it.
+		if err == io.EOF && got == len(buf) {
 			err = nil
-		} else if err == nil {
+		} else if err == nil && got != len(buf) {
 			err = io.ErrUnexpectedEOF
 		}
 		if err != nil {
