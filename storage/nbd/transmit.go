@@ -57,6 +57,12 @@ var allowedFlags = map[uint16]uint16{
 	cmdBlockStatus: cmdFlagReqOne,
 }
 
+// noHoleZeroer is implemented by backends whose WriteZeroes deallocates
+// but that can also zero keeping the range allocated (NBD_CMD_FLAG_NO_HOLE).
+type noHoleZeroer interface {
+	WriteZeroesNoHole(off, length int64) error
+}
+
 // cacher is implemented by backends that can prefetch (NBD_CMD_CACHE).
 type cacher interface {
 	Cache(off, length int64) error
@@ -234,7 +240,11 @@ func (c *conn) handle(r *request, dirty *atomic.Bool) *reply {
 		}
 	case cmdWriteZeroes:
 		if n > 0 {
-			err = be.WriteZeroes(off, n)
+			if nh, ok := be.(noHoleZeroer); ok && r.flags&cmdFlagNoHole != 0 {
+				err = nh.WriteZeroesNoHole(off, n)
+			} else {
+				err = be.WriteZeroes(off, n)
+			}
 			if errors.Is(err, errors.ErrUnsupported) {
 				if r.flags&cmdFlagFastZero != 0 {
 					return fail(errNotSup, "cannot zero quickly")
