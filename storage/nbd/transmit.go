@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -376,6 +377,9 @@ func (c *conn) writeLoop(replies <-chan *reply, sem <-chan struct{}) {
 		}
 		putBuf(rep.data)
 		<-sem
+		if werr == nil && len(replies) == 0 {
+			runtime.Gosched()
+		}
 		if werr == nil && len(replies) == 0 {
 			werr = c.bw.Flush()
 		}
