@@ -12,7 +12,6 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 
@@ -209,9 +208,9 @@ func openStore(path, kekFile, counterFile, formatSize string, readOnly bool, log
 		if readOnly {
 			return nil, nil, fmt.Errorf("%w: --format with --read-only", errUsage)
 		}
-		size, err := parseSize(formatSize)
-		if err != nil {
-			return nil, nil, fmt.Errorf("%w: --format: %v", errUsage, err)
+		size, err := parseSize(formatSize) // shared with `embassyctl store`
+		if err != nil || size <= 0 {
+			return nil, nil, fmt.Errorf("%w: --format %q: want a positive size such as 1G", errUsage, formatSize)
 		}
 		// Two slots per data block plus metadata; the file is sparse.
 		dev, err = storage.CreateFileDevice(path, 2*size+size/16+16<<20)
@@ -241,30 +240,4 @@ func openStore(path, kekFile, counterFile, formatSize string, readOnly bool, log
 		}
 		return err
 	}, nil
-}
-
-// parseSize parses a byte count with an optional K, M, G or T suffix
-// (powers of 1024).
-func parseSize(s string) (int64, error) {
-	mult := int64(1)
-	if n := len(s); n > 0 {
-		switch s[n-1] {
-		case 'K', 'k':
-			mult = 1 << 10
-		case 'M', 'm':
-			mult = 1 << 20
-		case 'G', 'g':
-			mult = 1 << 30
-		case 'T', 't':
-			mult = 1 << 40
-		}
-		if mult != 1 {
-			s = s[:n-1]
-		}
-	}
-	v, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || v <= 0 || v > (1<<62)/mult {
-		return 0, fmt.Errorf("bad size %q", s)
-	}
-	return v * mult, nil
 }
