@@ -1,0 +1,8 @@
+# NBD server (storage/nbd): race tests and the fio comparison benchmark.
+RACE_PKGS += ./storage/nbd/...
+
+.PHONY: bench-nbd
+## bench: build, then compare our NBD server with nbdkit using fio (writes docs/performance-nbd.md)
+bench: bench-nbd
+bench-nbd:
+	scripts/bench-nbd.sh

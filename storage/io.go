@@ -1,0 +1,584 @@
+package storage
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+)
+
+// maxChunk is how many blocks one internal I/O step covers (1 MiB).
+const maxChunk = 256
+
+// stripeRanges returns the stripe index ranges of blocks [b0, b1) (at most
+// maxChunk) in ascending order, so concurrent multi-block operations lock
+// in one global order and cannot deadlock.
+func stripeRanges(b0, b1 uint64) [2][2]int {
+	first := int(b0 % lockStripes)
+	n := int(b1 - b0)
+	if first+n <= lockStripes {
+		return [2][2]int{{first, first + n}, {}}
+	}
+	return [2][2]int{{0, first + n - lockStripes}, {first, lockStripes}}
+}
+
+// lockRange takes the stripe locks of blocks [b0, b1).
+func (s *Store) lockRange(b0, b1 uint64, write bool) {
+	for _, r := range stripeRanges(b0, b1) {
+		for i := r[0]; i < r[1]; i++ {
+			if write {
+				s.stripes[i].Lock()
+			} else {
+				s.stripes[i].RLock()
+			}
+		}
+	}
+}
+
+// unlockRange releases what lockRange took.
+func (s *Store) unlockRange(b0, b1 uint64, write bool) {
+	for _, r := range stripeRanges(b0, b1) {
+		for i := r[0]; i < r[1]; i++ {
+			if write {
+				s.stripes[i].Unlock()
+			} else {
+				s.stripes[i].RUnlock()
+			}
+		}
+	}
+}
+
+func (s *Store) getBuf() *[]byte         { return s.bufs.Get().(*[]byte) }
+func (s *Store) putBuf(b *[]byte)        { s.bufs.Put(b) }
+func nonceBytes(dst *[12]byte, n uint64) { binary.BigEndian.PutUint64(dst[4:], n) }
+
+// readChunk authenticates and decrypts blocks [b0, b1) into dst
+// ((b1-b0)*BlockSize bytes). Unmapped blocks read as zeros. A block that
+// fails authentication is zeroed; with report nil the first such failure
+// is returned, otherwise each is passed to report and reading goes on.
+// Callers hold commitMu shared and the blocks' stripe locks.
+func (s *Store) readChunk(dst []byte, b0, b1 uint64, report func(uint64, error)) error {
+	nb := int(b1 - b0)
+	var small [4]leafEntry
+	entries := small[:0]
+	if nb <= len(small) {
+		entries = small[:nb]
+	} else {
+		entries = make([]leafEntry, nb)
+	}
+	var leaf *node
+	for k := 0; k < nb; k++ {
+		i := b0 + uint64(k)
+		if leaf == nil || leaf.index != i/leafEntries {
+			var err error
+			if leaf, err = s.getNode(0, i/leafEntries); err != nil {
+				return err
+			}
+		}
+		leaf.mu.RLock()
+		entries[k] = leaf.leaf[i%leafEntries]
+		leaf.mu.RUnlock()
+	}
+	bp := s.getBuf()
+	defer s.putBuf(bp)
+	scratch := *bp
+	// Read runs of mapped blocks that are contiguous on disk in one call.
+	for k := 0; k < nb; {
+		if !entries[k].mapped() {
+			k++
+			continue
+		}
+		slot := entries[k].slot()
+		j := k + 1
+		for j < nb && entries[j].mapped() && entries[j].slot() == slot {
+			j++
+		}
+		off := int64(s.geom.dataBlock(b0+uint64(k), slot)) * BlockSize
+		if _, err := s.dev.ReadAt(scratch[k*BlockSize:j*BlockSize], off); err != nil {
+			return fmt.Errorf("storage: read data: %w", err)
+		}
+		k = j
+	}
+	var aad [24]byte
+	for k := 0; k < nb; k++ {
+		out := dst[k*BlockSize : (k+1)*BlockSize]
+		e := &entries[k]
+		if !e.mapped() {
+			clear(out)
+			continue
+		}
+		// GCM wants ciphertext||tag contiguous: borrow the 16 bytes after
+		// this block in scratch (the next block's head) and put them back.
+		var save [16]byte
+		ctEnd := (k + 1) * BlockSize
+		copy(save[:], scratch[ctEnd:ctEnd+16])
+		copy(scratch[ctEnd:], e.tag[:])
+		_, err := s.keys.data.Open(out[:0], e.nonce[:], scratch[k*BlockSize:ctEnd+16], s.blockAAD(&aad, b0+uint64(k)))
+		copy(scratch[ctEnd:], save[:])
+		if err != nil {
+			clear(out)
+			ie := s.integrity(&IntegrityError{Block: int64(b0) + int64(k), Reason: "data authentication failed"})
+			if report == nil {
+				return ie
+			}
+			report(b0+uint64(k), ie)
+		}
+	}
+	return nil
+}
+
+// ReadAt reads len(p) bytes at off. Reading past the end returns io.EOF
+// with the bytes before it. A block that fails authentication fails the
+// whole call with an error wrapping ErrIntegrity (an *IntegrityError).
+func (s *Store) ReadAt(p []byte, off int64) (int, error) {
+	size := s.Size()
+	if off < 0 {
+		return 0, ErrOutOfRange
+	}
+	if off >= size {
+		if len(p) == 0 {
+			return 0, nil
+		}
+		return 0, io.EOF
+	}
+	want := len(p)
+	if int64(want) > size-off {
+		p = p[:size-off]
+	}
+	n := 0
+	for n < len(p) {
+		pos := off + int64(n)
+		b0 := uint64(pos / BlockSize)
+		b1 := uint64((off + int64(len(p)) + BlockSize - 1) / BlockSize)
+		if b1-b0 > maxChunk {
+			b1 = b0 + maxChunk
+		}
+		m, err := s.readSpan(p[n:], pos, b0, b1)
+		n += m
+		if err != nil {
+			clear(p[n:])
+			return n, err
+		}
+	}
+	if n < want {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// readSpan reads the part of blocks [b0, b1) starting at pos into p and
+// returns how many bytes it copied.
+func (s *Store) readSpan(p []byte, pos int64, b0, b1 uint64) (int, error) {
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
+	if err := s.usableLocked(false); err != nil {
+		return 0, err
+	}
+	s.lockRange(b0, b1, false)
+	defer s.unlockRange(b0, b1, false)
+	start := int(pos - int64(b0)*BlockSize)
+	span := int(b1-b0) * BlockSize
+	if start == 0 && len(p) >= span {
+		// Whole blocks: decrypt straight into p.
+		if err := s.readChunk(p[:span], b0, b1, nil); err != nil {
+			return 0, err
+		}
+		return span, nil
+	}
+	tp := s.getBuf()
+	defer s.putBuf(tp)
+	tmp := (*tp)[:span]
+	if err := s.readChunk(tmp, b0, b1, nil); err != nil {
+		return 0, err
+	}
+	return copy(p, tmp[start:]), nil
+}
+
+// WriteAt writes p at off. Writes past the end fail with ErrOutOfRange
+// and write nothing. Partial blocks are read, merged and rewritten under
+// the block's lock, so concurrent sub-block writes do not lose updates.
+// The data is durable after the next Flush.
+func (s *Store) WriteAt(p []byte, off int64) (int, error) {
+	if off < 0 || off > s.Size() || int64(len(p)) > s.Size()-off {
+		return 0, ErrOutOfRange
+	}
+	n := 0
+	for n < len(p) {
+		pos := off + int64(n)
+		b0 := uint64(pos / BlockSize)
+		b1 := uint64((off + int64(len(p)) + BlockSize - 1) / BlockSize)
+		if b1-b0 > maxChunk {
+			b1 = b0 + maxChunk
+		}
+		m, err := s.writeSpan(p[n:], pos, b0, b1)
+		n += m
+		if err != nil {
+			return n, err
+		}
+		if err := s.maybeCommit(); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// errRetry asks writeSpan's caller to retry after a commit.
+type errRetry struct{}
+
+func (errRetry) Error() string { return "retry" }
+
+func (s *Store) writeSpan(p []byte, pos int64, b0, b1 uint64) (int, error) {
+	for {
+		m, err := s.writeSpanOnce(p, pos, b0, b1)
+		if _, retry := err.(errRetry); retry {
+			if err := s.Flush(); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		return m, err
+	}
+}
+
+func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
+	if err := s.usableLocked(true); err != nil {
+		return 0, err
+	}
+	nb := int(b1 - b0)
+	// Reserve nonces first: past the superblock's reservation we must
+	// commit (which reserves more) before using them.
+	n0 := s.nextNonce.Add(uint64(nb)) - uint64(nb)
+	if n0+uint64(nb) > s.nonceLimit.Load() {
+		return 0, errRetry{}
+	}
+	s.lockRange(b0, b1, true)
+	defer s.unlockRange(b0, b1, true)
+
+	start := int(pos - int64(b0)*BlockSize)
+	span := nb * BlockSize
+	m := span - start
+	if m > len(p) {
+		m = len(p)
+	}
+	src := p[:m]
+	var plain []byte
+	if start == 0 && m == span {
+		plain = src
+	} else {
+		// Merge into the current contents of the first and last block.
+		tp := s.getBuf()
+		defer s.putBuf(tp)
+		plain = (*tp)[:span]
+		if start != 0 {
+			if err := s.readChunk(plain[:BlockSize], b0, b0+1, nil); err != nil {
+				return 0, err
+			}
+		}
+		if end := start + m; end%BlockSize != 0 && (start == 0 || end > BlockSize) {
+			if err := s.readChunk(plain[span-BlockSize:], b1-1, b1, nil); err != nil {
+				return 0, err
+			}
+		}
+		copy(plain[start:], src)
+	}
+
+	var smallLeaves [4]*node
+	var smallSlots [4]int
+	var smallNews [4]leafEntry
+	var leaves []*node
+	var slots []int
+	var news []leafEntry
+	if nb <= len(smallLeaves) { // the common 4 KiB request allocates nothing
+		leaves, slots, news = smallLeaves[:nb], smallSlots[:nb], smallNews[:nb]
+	} else {
+		leaves, slots, news = make([]*node, nb), make([]int, nb), make([]leafEntry, nb)
+	}
+	for k := 0; k < nb; k++ {
+		i := b0 + uint64(k)
+		if k == 0 || i%leafEntries == 0 {
+			l, err := s.dirtyLeaf(i / leafEntries)
+			if err != nil {
+				return 0, err
+			}
+			leaves[k] = l
+		} else {
+			leaves[k] = leaves[k-1]
+		}
+		l := leaves[k]
+		l.mu.RLock()
+		slots[k] = int(l.free[i%leafEntries])
+		l.mu.RUnlock()
+	}
+
+	bp := s.getBuf()
+	defer s.putBuf(bp)
+	ct := *bp
+	var aad [24]byte
+	for k := 0; k < nb; k++ {
+		e := &news[k]
+		e.flags = flagMapped | byte(slots[k]<<1)
+		nonceBytes(&e.nonce, n0+uint64(k))
+		out := s.keys.data.Seal(ct[k*BlockSize:k*BlockSize], e.nonce[:], plain[k*BlockSize:(k+1)*BlockSize], s.blockAAD(&aad, b0+uint64(k)))
+		copy(e.tag[:], out[BlockSize:])
+	}
+	for k := 0; k < nb; {
+		j := k + 1
+		for j < nb && slots[j] == slots[k] {
+			j++
+		}
+		off := int64(s.geom.dataBlock(b0+uint64(k), slots[k])) * BlockSize
+		if _, err := s.dev.WriteAt(ct[k*BlockSize:j*BlockSize], off); err != nil {
+			return 0, fmt.Errorf("storage: write data: %w", err)
+		}
+		k = j
+	}
+	for k := 0; k < nb; k++ {
+		l := leaves[k]
+		l.mu.Lock()
+		l.leaf[(b0+uint64(k))%leafEntries] = news[k]
+		l.mu.Unlock()
+	}
+	return m, nil
+}
+
+// Trim discards the whole blocks inside [off, off+length): they read as
+// zeros from now on. Partial blocks at either end are left as they are
+// (trim is a hint). The change is durable after the next Flush.
+func (s *Store) Trim(off, length int64) error {
+	if err := s.checkRange(off, length); err != nil {
+		return err
+	}
+	b0 := uint64((off + BlockSize - 1) / BlockSize)
+	b1 := uint64((off + length) / BlockSize)
+	if b0 >= b1 {
+		return nil
+	}
+	return s.unmap(b0, b1)
+}
+
+// WriteZeroes makes [off, off+length) read as zeros: whole blocks become
+// holes, partial blocks are rewritten.
+func (s *Store) WriteZeroes(off, length int64) error {
+	if err := s.checkRange(off, length); err != nil {
+		return err
+	}
+	if length == 0 {
+		return nil
+	}
+	end := off + length
+	b0 := (off + BlockSize - 1) / BlockSize
+	b1 := end / BlockSize
+	if b0 >= b1 {
+		_, err := s.WriteAt(make([]byte, length), off)
+		return err
+	}
+	if head := b0*BlockSize - off; head > 0 {
+		if _, err := s.WriteAt(make([]byte, head), off); err != nil {
+			return err
+		}
+	}
+	if tail := end - b1*BlockSize; tail > 0 {
+		if _, err := s.WriteAt(make([]byte, tail), b1*BlockSize); err != nil {
+			return err
+		}
+	}
+	return s.unmap(uint64(b0), uint64(b1))
+}
+
+func (s *Store) checkRange(off, length int64) error {
+	if off < 0 || length < 0 || off > s.Size() || length > s.Size()-off {
+		return ErrOutOfRange
+	}
+	return nil
+}
+
+// unmap marks blocks [b0, b1) unmapped, a leaf at a time.
+func (s *Store) unmap(b0, b1 uint64) error {
+	for li := b0 / leafEntries; li*leafEntries < b1; {
+		done, err := s.unmapLeaf(li, b0, b1)
+		if err != nil {
+			return err
+		}
+		li += done
+		if err := s.maybeCommit(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unmapLeaf unmaps the blocks of leaf li inside [b0, b1) and returns how
+// many leaves it covered (more than one when a whole subtree is a hole).
+func (s *Store) unmapLeaf(li, b0, b1 uint64) (uint64, error) {
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
+	if err := s.usableLocked(true); err != nil {
+		return 0, err
+	}
+	if skip, err := s.absentLeaves(li); err != nil || skip > 0 {
+		return skip, err
+	}
+	lo, hi := max(b0, li*leafEntries), min(b1, (li+1)*leafEntries)
+	leaf, err := s.getNode(0, li)
+	if err != nil {
+		return 0, err
+	}
+	hasMapped := false
+	leaf.mu.RLock()
+	for i := lo; i < hi; i++ {
+		if leaf.leaf[i%leafEntries].mapped() {
+			hasMapped = true
+			break
+		}
+	}
+	leaf.mu.RUnlock()
+	if !hasMapped {
+		return 1, nil
+	}
+	s.lockRange(lo, hi, true)
+	defer s.unlockRange(lo, hi, true)
+	if leaf, err = s.dirtyLeaf(li); err != nil {
+		return 0, err
+	}
+	leaf.mu.Lock()
+	for i := lo; i < hi; i++ {
+		e := &leaf.leaf[i%leafEntries]
+		*e = leafEntry{flags: e.flags & flagSlot}
+	}
+	leaf.mu.Unlock()
+	return 1, nil
+}
+
+// BlockStatus describes [off, off+length) as extents of data and holes,
+// in order and covering the range exactly.
+func (s *Store) BlockStatus(off, length int64) ([]Extent, error) {
+	if err := s.checkRange(off, length); err != nil {
+		return nil, err
+	}
+	var out []Extent
+	add := func(o, l int64, zero bool) {
+		if n := len(out); n > 0 && out[n-1].Zero == zero && out[n-1].Offset+out[n-1].Length == o {
+			out[n-1].Length += l
+			return
+		}
+		out = append(out, Extent{Offset: o, Length: l, Zero: zero})
+	}
+	end := off + length
+	for pos := off; pos < end; {
+		li := uint64(pos/BlockSize) / leafEntries
+		next, err := s.statusLeaf(li, pos, end, add)
+		if err != nil {
+			return nil, err
+		}
+		pos = next
+	}
+	return out, nil
+}
+
+func (s *Store) statusLeaf(li uint64, pos, end int64, add func(int64, int64, bool)) (int64, error) {
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
+	if err := s.usableLocked(false); err != nil {
+		return 0, err
+	}
+	skip, err := s.absentLeaves(li)
+	if err != nil {
+		return 0, err
+	}
+	if skip > 0 {
+		next := min(end, int64(li+skip)*leafEntries*BlockSize)
+		add(pos, next-pos, true)
+		return next, nil
+	}
+	leaf, err := s.getNode(0, li)
+	if err != nil {
+		return 0, err
+	}
+	leafEnd := min(end, int64(li+1)*leafEntries*BlockSize)
+	leaf.mu.RLock()
+	defer leaf.mu.RUnlock()
+	for pos < leafEnd {
+		i := uint64(pos / BlockSize)
+		next := min(leafEnd, int64(i+1)*BlockSize)
+		add(pos, next-pos, !leaf.leaf[i%leafEntries].mapped())
+		pos = next
+	}
+	return pos, nil
+}
+
+// BadRange is a run of blocks that failed authentication.
+type BadRange struct {
+	// First is the first bad block's index; Count how many follow in a row.
+	First, Count uint64
+	// Err is the first block's error.
+	Err error
+}
+
+// Verify authenticates every mapped block and every metadata block it
+// depends on and returns the runs of blocks that failed. A metadata block
+// that fails makes every block below it bad. The error is for I/O failures
+// only.
+func (s *Store) Verify() ([]BadRange, error) {
+	var bad []BadRange
+	mark := func(i, n uint64, err error) {
+		if l := len(bad); l > 0 && bad[l-1].First+bad[l-1].Count == i {
+			bad[l-1].Count += n
+			return
+		}
+		bad = append(bad, BadRange{First: i, Count: n, Err: err})
+	}
+	dst := make([]byte, leafEntries*BlockSize)
+	for li := uint64(0); li < s.geom.levels[0]; {
+		n, err := s.verifyLeaf(li, dst, mark)
+		if err != nil {
+			return bad, err
+		}
+		li += n
+	}
+	return bad, nil
+}
+
+func (s *Store) verifyLeaf(li uint64, dst []byte, mark func(uint64, uint64, error)) (uint64, error) {
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
+	if err := s.usableLocked(false); err != nil {
+		return 0, err
+	}
+	skip, err := s.absentLeaves(li)
+	if err != nil {
+		return s.verifyMetaFail(li, err, mark)
+	}
+	if skip > 0 {
+		return skip, nil
+	}
+	b0 := li * leafEntries
+	b1 := min(s.geom.blocks, b0+leafEntries)
+	s.lockRange(b0, b1, false)
+	defer s.unlockRange(b0, b1, false)
+	err = s.readChunk(dst[:(b1-b0)*BlockSize], b0, b1, func(i uint64, err error) { mark(i, 1, err) })
+	if err != nil {
+		return s.verifyMetaFail(li, err, mark)
+	}
+	return 1, nil
+}
+
+func (s *Store) verifyMetaFail(li uint64, err error, mark func(uint64, uint64, error)) (uint64, error) {
+	ie, ok := err.(*IntegrityError)
+	if !ok {
+		return 0, err
+	}
+	// The failed node covers leafSpan(level) leaves starting at a multiple.
+	span := leafSpan(ie.Level)
+	if ie.Level < 0 {
+		span = s.geom.levels[0]
+	}
+	first := ie.Node * span
+	if ie.Level < 0 {
+		first = 0
+	}
+	endLeaf := min(first+span, s.geom.levels[0])
+	b0 := li * leafEntries
+	mark(b0, min(s.geom.blocks, endLeaf*leafEntries)-b0, err)
+	return endLeaf - li, nil
+}
