@@ -1,16 +1,15 @@
 package images_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,19 +17,14 @@ import (
 	"time"
 
 	"github.com/dataembassy/embassy/internal/testenv"
+	"github.com/dataembassy/embassy/qemu"
 	"github.com/u-root/u-root/pkg/cpio"
 )
 
-// This file is a minimal QEMU boot helper for the images tests: swtpm +
-// OVMF + qemu-system booting a disk image from its ESP (no -kernel), with a
-// guest init (images/internal/pcrdump) that prints the PCRs and the firmware
-// event log. It exists only because the images tests must prove what firmware
-// measures; it is not a general harness.
-
-const (
-	ovmfCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
-	ovmfVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
-)
+// The images tests boot disk images with the qemu harness and a guest init
+// (images/internal/pcrdump) that prints the PCRs and the firmware event log,
+// to prove that predictions equal what firmware, systemd-stub and Linux
+// really measure.
 
 // kernelPath returns the cached guest kernel fetched by scripts/fetch-kernel.sh.
 func kernelPath(t *testing.T) string {
@@ -113,89 +107,37 @@ type bootResult struct {
 	Console string
 }
 
-// bootDisk boots the disk image under OVMF with a fresh swtpm and returns
-// what pcrdump printed. withCDROM keeps q35's default empty CD-ROM drive,
-// which OVMF tries (and fails) before the disk.
-func bootDisk(t *testing.T, diskPath string, withCDROM bool) *bootResult {
+// bootDisk boots the disk image through OVMF (no -kernel) with the qemu
+// harness and a fresh swtpm, and returns what pcrdump printed.
+func bootDisk(t *testing.T, diskPath string) *bootResult {
 	t.Helper()
-	qemu := testenv.Tool(t, "qemu-system-x86_64")
-	swtpm := testenv.Tool(t, "swtpm")
-	for _, f := range []string{ovmfCode, ovmfVars} {
-		if _, err := os.Stat(f); err != nil {
-			t.Fatalf("OVMF missing (install ovmf): %v", err)
-		}
+	cfg := qemu.Config{
+		BootDisk:  diskPath,
+		NoNetwork: true,
+		MemoryMiB: 768,
+		QEMU:      testenv.Tool(t, "qemu-system-x86_64"),
+		SWTPM:     testenv.Tool(t, "swtpm"),
 	}
-	// Unix socket paths must stay short.
+	// Unix socket paths must stay short: not under t.TempDir().
 	dir, err := os.MkdirTemp("", "imgboot")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	vars := filepath.Join(dir, "vars.fd")
-	b, err := os.ReadFile(ovmfVars)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(vars, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(dir, "tpm.sock")
-	state := filepath.Join(dir, "tpm")
-	if err := os.Mkdir(state, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	cfg.Dir = dir
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t.Cleanup(cancel)
-	tpm := exec.CommandContext(ctx, swtpm, "socket", "--tpm2", "--tpmstate", "dir="+state,
-		"--ctrl", "type=unixio,path="+sock, "--log", "level=0")
-	tpm.Stdout, tpm.Stderr = io.Discard, io.Discard
-	if err := tpm.Start(); err != nil {
-		t.Fatalf("start swtpm: %v", err)
-	}
-	t.Cleanup(func() { tpm.Process.Kill(); tpm.Wait() })
-	for i := 0; ; i++ {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		if i > 100 {
-			t.Fatal("swtpm socket did not appear")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-
-	args := []string{"-machine", "q35", "-m", "768", "-smp", "1", "-vga", "none"}
-	if !withCDROM {
-		// No default CD-ROM: OVMF's first boot attempt is the disk.
-		args = append(args, "-nodefaults")
-	}
-	q := exec.CommandContext(ctx, qemu, append(args,
-		"-display", "none", "-monitor", "none", "-serial", "stdio",
-		"-no-reboot", "-net", "none",
-		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+ovmfCode,
-		"-drive", "if=pflash,format=raw,unit=1,file="+vars,
-		"-drive", "if=virtio,format=raw,snapshot=on,file="+diskPath,
-		"-chardev", "socket,id=chrtpm,path="+sock,
-		"-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
-		"-device", "tpm-crb,tpmdev=tpm0",
-	)...)
-	out, err := q.StdoutPipe()
+	m, err := qemu.Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr bytes.Buffer
-	q.Stderr = &stderr
-	if err := q.Start(); err != nil {
-		t.Fatalf("start qemu: %v", err)
-	}
-	t.Cleanup(func() { q.Process.Kill(); q.Wait() })
+	t.Cleanup(func() { m.Close() })
+	_, waitErr := m.WaitForLine(regexp.MustCompile(`PCRDUMP-DONE`), 4*time.Minute)
 
 	res := &bootResult{PCRs: map[int][]byte{}}
 	var console, logB64 strings.Builder
-	sc := bufio.NewScanner(out)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	done := false
-	for sc.Scan() {
-		line := strings.TrimRight(sc.Text(), "\r")
+	for _, l := range m.Lines() {
+		line := strings.TrimRight(l.Text, "\r")
 		console.WriteString(line + "\n")
 		i := strings.Index(line, "PCRDUMP")
 		if i < 0 {
@@ -218,18 +160,11 @@ func bootDisk(t *testing.T, diskPath string, withCDROM bool) *bootResult {
 			}
 		case "PCRDUMP-CMDLINE":
 			res.Cmdline = strings.TrimSpace(strings.TrimPrefix(line[i:], "PCRDUMP-CMDLINE"))
-		case "PCRDUMP-DONE":
-			done = true
-		}
-		if done {
-			break
 		}
 	}
 	res.Console = console.String()
-	if !done {
-		q.Process.Kill()
-		q.Wait()
-		t.Fatalf("guest did not finish (ctx %v); qemu stderr:\n%s\nconsole:\n%s", ctx.Err(), stderr.String(), tail(res.Console, 4000))
+	if waitErr != nil {
+		t.Fatalf("guest did not finish: %v\nconsole:\n%s", waitErr, tail(res.Console, 4000))
 	}
 	res.EventLog, err = base64.StdEncoding.DecodeString(logB64.String())
 	if err != nil {

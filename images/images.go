@@ -1,11 +1,12 @@
 // Package images builds a release's boot artefacts and predicts what they
 // measure: a UKI (package uki), a reproducible GPT disk image with the UKI on
 // its ESP (package disk), and the PCR values OVMF + systemd-stub + Linux
-// produce when booting it (package predict), all from the input files alone.
+// produce when booting it (package predict), all from the files alone.
 //
-// The prediction feeds the release manifest that release officers sign
-// (`embassyctl release sign`); the verifier admits a boot only if the quoted
-// PCRs equal a signed release's values. See docs/disk-image.md.
+// The prediction becomes a release manifest (package attest/release) that
+// release officers sign with `embassyctl release sign`; the verifier admits a
+// boot only if the quoted PCRs equal a signed release's values. See
+// docs/disk-image.md.
 package images
 
 import (
@@ -16,11 +17,22 @@ import (
 	"io"
 	"os"
 	"sort"
+	"time"
 
+	"github.com/dataembassy/embassy/attest/release"
 	"github.com/dataembassy/embassy/images/disk"
 	"github.com/dataembassy/embassy/images/predict"
 	"github.com/dataembassy/embassy/images/uki"
 )
+
+// ManifestName is the product name written into release manifests.
+const ManifestName = "embassy-appliance"
+
+// ReleasePCRs are the PCRs a release manifest lists: they depend only on
+// the release's files. PCR 5 (GPT) is predicted too but belongs to the
+// per-machine firmware baseline recorded at enrollment (see
+// attest/tpm.FirmwarePCRs), so it is listed only on request.
+var ReleasePCRs = []int{predict.PCRBootApps, predict.PCRKernelStub, predict.PCRUKISections, predict.PCRStubParams, predict.PCRSysexts}
 
 // Options are the inputs of a release image.
 type Options struct {
@@ -34,7 +46,8 @@ type Options struct {
 	Cmdline string
 	// OSRelease is the os-release text for the UKI's .osrel section.
 	OSRelease string
-	// Disk sizes and reproducibility inputs; Disk.UKI is filled by Build.
+	// Disk holds the disk sizes, GUID seed and timestamp; Disk.UKI is
+	// filled in by Build.
 	Disk disk.Options
 	// DiskPath is where the disk image is written (must not exist); empty
 	// means build only the UKI and its predictions.
@@ -43,30 +56,21 @@ type Options struct {
 	Predict predict.Options
 }
 
-// Component is one measured input of a release.
-type Component struct {
-	// Name identifies the component: "uki", "kernel", "initrd", "cmdline",
-	// "osrel", "stub", "disk".
-	Name string `json:"name"`
-	// SHA256 is the hex SHA-256 of the component's bytes.
-	SHA256 string `json:"sha256"`
-	// Size is its length in bytes.
-	Size int64 `json:"size"`
-}
-
-// Release is what Build produced and predicted.
+// Release is a built (or inspected) release and its predicted measurements.
 type Release struct {
 	// UKI is the unified kernel image.
 	UKI []byte
-	// UKIAuthenticode is the UKI's Authenticode SHA-256 (hex), the PCR 4
-	// boot-application digest.
+	// UKIAuthenticode is the UKI's Authenticode SHA-256 (hex): the digest
+	// firmware logs in PCR 4, and what a Secure Boot signature covers.
 	UKIAuthenticode string
-	// Components lists the digests of every input and output, by name.
-	Components []Component
-	// Events are the predicted measurements, in log order.
+	// Components are the digests of the UKI, its payload sections
+	// ("kernel", "initrd", "cmdline", "osrel"), the stub when Build made
+	// the UKI, and the disk image when there is one; sorted by name.
+	Components []release.Component
+	// Events are the predicted measurements, in log order per PCR.
 	Events []predict.Event
-	// PCRs maps PCR index to the predicted SHA-256 value (hex) for PCRs 4,
-	// 9, 11, 12 and 13, and 5 when a disk image was built.
+	// PCRs maps PCR index to the predicted SHA-256 value (hex): the
+	// ReleasePCRs, and 5 when a disk image was given.
 	PCRs map[int]string
 }
 
@@ -83,8 +87,28 @@ func Build(o Options) (*Release, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Release{UKI: img.Bytes}
-	if r.Events, err = predict.UKIEvents(img.Bytes, o.Predict); err != nil {
+	if o.DiskPath != "" {
+		do := o.Disk
+		do.UKI = img.Bytes
+		if err := disk.Build(o.DiskPath, do); err != nil {
+			return nil, err
+		}
+	}
+	r, err := Predict(img.Bytes, o.DiskPath, o.Predict)
+	if err != nil {
+		return nil, err
+	}
+	r.Components = append(r.Components, component("stub", stub))
+	sortComponents(r.Components)
+	return r, nil
+}
+
+// Predict computes a release's measurements from an existing UKI and,
+// if diskPath is not empty, the disk image that carries it.
+func Predict(ukiImage []byte, diskPath string, o predict.Options) (*Release, error) {
+	r := &Release{UKI: ukiImage}
+	var err error
+	if r.Events, err = predict.UKIEvents(ukiImage, o); err != nil {
 		return nil, err
 	}
 	for _, e := range r.Events {
@@ -93,68 +117,91 @@ func Build(o Options) (*Release, error) {
 			break
 		}
 	}
-	add := func(name string, b []byte) {
-		s := sha256.Sum256(b)
-		r.Components = append(r.Components, Component{Name: name, SHA256: hex.EncodeToString(s[:]), Size: int64(len(b))})
+	secs, err := predict.Sections(ukiImage)
+	if err != nil {
+		return nil, err
 	}
-	add("stub", stub)
-	add("kernel", o.Kernel)
-	add("initrd", o.Initrd)
-	add("cmdline", []byte(o.Cmdline))
-	add("osrel", []byte(o.OSRelease))
-	add("uki", img.Bytes)
-	pcrs := []int{predict.PCRBootApps, predict.PCRKernelStub, predict.PCRUKISections, predict.PCRStubParams, predict.PCRSysexts}
-
-	if o.DiskPath != "" {
-		do := o.Disk
-		do.UKI = img.Bytes
-		if err := disk.Build(o.DiskPath, do); err != nil {
-			return nil, err
+	r.Components = append(r.Components, component("uki", ukiImage))
+	for _, c := range []struct{ name, section string }{
+		{"kernel", uki.SectionLinux},
+		{"initrd", uki.SectionInitrd},
+		{"cmdline", uki.SectionCmdline},
+		{"osrel", uki.SectionOSRel},
+	} {
+		if data, ok := secs[c.section]; ok {
+			r.Components = append(r.Components, component(c.name, data))
 		}
-		gptEvents, diskSum, size, err := diskFacts(o.DiskPath)
+	}
+	pcrs := append([]int(nil), ReleasePCRs...)
+	if diskPath != "" {
+		gptEvents, c, err := diskFacts(diskPath)
 		if err != nil {
 			return nil, err
 		}
 		r.Events = append(r.Events, gptEvents...)
-		r.Components = append(r.Components, Component{Name: "disk", SHA256: diskSum, Size: size})
+		r.Components = append(r.Components, c)
 		pcrs = append(pcrs, predict.PCRGPT)
 	}
 	r.PCRs = map[int]string{}
 	for i, v := range predict.Replay(r.Events, pcrs...) {
 		r.PCRs[i] = hex.EncodeToString(v)
 	}
-	sort.Slice(r.Components, func(i, j int) bool { return r.Components[i].Name < r.Components[j].Name })
+	sortComponents(r.Components)
 	return r, nil
 }
 
-// diskFacts reads back the built image: its PCR 5 events and its digest.
-func diskFacts(path string) ([]predict.Event, string, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, "", 0, err
+// ManifestOptions name a release manifest.
+type ManifestOptions struct {
+	// Release is the release's version string, e.g. "2026.11.1".
+	Release string
+	// Created is the manifest's creation time; zero means now. Pass a
+	// fixed time for a reproducible manifest.
+	Created time.Time
+	// IncludeGPT also lists PCR 5 (normally part of the enrollment
+	// baseline, not of a release).
+	IncludeGPT bool
+}
+
+// Manifest returns the unsigned release manifest for r: its components and
+// the ReleasePCRs (plus PCR 5 with IncludeGPT).
+func (r *Release) Manifest(o ManifestOptions) (*release.Manifest, error) {
+	created := o.Created
+	if created.IsZero() {
+		created = time.Now()
 	}
-	defer f.Close()
-	ev, err := predict.GPTEvents(f)
-	if err != nil {
-		return nil, "", 0, err
+	m := &release.Manifest{
+		Version:    release.Version,
+		Name:       ManifestName,
+		Release:    o.Release,
+		Created:    created.UTC().Truncate(time.Second),
+		Components: append([]release.Component(nil), r.Components...),
 	}
-	h := sha256.New()
-	if _, err := f.Seek(0, 0); err != nil {
-		return nil, "", 0, err
+	pcrs := append([]int(nil), ReleasePCRs...)
+	if o.IncludeGPT {
+		if _, ok := r.PCRs[predict.PCRGPT]; !ok {
+			return nil, errors.New("images: PCR 5 requested but no disk image was predicted")
+		}
+		pcrs = append(pcrs, predict.PCRGPT)
 	}
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return nil, "", 0, fmt.Errorf("images: hash disk: %w", err)
+	for _, i := range pcrs {
+		v, err := hex.DecodeString(r.PCRs[i])
+		if err != nil || len(v) != sha256.Size {
+			return nil, fmt.Errorf("images: no prediction for PCR %d", i)
+		}
+		m.SetPCR(uint32(i), v)
 	}
-	return ev, hex.EncodeToString(h.Sum(nil)), n, nil
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // ErrMismatch is returned by Compare when measured PCRs differ from the
 // prediction.
 var ErrMismatch = errors.New("images: measured PCRs differ from the prediction")
 
-// Compare checks measured PCR values (hex, by index) against the release's
-// prediction for every predicted PCR.
+// Compare checks measured PCR values (hex, by index) against every PCR the
+// release predicts.
 func (r *Release) Compare(measured map[int]string) error {
 	var bad []int
 	for i, want := range r.PCRs {
@@ -167,4 +214,32 @@ func (r *Release) Compare(measured map[int]string) error {
 		return fmt.Errorf("%w: PCRs %v", ErrMismatch, bad)
 	}
 	return nil
+}
+
+// diskFacts reads back a disk image: its PCR 5 events and its digest.
+func diskFacts(path string) ([]predict.Event, release.Component, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, release.Component{}, fmt.Errorf("images: %w", err)
+	}
+	defer f.Close()
+	ev, err := predict.GPTEvents(f)
+	if err != nil {
+		return nil, release.Component{}, err
+	}
+	h := sha256.New()
+	n, err := io.Copy(h, io.NewSectionReader(f, 0, 1<<62))
+	if err != nil {
+		return nil, release.Component{}, fmt.Errorf("images: hash disk image: %w", err)
+	}
+	return ev, release.Component{Name: "disk", SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}, nil
+}
+
+func component(name string, b []byte) release.Component {
+	s := sha256.Sum256(b)
+	return release.Component{Name: name, SHA256: hex.EncodeToString(s[:]), Size: int64(len(b))}
+}
+
+func sortComponents(c []release.Component) {
+	sort.Slice(c, func(i, j int) bool { return c[i].Name < c[j].Name })
 }

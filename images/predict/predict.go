@@ -87,6 +87,11 @@ func Sections(img []byte) (map[string][]byte, error) {
 		if _, dup := out[s.Name]; dup {
 			return nil, fmt.Errorf("%w: duplicate section %s", ErrNotUKI, s.Name)
 		}
+		// Bound memory for hostile images; a UKI's payload sections are
+		// file-backed.
+		if int64(s.VirtualSize) > int64(len(img))+maxZeroFill {
+			return nil, fmt.Errorf("%w: section %s VirtualSize %d exceeds the file", ErrNotUKI, s.Name, s.VirtualSize)
+		}
 		n := min(s.VirtualSize, s.Size)
 		data := make([]byte, s.VirtualSize)
 		if n > 0 {
@@ -98,6 +103,9 @@ func Sections(img []byte) (map[string][]byte, error) {
 	}
 	return out, nil
 }
+
+// maxZeroFill bounds how far a section's VirtualSize may exceed the file.
+const maxZeroFill = 16 << 20
 
 // stubMeasuredSections is systemd-stub v252's measurement order (.pcrsig
 // is never measured).

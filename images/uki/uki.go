@@ -14,6 +14,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/dataembassy/embassy/images/authenticode"
 )
@@ -94,6 +95,10 @@ func Build(o Options) (*Image, error) {
 	if len(o.Linux) == 0 {
 		return nil, errors.New("uki: no kernel")
 	}
+	// systemd-stub and the kernel treat the command line as a C string.
+	if strings.ContainsRune(o.Cmdline, 0) {
+		return nil, errors.New("uki: NUL byte in the command line")
+	}
 	payloads := []struct {
 		name string
 		data []byte
@@ -129,7 +134,6 @@ func Build(o Options) (*Image, error) {
 	secTableOff := optOff + optSize
 
 	// Existing sections: keep their names, check none clashes with ours.
-	type secHdr struct{ raw []byte }
 	var hdrs [][]byte
 	var endVA uint32
 	for i := range nSections {

@@ -1,0 +1,249 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/dataembassy/embassy/images"
+	"github.com/dataembassy/embassy/images/disk"
+	"github.com/dataembassy/embassy/images/predict"
+	"github.com/dataembassy/embassy/images/uki"
+)
+
+func init() {
+	register(command{
+		name:    "image",
+		summary: "boot images: build a UKI + GPT disk image and its manifest, predict PCRs",
+		run:     runImage,
+	})
+}
+
+const imageUsage = `usage: embassyctl image <subcommand> [flags]
+
+subcommands:
+  build   -initrd F -release R -out DIR [flags]
+                       write DIR/uki.efi, DIR/disk.img, DIR/manifest.json
+                       (unsigned; sign with 'embassyctl release sign') and
+                       DIR/events.txt (the predicted measurements)
+  predict -uki F [-disk D] [-release R -manifest M.json] [--json]
+                       predict the PCRs an existing UKI / disk image produces
+
+Run 'embassyctl image <subcommand> --help' for its flags.
+`
+
+// defaultCmdline is the appliance's kernel command line: serial console,
+// reboot on panic, few console messages (every byte is slow under TCG).
+const defaultCmdline = "console=ttyS0,115200 panic=-1 quiet"
+
+func runImage(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, imageUsage)
+		return fmt.Errorf("%w: missing subcommand", errUsage)
+	}
+	switch args[0] {
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, imageUsage)
+		return flag.ErrHelp
+	case "build":
+		return imageBuild(args[1:], stdout, stderr)
+	case "predict":
+		return imagePredict(args[1:], stdout, stderr)
+	}
+	fmt.Fprint(stderr, imageUsage)
+	return fmt.Errorf("%w: unknown subcommand %q", errUsage, args[0])
+}
+
+func defaultKernelPath() string {
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(home, ".cache/embassy/kernel/current/vmlinuz")
+}
+
+// defaultEpoch honours SOURCE_DATE_EPOCH, the reproducible-builds
+// convention, and is 0 otherwise.
+func defaultEpoch() int64 {
+	if v, err := strconv.ParseInt(os.Getenv("SOURCE_DATE_EPOCH"), 10, 64); err == nil {
+		return v
+	}
+	return 0
+}
+
+func imageBuild(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("image build", "image build -initrd F -release R -out DIR [flags]", stderr)
+	kernel := fs.String("kernel", defaultKernelPath(), "Linux bzImage")
+	initrd := fs.String("initrd", "", "initramfs (required)")
+	cmdline := fs.String("cmdline", defaultCmdline, "kernel command line baked into the UKI")
+	osrel := fs.String("osrel", "", "os-release file for .osrel (default: ID=embassy, VERSION_ID=<release>)")
+	stub := fs.String("stub", uki.DefaultStubPath, "systemd EFI stub")
+	rel := fs.String("release", "", "release version written into the manifest (required)")
+	out := fs.String("out", "", "output directory; must not contain uki.efi/disk.img/manifest.json yet (required)")
+	espMiB := fs.Int64("esp-mib", 0, "ESP size in MiB (0: 128 or what the UKI needs)")
+	dataMiB := fs.Int64("data-mib", 64, "data (store) partition size in MiB")
+	seed := fs.String("seed", "embassy", "seed of the disk and partition GUIDs; keep it across releases (PCR 5)")
+	epoch := fs.Int64("epoch", defaultEpoch(), "timestamp (Unix seconds) of ESP files and of the manifest (default $SOURCE_DATE_EPOCH or 0)")
+	failed := fs.Int("failed-boot-options", 0, "boot options the firmware tries before the disk (PCR 4)")
+	withGPT := fs.Bool("include-gpt", false, "also list PCR 5 (GPT) in the manifest")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *initrd == "" || *rel == "" || *out == "" || fs.NArg() != 0 {
+		fs.Usage()
+		return fmt.Errorf("%w: -initrd, -release and -out are required", errUsage)
+	}
+	read := func(p string) ([]byte, error) {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("read %w", err)
+		}
+		return b, nil
+	}
+	o := images.Options{
+		Cmdline:  *cmdline,
+		Disk:     disk.Options{ESPSize: *espMiB << 20, DataSize: *dataMiB << 20, Seed: *seed, Epoch: *epoch},
+		DiskPath: filepath.Join(*out, "disk.img"),
+		Predict:  predict.Options{FailedBootOptions: *failed},
+	}
+	var err error
+	if o.Stub, err = read(*stub); err != nil {
+		return err
+	}
+	if o.Kernel, err = read(*kernel); err != nil {
+		return err
+	}
+	if o.Initrd, err = read(*initrd); err != nil {
+		return err
+	}
+	if *osrel != "" {
+		b, err := read(*osrel)
+		if err != nil {
+			return err
+		}
+		o.OSRelease = string(b)
+	} else {
+		o.OSRelease = fmt.Sprintf("ID=embassy\nNAME=\"Embassy appliance\"\nVERSION_ID=%s\n", *rel)
+	}
+	if err := os.MkdirAll(*out, 0o755); err != nil {
+		return err
+	}
+	for _, name := range []string{"uki.efi", "disk.img", "manifest.json", "events.txt"} {
+		if _, err := os.Stat(filepath.Join(*out, name)); err == nil {
+			return fmt.Errorf("%s already exists", filepath.Join(*out, name))
+		}
+	}
+	r, err := images.Build(o)
+	if err != nil {
+		return err
+	}
+	m, err := r.Manifest(images.ManifestOptions{Release: *rel, Created: time.Unix(*epoch, 0), IncludeGPT: *withGPT})
+	if err != nil {
+		return err
+	}
+	mj, err := m.Marshal()
+	if err != nil {
+		return err
+	}
+	if err := writeNew(filepath.Join(*out, "uki.efi"), r.UKI, 0o644); err != nil {
+		return err
+	}
+	if err := writeNew(filepath.Join(*out, "manifest.json"), append(mj, '\n'), 0o644); err != nil {
+		return err
+	}
+	if err := writeNew(filepath.Join(*out, "events.txt"), []byte(predict.Describe(r.Events)), 0o644); err != nil {
+		return err
+	}
+	printPrediction(stdout, r)
+	fmt.Fprintf(stdout, "wrote %s/{uki.efi,disk.img,manifest.json,events.txt}\n", *out)
+	return nil
+}
+
+// predictionView is the --json output of image predict.
+type predictionView struct {
+	UKIAuthenticode string            `json:"uki_authenticode"`
+	PCRs            map[string]string `json:"pcrs"`
+	Components      any               `json:"components"`
+	Events          []eventView       `json:"events"`
+}
+
+type eventView struct {
+	PCR         int    `json:"pcr"`
+	Type        string `json:"type"`
+	Digest      string `json:"digest"`
+	Description string `json:"description"`
+}
+
+func imagePredict(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("image predict", "image predict -uki F [-disk D] [-release R -manifest M.json] [--json]", stderr)
+	ukiPath := fs.String("uki", "", "the UKI (required)")
+	diskPath := fs.String("disk", "", "the disk image carrying it (adds PCR 5 and its digest)")
+	rel := fs.String("release", "", "release version, with -manifest")
+	manifest := fs.String("manifest", "", "write the unsigned manifest here (must not exist)")
+	failed := fs.Int("failed-boot-options", 0, "boot options the firmware tries before the disk (PCR 4)")
+	withGPT := fs.Bool("include-gpt", false, "also list PCR 5 (GPT) in the manifest")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *ukiPath == "" || fs.NArg() != 0 || (*manifest != "") != (*rel != "") {
+		fs.Usage()
+		return fmt.Errorf("%w: need -uki, and -release together with -manifest", errUsage)
+	}
+	b, err := os.ReadFile(*ukiPath)
+	if err != nil {
+		return err
+	}
+	r, err := images.Predict(b, *diskPath, predict.Options{FailedBootOptions: *failed})
+	if err != nil {
+		return err
+	}
+	if *manifest != "" {
+		m, err := r.Manifest(images.ManifestOptions{Release: *rel, IncludeGPT: *withGPT})
+		if err != nil {
+			return err
+		}
+		mj, err := m.Marshal()
+		if err != nil {
+			return err
+		}
+		if err := writeNew(*manifest, append(mj, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	if *asJSON {
+		v := predictionView{UKIAuthenticode: r.UKIAuthenticode, PCRs: map[string]string{}, Components: r.Components}
+		for i, p := range r.PCRs {
+			v.PCRs[strconv.Itoa(i)] = p
+		}
+		for _, e := range r.Events {
+			v.Events = append(v.Events, eventView{e.PCR, fmt.Sprintf("%#x", e.Type), fmt.Sprintf("%x", e.Digest), e.Description})
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	printPrediction(stdout, r)
+	return nil
+}
+
+func printPrediction(w io.Writer, r *images.Release) {
+	fmt.Fprintf(w, "UKI Authenticode sha256: %s\n", r.UKIAuthenticode)
+	idx := make([]int, 0, len(r.PCRs))
+	for i := range r.PCRs {
+		idx = append(idx, i)
+	}
+	sort.Ints(idx)
+	for _, i := range idx {
+		fmt.Fprintf(w, "PCR %-2d %s\n", i, r.PCRs[i])
+	}
+	for _, c := range r.Components {
+		fmt.Fprintf(w, "component %-8s %s %d bytes\n", c.Name, c.SHA256, c.Size)
+	}
+}

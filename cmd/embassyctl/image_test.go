@@ -1,0 +1,113 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dataembassy/embassy/attest/release"
+	"github.com/dataembassy/embassy/images/uki"
+)
+
+// runCLI runs embassyctl in-process and returns its exit code and output.
+// TestImageBuildSignVerify: image build writes an unsigned manifest that
+// release sign/verify accept, and image predict reproduces its PCRs from the
+// written files alone.
+func TestImageBuildSignVerify(t *testing.T) {
+	dir := t.TempDir()
+	// Any PE serves as the kernel here: the stub itself.
+	kernel := filepath.Join(dir, "vmlinuz")
+	stub, err := os.ReadFile(uki.DefaultStubPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(kernel, stub, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	initrd := filepath.Join(dir, "initrd")
+	if err := os.WriteFile(initrd, []byte("initrd bytes"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	code, stdout, stderr := runCLI(t, "image", "build", "-kernel", kernel, "-initrd", initrd, "-release", "2026.11.1",
+		"-out", out, "-esp-mib", "40", "-data-mib", "4", "-epoch", "1700000000")
+	if code != 0 {
+		t.Fatalf("image build: exit %d\n%s%s", code, stdout, stderr)
+	}
+	for _, f := range []string{"uki.efi", "disk.img", "manifest.json", "events.txt"} {
+		if _, err := os.Stat(filepath.Join(out, f)); err != nil {
+			t.Errorf("missing %s: %v", f, err)
+		}
+	}
+	mj, err := os.ReadFile(filepath.Join(out, "manifest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := release.ParseManifest(bytes.TrimSpace(mj))
+	if err != nil {
+		t.Fatalf("manifest: %v\n%s", err, mj)
+	}
+	for _, p := range []string{"4", "9", "11", "12", "13"} {
+		if _, ok := m.PCRs[p]; !ok {
+			t.Errorf("manifest lacks PCR %s", p)
+		}
+	}
+	if _, ok := m.PCRs["5"]; ok {
+		t.Error("PCR 5 listed without -include-gpt")
+	}
+	// Building again into the same directory is refused.
+	if code, _, _ := runCLI(t, "image", "build", "-kernel", kernel, "-initrd", initrd, "-release", "x", "-out", out); code == 0 {
+		t.Error("image build overwrote an existing release")
+	}
+
+	// predict from the files alone gives the same PCRs.
+	code, pout, perr := runCLI(t, "image", "predict", "-uki", filepath.Join(out, "uki.efi"), "-disk", filepath.Join(out, "disk.img"))
+	if code != 0 {
+		t.Fatalf("image predict: exit %d\n%s", code, perr)
+	}
+	for p, v := range m.PCRs {
+		if !strings.Contains(pout, "PCR "+p+" ") || !strings.Contains(pout, v) {
+			t.Errorf("predict output lacks PCR %s = %s:\n%s", p, v, pout)
+		}
+	}
+	if !strings.Contains(pout, "PCR 5 ") {
+		t.Errorf("predict with -disk does not show PCR 5:\n%s", pout)
+	}
+
+	// Two officers sign; 2-of-2 verifies, 2-of-3 with one signature does not.
+	for _, k := range []string{"alice", "bob", "carol"} {
+		if code, _, e := runCLI(t, "release", "keygen", "-out", filepath.Join(dir, k)); code != 0 {
+			t.Fatalf("keygen: %s", e)
+		}
+	}
+	env := filepath.Join(dir, "rel.json")
+	if code, _, e := runCLI(t, "release", "sign", "-key", filepath.Join(dir, "alice.priv"), "-manifest", filepath.Join(out, "manifest.json"), "-out", env); code != 0 {
+		t.Fatalf("sign: %s", e)
+	}
+	trust := filepath.Join(dir, "alice.pub") + "," + filepath.Join(dir, "bob.pub") + "," + filepath.Join(dir, "carol.pub")
+	if code, _, _ := runCLI(t, "release", "verify", "-trust", trust, "-k", "2", env); code == 0 {
+		t.Error("one signature passed a 2-of-3 threshold")
+	}
+	if code, _, e := runCLI(t, "release", "sign", "-key", filepath.Join(dir, "bob.priv"), "-envelope", env, "-out", env); code != 0 {
+		t.Fatalf("second sign: %s", e)
+	}
+	if code, o, e := runCLI(t, "release", "verify", "-trust", trust, "-k", "2", env); code != 0 {
+		t.Errorf("2-of-3 verify failed: %s%s", o, e)
+	}
+}
+
+func TestImageUsage(t *testing.T) {
+	for _, args := range [][]string{
+		{"image"},
+		{"image", "frobnicate"},
+		{"image", "build"},
+		{"image", "predict"},
+		{"image", "predict", "-uki", "x", "-manifest", "m.json"},
+	} {
+		if code, _, _ := runCLI(t, args...); code != 2 {
+			t.Errorf("%v: exit %d, want 2", args, code)
+		}
+	}
+}
