@@ -95,4 +95,3 @@ func TestBootSecureBoot(t *testing.T) {
 		}
 	}
 }
-
