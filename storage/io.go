@@ -9,20 +9,21 @@ import (
 // maxChunk is how many blocks one internal I/O step covers (1 MiB).
 const maxChunk = 256
 
-// lockRange takes the stripe locks of blocks [b0, b1) (at most maxChunk)
-// in ascending stripe order, so concurrent multi-block operations cannot
-// deadlock, and returns the matching unlock.
-func (s *Store) lockRange(b0, b1 uint64, write bool) func() {
+// stripeRanges returns the stripe index ranges of blocks [b0, b1) (at most
+// maxChunk) in ascending order, so concurrent multi-block operations lock
+// in one global order and cannot deadlock.
+func stripeRanges(b0, b1 uint64) [2][2]int {
 	first := int(b0 % lockStripes)
 	n := int(b1 - b0)
-	var ranges [2][2]int
 	if first+n <= lockStripes {
-		ranges[0] = [2]int{first, first + n}
-	} else {
-		ranges[0] = [2]int{0, first + n - lockStripes}
-		ranges[1] = [2]int{first, lockStripes}
+		return [2][2]int{{first, first + n}, {}}
 	}
-	for _, r := range ranges {
+	return [2][2]int{{0, first + n - lockStripes}, {first, lockStripes}}
+}
+
+// lockRange takes the stripe locks of blocks [b0, b1).
+func (s *Store) lockRange(b0, b1 uint64, write bool) {
+	for _, r := range stripeRanges(b0, b1) {
 		for i := r[0]; i < r[1]; i++ {
 			if write {
 				s.stripes[i].Lock()
@@ -31,14 +32,16 @@ func (s *Store) lockRange(b0, b1 uint64, write bool) func() {
 			}
 		}
 	}
-	return func() {
-		for _, r := range ranges {
-			for i := r[0]; i < r[1]; i++ {
-				if write {
-					s.stripes[i].Unlock()
-				} else {
-					s.stripes[i].RUnlock()
-				}
+}
+
+// unlockRange releases what lockRange took.
+func (s *Store) unlockRange(b0, b1 uint64, write bool) {
+	for _, r := range stripeRanges(b0, b1) {
+		for i := r[0]; i < r[1]; i++ {
+			if write {
+				s.stripes[i].Unlock()
+			} else {
+				s.stripes[i].RUnlock()
 			}
 		}
 	}
@@ -55,7 +58,13 @@ func nonceBytes(dst *[12]byte, n uint64) { binary.BigEndian.PutUint64(dst[4:], n
 // Callers hold commitMu shared and the blocks' stripe locks.
 func (s *Store) readChunk(dst []byte, b0, b1 uint64, report func(uint64, error)) error {
 	nb := int(b1 - b0)
-	entries := make([]leafEntry, nb)
+	var small [4]leafEntry
+	entries := small[:0]
+	if nb <= len(small) {
+		entries = small[:nb]
+	} else {
+		entries = make([]leafEntry, nb)
+	}
 	var leaf *node
 	for k := 0; k < nb; k++ {
 		i := b0 + uint64(k)
@@ -164,13 +173,16 @@ func (s *Store) readSpan(p []byte, pos int64, b0, b1 uint64) (int, error) {
 	if err := s.usableLocked(false); err != nil {
 		return 0, err
 	}
-	unlock := s.lockRange(b0, b1, false)
-	defer unlock()
+	s.lockRange(b0, b1, false)
+	defer s.unlockRange(b0, b1, false)
 	start := int(pos - int64(b0)*BlockSize)
 	span := int(b1-b0) * BlockSize
 	if start == 0 && len(p) >= span {
 		// Whole blocks: decrypt straight into p.
-		return span, s.readChunk(p[:span], b0, b1, nil)
+		if err := s.readChunk(p[:span], b0, b1, nil); err != nil {
+			return 0, err
+		}
+		return span, nil
 	}
 	tp := s.getBuf()
 	defer s.putBuf(tp)
@@ -240,8 +252,8 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 	if n0+uint64(nb) > s.nonceLimit.Load() {
 		return 0, errRetry{}
 	}
-	unlock := s.lockRange(b0, b1, true)
-	defer unlock()
+	s.lockRange(b0, b1, true)
+	defer s.unlockRange(b0, b1, true)
 
 	start := int(pos - int64(b0)*BlockSize)
 	span := nb * BlockSize
@@ -271,8 +283,17 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 		copy(plain[start:], src)
 	}
 
-	leaves := make([]*node, nb)
-	slots := make([]int, nb)
+	var smallLeaves [4]*node
+	var smallSlots [4]int
+	var smallNews [4]leafEntry
+	var leaves []*node
+	var slots []int
+	var news []leafEntry
+	if nb <= len(smallLeaves) { // the common 4 KiB request allocates nothing
+		leaves, slots, news = smallLeaves[:nb], smallSlots[:nb], smallNews[:nb]
+	} else {
+		leaves, slots, news = make([]*node, nb), make([]int, nb), make([]leafEntry, nb)
+	}
 	for k := 0; k < nb; k++ {
 		i := b0 + uint64(k)
 		if k == 0 || i%leafEntries == 0 {
@@ -293,7 +314,6 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 	bp := s.getBuf()
 	defer s.putBuf(bp)
 	ct := *bp
-	news := make([]leafEntry, nb)
 	var aad [24]byte
 	for k := 0; k < nb; k++ {
 		e := &news[k]
@@ -416,8 +436,8 @@ func (s *Store) unmapLeaf(li, b0, b1 uint64) (uint64, error) {
 	if !hasMapped {
 		return 1, nil
 	}
-	unlock := s.lockRange(lo, hi, true)
-	defer unlock()
+	s.lockRange(lo, hi, true)
+	defer s.unlockRange(lo, hi, true)
 	if leaf, err = s.dirtyLeaf(li); err != nil {
 		return 0, err
 	}
@@ -534,8 +554,8 @@ func (s *Store) verifyLeaf(li uint64, dst []byte, mark func(uint64, uint64, erro
 	}
 	b0 := li * leafEntries
 	b1 := min(s.geom.blocks, b0+leafEntries)
-	unlock := s.lockRange(b0, b1, false)
-	defer unlock()
+	s.lockRange(b0, b1, false)
+	defer s.unlockRange(b0, b1, false)
 	err = s.readChunk(dst[:(b1-b0)*BlockSize], b0, b1, func(i uint64, err error) { mark(i, 1, err) })
 	if err != nil {
 		return s.verifyMetaFail(li, err, mark)

@@ -14,13 +14,6 @@ import (
 )
 
 // runCLI runs embassyctl in-process and returns its exit code and output.
-func runCLI(t *testing.T, args ...string) (int, string, string) {
-	t.Helper()
-	var out, errb bytes.Buffer
-	code := run(args, &out, &errb)
-	return code, out.String(), errb.String()
-}
-
 // TestImageBuildSignVerify: image build writes an unsigned manifest that
 // release sign/verify accept, and image predict reproduces its PCRs from the
 // written files alone.

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/dataembassy/embassy/storage/nbd"
+)
+
+func init() {
+	register(command{
+		name:    "serve",
+		summary: "serve a block device over NBD with mutual TLS",
+		run: func(args []string, stdout, stderr io.Writer) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return serve(ctx, args, stdout, stderr)
+		},
+	})
+}
+
+// grantList collects repeated --grant flags.
+type grantList []nbd.Grant
+
+func (g *grantList) String() string { return fmt.Sprint(*g) }
+
+// Set parses identity=export:rw or identity=export:ro. The identity may
+// itself contain '=' (URIs); the last '=' separates it.
+func (g *grantList) Set(v string) error {
+	i := strings.LastIndex(v, "=")
+	if i <= 0 {
+		return fmt.Errorf("grant %q: want identity=export:rw|ro", v)
+	}
+	id, rest := v[:i], v[i+1:]
+	j := strings.LastIndex(rest, ":")
+	if j < 0 {
+		return fmt.Errorf("grant %q: want identity=export:rw|ro", v)
+	}
+	var a nbd.Access
+	switch rest[j+1:] {
+	case "rw":
+		a = nbd.ReadWrite
+	case "ro":
+		a = nbd.ReadOnly
+	default:
+		return fmt.Errorf("grant %q: access must be rw or ro", v)
+	}
+	*g = append(*g, nbd.Grant{Identity: id, Export: rest[:j], Access: a})
+	return nil
+}
+
+// serve runs `embassyctl serve` until ctx is cancelled.
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	listen := fs.String("listen", "127.0.0.1:10809", "address to listen on")
+	file := fs.String("file", "", "serve this plain (unencrypted) file or block device")
+	export := fs.String("export", "disk", "export name")
+	desc := fs.String("description", "", "export description")
+	readOnly := fs.Bool("read-only", false, "export read-only")
+	certFile := fs.String("tls-cert", "", "server certificate (PEM)")
+	keyFile := fs.String("tls-key", "", "server private key (PEM)")
+	caFile := fs.String("client-ca", "", "CA certificates client certificates must chain to (PEM)")
+	plaintext := fs.Bool("plaintext", false, "serve without TLS, to anyone (local benchmarks only)")
+	depth := fs.Int("queue-depth", 0, "requests in flight per connection (0: default)")
+	verbose := fs.Bool("v", false, "log every connection")
+	var grants grantList
+	fs.Var(&grants, "grant", "identity=export:rw|ro; identity is a certificate CN or URI SAN, or * (repeatable)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() != 0 {
+		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	}
+	if *file == "" {
+		return fmt.Errorf("%w: --file is required", errUsage)
+	}
+	opts := nbd.ServerOptions{Plaintext: *plaintext, QueueDepth: *depth}
+	level := slog.LevelWarn
+	if *verbose {
+		level = slog.LevelInfo
+	}
+	opts.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	switch {
+	case *plaintext:
+		if *certFile != "" || *keyFile != "" || *caFile != "" {
+			return fmt.Errorf("%w: --plaintext excludes the TLS flags", errUsage)
+		}
+		if len(grants) == 0 {
+			grants = append(grants, nbd.Grant{Identity: nbd.AnyIdentity, Export: *export, Access: nbd.ReadWrite})
+		}
+	case *certFile == "" || *keyFile == "" || *caFile == "":
+		return fmt.Errorf("%w: --tls-cert, --tls-key and --client-ca are required (or --plaintext)", errUsage)
+	default:
+		cfg, err := serverTLS(*certFile, *keyFile, *caFile)
+		if err != nil {
+			return err
+		}
+		opts.TLSConfig = cfg
+		if len(grants) == 0 {
+			return fmt.Errorf("%w: no --grant: nobody could connect", errUsage)
+		}
+	}
+	opts.Grants = grants
+
+	backend, err := nbd.OpenFile(*file, *readOnly)
+	if err != nil {
+		return err
+	}
+	defer backend.Close()
+	opts.Exports = []nbd.Export{{
+		Name: *export, Description: *desc, Backend: backend,
+		ReadOnly: *readOnly, MultiConn: true,
+	}}
+	srv, err := nbd.NewServer(opts)
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "serving %s as %q on %s\n", *file, *export, l.Addr())
+	err = srv.Serve(ctx, l)
+	st := srv.Stats()
+	fmt.Fprintf(stdout, "stopped: %d connections, %d requests, %d refused, %d integrity errors\n",
+		st.Connections, st.Requests, st.Refused, st.IntegrityErrors)
+	return err
+}
+
+func serverTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("server certificate: %w", err)
+	}
+	caPEM, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("client CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("client CA %s: no PEM certificates", caFile)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool}, nil
+}

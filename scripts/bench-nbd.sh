@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# bench-nbd.sh compares Embassy's NBD server with nbdkit using fio's nbd
+# engine, side by side in one run: 1 MiB sequential write/read at QD8 and
+# 4 KiB random write/read at QD32 against
+#   - embassyctl serve on a plain file, with and without TLS
+#   - embassyctl serve on the authenticated store (when the CLI supports it)
+#   - nbdkit file, with and without TLS
+#   - nbdkit file --filter=luks (LUKS1, aes-xts-plain64), with and without TLS
+# It prints one table with ratios and writes it to docs/performance-nbd.md.
+#
+# Environment: RUNTIME (seconds per fio job, default 10), SIZE (default 1G),
+# BENCH_DIR (scratch directory, default a new one under /tmp), OUT (the
+# markdown file to write).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+RUNTIME=${RUNTIME:-10}
+SIZE=${SIZE:-1G}
+OUT=${OUT:-$ROOT/docs/performance-nbd.md}
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
+PY=/usr/bin/python3
+
+for tool in fio nbdkit qemu-img openssl nbdinfo; do
+  command -v "$tool" >/dev/null || { echo "bench-nbd: $tool missing (run scripts/install-deps.sh)" >&2; exit 1; }
+done
+
+WORK=${BENCH_DIR:-$(mktemp -d /tmp/nbd-bench.XXXXXX)}
+mkdir -p "$WORK"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  [[ -n ${BENCH_DIR:-} ]] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+echo "bench-nbd: building embassyctl"
+CGO_ENABLED=0 go build -trimpath -o "$WORK/embassyctl" ./cmd/embassyctl
+
+echo "bench-nbd: making $SIZE backing files in $WORK"
+head -c "$SIZE" /dev/urandom > "$WORK/plain.img"
+cp "$WORK/plain.img" "$WORK/nbdkit.img"
+qemu-img create -q -f luks --object secret,id=sec0,data=benchpass -o key-secret=sec0 "$WORK/luks.img" "$SIZE"
+
+# PKI: one CA; server and client certificates (ECDSA P-256).
+PKI=$WORK/pki; mkdir -p "$PKI/server" "$PKI/client"
+(
+  cd "$PKI"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -keyout ca-key.pem -out ca-cert.pem -subj "/CN=bench CA" 2>/dev/null
+  leaf() { # name cn ext
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$1-key.pem" \
+      -out "$1.csr" -subj "/CN=$2" 2>/dev/null
+    printf '%s\n' "$3" > "$1.ext"
+    openssl x509 -req -in "$1.csr" -CA ca-cert.pem -CAkey ca-key.pem -CAcreateserial \
+      -days 2 -out "$1-cert.pem" -extfile "$1.ext" 2>/dev/null
+  }
+  leaf server localhost "subjectAltName=IP:127.0.0.1,DNS:localhost
+extendedKeyUsage=serverAuth"
+  leaf client bench-client "extendedKeyUsage=clientAuth"
+  cp ca-cert.pem server/; cp server-cert.pem server-key.pem server/
+  cp ca-cert.pem client/; cp client-cert.pem client-key.pem client/
+)
+# fio's nbd engine may not name certificate files in the URI; libnbd finds
+# them in $HOME/.pki/libnbd, but only for non-root users, so as root fio
+# runs as nobody.
+FIOHOME=$WORK/fiohome
+mkdir -p "$FIOHOME/.pki/libnbd"
+cp "$PKI/client/"*.pem "$FIOHOME/.pki/libnbd/"
+chmod -R a+rwX "$FIOHOME"; chmod a+r "$FIOHOME/.pki/libnbd/"*
+chmod a+x "$WORK"
+FIOPREFIX=()
+if [[ $(id -u) -eq 0 ]]; then FIOPREFIX=(setpriv --reuid=65534 --regid=65534 --clear-groups); fi
+
+port=10900
+wait_port() { # port pid
+  for _ in $(seq 100); do
+    if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
+    kill -0 "$2" 2>/dev/null || { echo "bench-nbd: server exited" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "bench-nbd: server on $1 did not start" >&2; return 1
+}
+stop_server() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+RESULTS=$WORK/results.tsv
+: > "$RESULTS"
+
+# run_fio NAME URI: four jobs, one after another; appends a TSV line.
+run_fio() {
+  local name=$1 uri=$2 line=$name
+  for job in "write 1M 8" "read 1M 8" "randwrite 4k 32" "randread 4k 32"; do
+    set -- $job
+    local json=$WORK/fio-$name-$1.json
+    (cd "$FIOHOME" && HOME=$FIOHOME "${FIOPREFIX[@]}" env HOME="$FIOHOME" fio --name="$1" --ioengine=nbd --uri="$uri" \
+      --rw="$1" --bs="$2" --iodepth="$3" --size="$SIZE" --time_based --runtime="$RUNTIME" \
+      --ramp_time=1 --output-format=json > "$json")
+    line+=$'\t'$($PY -c '
+import json,sys
+t=open(sys.argv[1]).read()
+j=json.loads(t[t.index("{"):])["jobs"][0]
+rw=sys.argv[2]
+side=j["read"] if "read" in rw else j["write"]
+if j["error"]: sys.exit("fio error %d" % j["error"])
+print("%.0f" % (side["bw"]/1024.0) if sys.argv[3]=="1M" else "%.0f" % side["iops"])
+' "$json" "$1" "$2")
+  done
+  printf '%s\n' "$line" >> "$RESULTS"
+  echo "bench-nbd: $line"
+}
+
+# bench_embassy NAME TLS(0|1) SERVE-ARGS...
+bench_embassy() {
+  local name=$1 tls=$2; shift 2
+  port=$((port+1))
+  local tlsargs=(--plaintext) scheme=nbd
+  if [[ $tls == 1 ]]; then
+    tlsargs=(--tls-cert "$PKI/server-cert.pem" --tls-key "$PKI/server-key.pem" --client-ca "$PKI/ca-cert.pem" --grant "bench-client=disk:rw")
+    scheme=nbds
+  fi
+  "$WORK/embassyctl" serve --listen 127.0.0.1:$port --export disk "${tlsargs[@]}" "$@" > "$WORK/$name.log" 2>&1 &
+  local pid=$!; PIDS+=("$pid")
+  wait_port $port $pid
+  run_fio "$name" "$scheme://127.0.0.1:$port/disk"
+  stop_server $pid
+}
+
+# bench_nbdkit NAME TLS(0|1) NBDKIT-ARGS...
+bench_nbdkit() {
+  local name=$1 tls=$2; shift 2
+  port=$((port+1))
+  local tlsargs=(--tls=off) scheme=nbd
+  if [[ $tls == 1 ]]; then
+    tlsargs=(--tls=require --tls-certificates="$PKI/server" --tls-verify-peer)
+    scheme=nbds
+  fi
+  nbdkit -f -i 127.0.0.1 -p $port -e disk "${tlsargs[@]}" "$@" > "$WORK/$name.log" 2>&1 &
+  local pid=$!; PIDS+=("$pid")
+  wait_port $port $pid
+  run_fio "$name" "$scheme://127.0.0.1:$port/disk"
+  stop_server $pid
+}
+
+STORE_ARGS=()
+if "$WORK/embassyctl" serve --help 2>&1 | grep -q -- '--store'; then
+  STORE_ARGS=(yes)
+fi
+
+for tls in 0 1; do
+  sfx=""; [[ $tls == 1 ]] && sfx="-tls"
+  bench_nbdkit "nbdkit-file$sfx" $tls file "$WORK/nbdkit.img"
+  bench_nbdkit "nbdkit-luks$sfx" $tls --filter=luks file "$WORK/luks.img" passphrase=benchpass
+  bench_embassy "embassy-file$sfx" $tls --file "$WORK/plain.img"
+  if [[ ${#STORE_ARGS[@]} -gt 0 ]]; then
+    if [[ ! -e $WORK/store.img ]]; then
+      head -c 32 /dev/urandom > "$WORK/kek"
+      "$WORK/embassyctl" serve --help >/dev/null 2>&1 || true
+    fi
+    bench_embassy "embassy-store$sfx" $tls --store "$WORK/store.img" --store-size "$SIZE" \
+      --kek-file "$WORK/kek" --counter-file "$WORK/counter"
+  fi
+done
+
+$PY - "$RESULTS" "$OUT" "$RUNTIME" "$SIZE" <<'PYEOF'
+import sys, datetime, platform, os
+res, out, runtime, size = sys.argv[1:5]
+rows = {}
+order = []
+for line in open(res):
+    f = line.rstrip("\n").split("\t")
+    rows[f[0]] = [float(x) for x in f[1:5]]
+    order.append(f[0])
+cols = ["seq write MiB/s", "seq read MiB/s", "4K randwrite IOPS", "4K randread IOPS"]
+lines = []
+lines.append("## NBD")
+lines.append("")
+lines.append("Measured by `make bench` (scripts/bench-nbd.sh) on %s, %d CPUs, %s UTC: fio's nbd engine over loopback, "
+             "%s s per job after 1 s ramp, %s backing files; 1 MiB sequential at QD8, 4 KiB random at QD32. "
+             "One run, servers one after another; compare ratios, not absolute numbers."
+             % (platform.node(), os.cpu_count(), datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), runtime, size))
+lines.append("")
+lines.append("| server | " + " | ".join(cols) + " |")
+lines.append("|---|" + "---:|" * len(cols))
+for n in order:
+    lines.append("| %s | %s |" % (n, " | ".join("%.0f" % v for v in rows[n])))
+lines.append("")
+lines.append("Ratios (higher is better for us):")
+lines.append("")
+lines.append("| ratio | " + " | ".join(cols) + " |")
+lines.append("|---|" + "---:|" * len(cols))
+def ratio(a, b):
+    if a in rows and b in rows:
+        lines.append("| %s / %s | %s |" % (a, b, " | ".join("%.2fx" % (x / y if y else 0) for x, y in zip(rows[a], rows[b]))))
+for sfx in ["", "-tls"]:
+    ratio("embassy-file" + sfx, "nbdkit-file" + sfx)
+    ratio("embassy-store" + sfx, "nbdkit-file" + sfx)
+    ratio("embassy-store" + sfx, "nbdkit-luks" + sfx)
+lines.append("")
+lines.append("Targets: embassy-file >= 0.9x nbdkit-file; embassy-store 4K randread >= 0.7x nbdkit-file "
+             "and sequential >= 3x nbdkit-luks.")
+text = "\n".join(lines) + "\n"
+print(text)
+open(out, "w").write("# Performance: NBD server\n\n" + text)
+PYEOF
+echo "bench-nbd: wrote $OUT"

@@ -1,0 +1,126 @@
+package storage_test
+
+import (
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/dataembassy/embassy/storage"
+)
+
+// benchSize is the logical size of the benchmark store.
+const benchSize = 128 << 20
+
+type benchTarget interface {
+	io.ReaderAt
+	io.WriterAt
+}
+
+// BenchmarkStore compares the store with plain os.File I/O on the same
+// backing file, side by side in one run: `make bench-store` turns the
+// pairs into ratios.
+func BenchmarkStore(b *testing.B) {
+	dir := b.TempDir()
+	dev, err := storage.CreateFileDevice(filepath.Join(dir, "backing"), 2*benchSize+8<<20)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer dev.Close()
+	s, err := storage.Format(dev, storage.FormatOptions{KEK: testKEK, Size: benchSize})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	// Fill both so reads touch real data, not holes.
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i * 7)
+	}
+	for off := int64(0); off < benchSize; off += int64(len(buf)) {
+		if _, err := s.WriteAt(buf, off); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := s.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	// Plain I/O goes to a twin file on the same filesystem: writing into the
+	// store's own file would destroy what the store benchmarks read.
+	plainDev, err := storage.CreateFileDevice(filepath.Join(dir, "plain"), 2*benchSize+8<<20)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer plainDev.Close()
+	for off := int64(0); off < benchSize; off += int64(len(buf)) {
+		if _, err := plainDev.WriteAt(buf, off); err != nil {
+			b.Fatal(err)
+		}
+	}
+	plain := plainDev.File
+	for _, wl := range []struct {
+		name  string
+		size  int
+		rand  bool
+		write bool
+	}{
+		{"seqwrite1M", 1 << 20, false, true},
+		{"seqread1M", 1 << 20, false, false},
+		{"randwrite4K", 4096, true, true},
+		{"randread4K", 4096, true, false},
+	} {
+		for _, conc := range []int{1, 4, 16} {
+			for _, tgt := range []struct {
+				name string
+				t    benchTarget
+			}{{"plain", plain}, {"store", s}} {
+				b.Run(fmt.Sprintf("%s/conc=%d/%s", wl.name, conc, tgt.name), func(b *testing.B) {
+					runBench(b, tgt.t, wl.size, wl.rand, wl.write, conc)
+				})
+			}
+		}
+	}
+}
+
+func runBench(b *testing.B, t benchTarget, size int, random, write bool, conc int) {
+	b.SetBytes(int64(size))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var ops atomic.Int64
+	ops.Store(int64(b.N))
+	slots := int64(benchSize / size)
+	b.ResetTimer()
+	for w := 0; w < conc; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			r := rand.New(rand.NewPCG(uint64(w), 9))
+			buf := make([]byte, size)
+			for i := range buf {
+				buf[i] = byte(i + w)
+			}
+			for ops.Add(-1) >= 0 {
+				var off int64
+				if random {
+					off = r.Int64N(slots) * int64(size)
+				} else {
+					off = (next.Add(1) % slots) * int64(size)
+				}
+				var err error
+				if write {
+					_, err = t.WriteAt(buf, off)
+				} else {
+					_, err = t.ReadAt(buf, off)
+				}
+				if err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+}
