@@ -13,7 +13,6 @@ import (
 	"github.com/dataembassy/embassy/internal/testenv"
 )
 
-// runCLI runs embassyctl in-process and returns its exit code and output.
 // TestImageBuildSignVerify: image build writes an unsigned manifest that
 // release sign/verify accept, and image predict reproduces its PCRs from the
 // written files alone.
