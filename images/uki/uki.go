@@ -56,9 +56,9 @@ type Options struct {
 	// Cmdline is the kernel command line, stored in .cmdline without a
 	// trailing NUL (systemd-stub measures the section's exact bytes).
 	Cmdline string
-	// OSRelease is the os-release text for .osrel; it may be empty, in
-	// which case the section is omitted.
+	// OSRelease is the os-release text for .osrel.
 	OSRelease string
+	// Empty Initrd, Cmdline or OSRelease leave their section out.
 }
 
 // Section is one appended payload section as laid out in the image.
@@ -156,7 +156,8 @@ func Build(o Options) (*Image, error) {
 		data []byte
 	}
 	for _, p := range payloads {
-		if p.name == SectionOSRel && len(p.data) == 0 {
+		// systemd-stub ignores empty sections; leave them out.
+		if len(p.data) == 0 {
 			continue
 		}
 		keep = append(keep, p)
