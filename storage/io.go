@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"runtime"
+	"sort"
 	"sync"
 )
 
@@ -129,32 +131,79 @@ func (s *Store) readChunk(dst []byte, b0, b1 uint64, report func(uint64, error))
 		}
 		k = j
 	}
-	var aad [24]byte
-	for k := 0; k < nb; k++ {
-		out := dst[k*BlockSize : (k+1)*BlockSize]
-		e := &entries[k]
-		if !e.mapped() {
-			clear(out)
-			continue
-		}
-		// GCM wants ciphertext||tag contiguous: borrow the 16 bytes after
-		// this block in scratch (the next block's head) and put them back.
-		var save [16]byte
-		ctEnd := (k + 1) * BlockSize
-		copy(save[:], scratch[ctEnd:ctEnd+16])
-		copy(scratch[ctEnd:], e.tag[:])
-		_, err := s.keys.data.Open(out[:0], e.nonce[:], scratch[k*BlockSize:ctEnd+16], s.blockAAD(&aad, b0+uint64(k)))
-		copy(scratch[ctEnd:], save[:])
-		if err != nil {
-			clear(out)
-			ie := s.integrity(&IntegrityError{Block: int64(b0) + int64(k), Reason: "data authentication failed"})
-			if report == nil {
-				return ie
+	// Decrypt, on several cores for large requests; failures are handled
+	// afterwards in block order.
+	var failMu sync.Mutex
+	var failed []int
+	parallelBlocks(nb, func(k0, k1 int) {
+		var aad [24]byte
+		var tmp [BlockSize + 16]byte
+		for k := k0; k < k1; k++ {
+			out := dst[k*BlockSize : (k+1)*BlockSize]
+			e := &entries[k]
+			if !e.mapped() {
+				clear(out)
+				continue
 			}
-			report(b0+uint64(k), ie)
+			ctEnd := (k + 1) * BlockSize
+			var err error
+			if k == k1-1 && k1 < nb {
+				// The next block belongs to another worker: use a copy.
+				copy(tmp[:], scratch[k*BlockSize:ctEnd])
+				copy(tmp[BlockSize:], e.tag[:])
+				_, err = s.keys.data.Open(out[:0], e.nonce[:], tmp[:], s.blockAAD(&aad, b0+uint64(k)))
+			} else {
+				// GCM wants ciphertext||tag contiguous: borrow the 16 bytes
+				// after this block in scratch (the next block's head, or
+				// spare room) and put them back.
+				var save [16]byte
+				copy(save[:], scratch[ctEnd:ctEnd+16])
+				copy(scratch[ctEnd:], e.tag[:])
+				_, err = s.keys.data.Open(out[:0], e.nonce[:], scratch[k*BlockSize:ctEnd+16], s.blockAAD(&aad, b0+uint64(k)))
+				copy(scratch[ctEnd:], save[:])
+			}
+			if err != nil {
+				clear(out)
+				failMu.Lock()
+				failed = append(failed, k)
+				failMu.Unlock()
+			}
 		}
+	})
+	sort.Ints(failed)
+	for _, k := range failed {
+		ie := s.integrity(&IntegrityError{Block: int64(b0) + int64(k), Reason: "data authentication failed"})
+		if report == nil {
+			return ie
+		}
+		report(b0+uint64(k), ie)
 	}
 	return nil
+}
+
+// parallelMin is the request size (in blocks) from which the AES-GCM work
+// of one request is spread over several cores.
+const parallelMin = 64
+
+// parallelBlocks calls f on consecutive sub-ranges of [0, nb), concurrently
+// when nb is large and more than one CPU is available.
+func parallelBlocks(nb int, f func(k0, k1 int)) {
+	w := min(runtime.GOMAXPROCS(0), nb/(parallelMin/2))
+	if nb < parallelMin || w < 2 {
+		f(0, nb)
+		return
+	}
+	per := (nb + w - 1) / w
+	var wg sync.WaitGroup
+	for k0 := per; k0 < nb; k0 += per {
+		wg.Add(1)
+		go func(k0 int) {
+			defer wg.Done()
+			f(k0, min(k0+per, nb))
+		}(k0)
+	}
+	f(0, per)
+	wg.Wait()
 }
 
 // ReadAt reads len(p) bytes at off. Reading past the end returns io.EOF
@@ -348,14 +397,26 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 	bp := getBuf(nb)
 	defer putBuf(bp)
 	ct := *bp
-	var aad [24]byte
-	for k := 0; k < nb; k++ {
-		e := &news[k]
-		e.flags = flagMapped | byte(slots[k]<<1)
-		s.nonceBytes(&e.nonce, n0+uint64(k))
-		out := s.keys.data.Seal(ct[k*BlockSize:k*BlockSize], e.nonce[:], plain[k*BlockSize:(k+1)*BlockSize], s.blockAAD(&aad, b0+uint64(k)))
-		copy(e.tag[:], out[BlockSize:])
-	}
+	parallelBlocks(nb, func(k0, k1 int) {
+		var aad [24]byte
+		var tmp [BlockSize + 16]byte
+		for k := k0; k < k1; k++ {
+			e := &news[k]
+			e.flags = flagMapped | byte(slots[k]<<1)
+			s.nonceBytes(&e.nonce, n0+uint64(k))
+			pt, ad := plain[k*BlockSize:(k+1)*BlockSize], s.blockAAD(&aad, b0+uint64(k))
+			if k == k1-1 && k1 < nb {
+				// The tag would land on the next worker's block.
+				out := s.keys.data.Seal(tmp[:0], e.nonce[:], pt, ad)
+				copy(ct[k*BlockSize:], out[:BlockSize])
+				copy(e.tag[:], out[BlockSize:])
+				continue
+			}
+			// The tag lands on the next block's head, overwritten next.
+			out := s.keys.data.Seal(ct[k*BlockSize:k*BlockSize], e.nonce[:], pt, ad)
+			copy(e.tag[:], out[BlockSize:])
+		}
+	})
 	for k := 0; k < nb; {
 		j := k + 1
 		for j < nb && slots[j] == slots[k] {
