@@ -59,7 +59,8 @@ type OpenOptions struct {
 	KEK []byte
 	// Recovery opens the recovery key slot instead of the KEK.
 	Recovery hpke.PrivateKey
-	// Counter detects whole-store rollback: Open fails with ErrRollback
+	// Counter detects whole-store rollback (one counter per store: every
+	// Open advances it): Open fails with ErrRollback
 	// unless the superblock's counter value equals the counter (or is one
 	// ahead: an Open interrupted after its commit), then advances it. Nil
 	// disables the check (offline tools, recovery).
