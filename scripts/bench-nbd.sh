@@ -120,6 +120,10 @@ bench_embassy() {
   "$WORK/embassyctl" serve --listen 127.0.0.1:$port --export disk "${tlsargs[@]}" "$@" > "$WORK/$name.log" 2>&1 &
   local pid=$!; PIDS+=("$pid")
   wait_port $port $pid
+  if [[ -n ${PREFILL:-} ]]; then
+    echo "bench-nbd: filling $name from $PREFILL"
+    nbdcopy "$PREFILL" "$scheme://127.0.0.1:$port/disk"
+  fi
   run_fio "$name" "$scheme://127.0.0.1:$port/disk"
   stop_server $pid
 }
@@ -140,22 +144,21 @@ bench_nbdkit() {
   stop_server $pid
 }
 
-STORE_ARGS=()
-if "$WORK/embassyctl" serve --help 2>&1 | grep -q -- '--store'; then
-  STORE_ARGS=(yes)
-fi
+head -c 32 /dev/urandom > "$WORK/kek"
 
 for tls in 0 1; do
   sfx=""; [[ $tls == 1 ]] && sfx="-tls"
   bench_nbdkit "nbdkit-file$sfx" $tls file "$WORK/nbdkit.img"
   bench_nbdkit "nbdkit-luks$sfx" $tls --filter=luks file "$WORK/luks.img" passphrase=benchpass
   bench_embassy "embassy-file$sfx" $tls --file "$WORK/plain.img"
-  if [[ ${#STORE_ARGS[@]} -gt 0 ]]; then
-    if [[ ! -e $WORK/store.img ]]; then
-      head -c 32 /dev/urandom > "$WORK/kek"
-      "$WORK/embassyctl" serve --help >/dev/null 2>&1 || true
-    fi
-    bench_embassy "embassy-store$sfx" $tls --store "$WORK/store.img" --store-size "$SIZE" \
+  if [[ $tls == 0 ]]; then
+    # A new store, filled with the same random data as the plain file so
+    # reads decrypt and authenticate real blocks (unwritten blocks read as
+    # zeros without touching ciphertext).
+    PREFILL=$WORK/plain.img bench_embassy "embassy-store$sfx" $tls --store "$WORK/store.img" --format "$SIZE" \
+      --kek-file "$WORK/kek" --counter-file "$WORK/counter"
+  else
+    bench_embassy "embassy-store$sfx" $tls --store "$WORK/store.img" \
       --kek-file "$WORK/kek" --counter-file "$WORK/counter"
   fi
 done

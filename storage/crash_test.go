@@ -28,7 +28,8 @@ func (c *memCounter) Increment() (uint64, error) {
 }
 
 // crashSchedules returns how many random power-cut schedules to run:
-// STORAGE_CRASH_SCHEDULES if set (make soak), else 2000 (200 with -short).
+// STORAGE_CRASH_SCHEDULES if set (make soak), else 2000 (200 with -short
+// or under the race detector, which is ten times slower).
 func crashSchedules(t *testing.T) int {
 	if v := os.Getenv("STORAGE_CRASH_SCHEDULES"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -37,7 +38,7 @@ func crashSchedules(t *testing.T) int {
 		}
 		return n
 	}
-	if testing.Short() {
+	if testing.Short() || raceEnabled {
 		return 200
 	}
 	return 2000
@@ -133,11 +134,8 @@ func crashSchedule(seed uint64) error {
 			noteChange(off, n)
 			_, err = s.WriteAt(data, off)
 		case k < 7:
-			b0 := (off + storage.BlockSize - 1) / storage.BlockSize * storage.BlockSize
-			if e := (off + n) / storage.BlockSize * storage.BlockSize; e > b0 {
-				clear(cur[b0:e])
-				noteChange(b0, e-b0)
-			}
+			clear(cur[off : off+n])
+			noteChange(off, n)
 			err = s.Trim(off, n)
 		case k < 8:
 			clear(cur[off : off+n])

@@ -49,7 +49,14 @@ func (s *Store) unlockRange(b0, b1 uint64, write bool) {
 
 func (s *Store) getBuf() *[]byte         { return s.bufs.Get().(*[]byte) }
 func (s *Store) putBuf(b *[]byte)        { s.bufs.Put(b) }
-func nonceBytes(dst *[12]byte, n uint64) { binary.BigEndian.PutUint64(dst[4:], n) }
+// nonceBytes builds a data nonce: the session's random 48-bit salt, then
+// the low 48 bits of the write counter.
+func (s *Store) nonceBytes(dst *[12]byte, n uint64) {
+	copy(dst[:6], s.nonceSalt[:])
+	var c [8]byte
+	binary.BigEndian.PutUint64(c[:], n)
+	copy(dst[6:], c[2:])
+}
 
 // readChunk authenticates and decrypts blocks [b0, b1) into dst
 // ((b1-b0)*BlockSize bytes). Unmapped blocks read as zeros. A block that
@@ -252,6 +259,9 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 	if n0+uint64(nb) > s.nonceLimit.Load() {
 		return 0, errRetry{}
 	}
+	if n0+uint64(nb) > maxNonceCounter {
+		return 0, ErrNoncesExhausted
+	}
 	s.lockRange(b0, b1, true)
 	defer s.unlockRange(b0, b1, true)
 
@@ -318,7 +328,7 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 	for k := 0; k < nb; k++ {
 		e := &news[k]
 		e.flags = flagMapped | byte(slots[k]<<1)
-		nonceBytes(&e.nonce, n0+uint64(k))
+		s.nonceBytes(&e.nonce, n0+uint64(k))
 		out := s.keys.data.Seal(ct[k*BlockSize:k*BlockSize], e.nonce[:], plain[k*BlockSize:(k+1)*BlockSize], s.blockAAD(&aad, b0+uint64(k)))
 		copy(e.tag[:], out[BlockSize:])
 	}
@@ -342,23 +352,15 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 	return m, nil
 }
 
-// Trim discards the whole blocks inside [off, off+length): they read as
-// zeros from now on. Partial blocks at either end are left as they are
-// (trim is a hint). The change is durable after the next Flush.
+// Trim discards [off, off+length): whole blocks become holes and partial
+// blocks at either end are zeroed, so the whole range reads as zeros. The
+// change is durable after the next Flush.
 func (s *Store) Trim(off, length int64) error {
-	if err := s.checkRange(off, length); err != nil {
-		return err
-	}
-	b0 := uint64((off + BlockSize - 1) / BlockSize)
-	b1 := uint64((off + length) / BlockSize)
-	if b0 >= b1 {
-		return nil
-	}
-	return s.unmap(b0, b1)
+	return s.WriteZeroes(off, length)
 }
 
 // WriteZeroes makes [off, off+length) read as zeros: whole blocks become
-// holes, partial blocks are rewritten.
+// holes (no data is written), partial blocks are rewritten.
 func (s *Store) WriteZeroes(off, length int64) error {
 	if err := s.checkRange(off, length); err != nil {
 		return err
@@ -384,6 +386,42 @@ func (s *Store) WriteZeroes(off, length int64) error {
 		}
 	}
 	return s.unmap(uint64(b0), uint64(b1))
+}
+
+// Cache loads the metadata covering [off, off+length) into the cache
+// (authenticating it), so later reads of the range need no metadata I/O.
+// It stops early once the range's leaves would fill half the cache.
+func (s *Store) Cache(off, length int64) error {
+	if err := s.checkRange(off, length); err != nil {
+		return err
+	}
+	if length == 0 {
+		return nil
+	}
+	first := uint64(off/BlockSize) / leafEntries
+	last := uint64((off+length-1)/BlockSize) / leafEntries
+	limit := uint64(s.cache.capacity / 2)
+	for li, n := first, uint64(0); li <= last && n < limit; n++ {
+		skip, err := s.cacheLeaf(li)
+		if err != nil {
+			return err
+		}
+		li += max(skip, 1)
+	}
+	return nil
+}
+
+func (s *Store) cacheLeaf(li uint64) (uint64, error) {
+	s.commitMu.RLock()
+	defer s.commitMu.RUnlock()
+	if err := s.usableLocked(false); err != nil {
+		return 0, err
+	}
+	if skip, err := s.absentLeaves(li); err != nil || skip > 0 {
+		return skip, err
+	}
+	_, err := s.getNode(0, li)
+	return 1, err
 }
 
 func (s *Store) checkRange(off, length int64) error {

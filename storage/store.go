@@ -17,6 +17,15 @@ import (
 // superblock. After a crash the store skips the whole reserved range.
 const nonceReserve = 1 << 24
 
+// maxNonceCounter bounds the write counter: nonces carry its low 48 bits.
+// 2^48 block writes is 1 EiB written over the store's life.
+const maxNonceCounter = 1 << 48
+
+// ErrNoncesExhausted is returned by writes once the store has used every
+// nonce of its write counter (after 1 EiB of writes); copy the data to a
+// newly formatted store.
+var ErrNoncesExhausted = errors.New("storage: write counter exhausted")
+
 // lockStripes is the number of per-block lock stripes.
 const lockStripes = 1024
 
@@ -97,6 +106,7 @@ type Store struct {
 	closed   bool
 
 	uuid       [16]byte
+	nonceSalt  [6]byte // random per Open: see docs/storage-format.md, nonces
 	nextNonce  atomic.Uint64
 	nonceLimit atomic.Uint64 // nonces below it are reserved by the committed superblock
 	stripes    [lockStripes]sync.RWMutex
@@ -252,6 +262,9 @@ func Open(dev Device, opts OpenOptions) (*Store, error) {
 	}
 	s.bufs.New = func() any { b := make([]byte, maxChunk*BlockSize+16); return &b }
 	s.uuid = best.uuid
+	if _, err := rand.Read(s.nonceSalt[:]); err != nil {
+		return nil, err
+	}
 	s.nextNonce.Store(best.nonceRes)
 	s.nonceLimit.Store(best.nonceRes)
 
@@ -375,8 +388,8 @@ func (s *Store) Close() error {
 	if s.closed {
 		return ErrClosed
 	}
-	var err error
-	if !s.readOnly && s.failed == nil {
+	err := s.failed
+	if !s.readOnly && err == nil {
 		err = s.commitLocked(false)
 	}
 	s.closed = true

@@ -191,13 +191,16 @@ func TestTrimZeroesBlockStatus(t *testing.T) {
 	if _, err := s.WriteAt(data, 4096); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Trim(3*4096+1, 3*4096); err != nil { // whole blocks 4,5 only
+	if err := s.Trim(3*4096+1, 3*4096); err != nil { // end of 3, blocks 4 and 5, start of 6
+		t.Fatal(err)
+	}
+	if err := s.Cache(0, size); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.WriteZeroes(8*4096+100, 4096); err != nil { // tail of 8, head of 9
 		t.Fatal(err)
 	}
-	copy(data[3*4096:5*4096], make([]byte, 2*4096))
+	copy(data[2*4096+1:5*4096+1], make([]byte, 3*4096))
 	copy(data[7*4096+100:8*4096+100], make([]byte, 4096))
 	got := make([]byte, len(data))
 	if _, err := s.ReadAt(got, 4096); err != nil {

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/dataembassy/embassy/storage"
 	"github.com/dataembassy/embassy/storage/nbd"
 )
 
@@ -66,6 +67,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:10809", "address to listen on")
 	file := fs.String("file", "", "serve this plain (unencrypted) file or block device")
+	storePath := fs.String("store", "", "serve the authenticated store on this file or block device")
+	kekFile := fs.String("kek-file", "", "file holding the store's 32-byte KEK (with --store)")
+	counterFile := fs.String("counter-file", "", "file-backed rollback counter for the store (with --store; optional)")
+	formatSize := fs.String("format", "", "first format a new store of this logical size (e.g. 1G) at --store, destroying its contents")
 	export := fs.String("export", "disk", "export name")
 	desc := fs.String("description", "", "export description")
 	readOnly := fs.Bool("read-only", false, "export read-only")
@@ -86,8 +91,14 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() != 0 {
 		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
 	}
-	if *file == "" {
-		return fmt.Errorf("%w: --file is required", errUsage)
+	if (*file == "") == (*storePath == "") {
+		return fmt.Errorf("%w: exactly one of --file and --store is required", errUsage)
+	}
+	if *storePath != "" && *kekFile == "" {
+		return fmt.Errorf("%w: --store needs --kek-file", errUsage)
+	}
+	if *storePath == "" && (*kekFile != "" || *counterFile != "" || *formatSize != "") {
+		return fmt.Errorf("%w: --kek-file, --counter-file and --format go with --store", errUsage)
 	}
 	opts := nbd.ServerOptions{Plaintext: *plaintext, QueueDepth: *depth}
 	level := slog.LevelWarn
@@ -117,11 +128,28 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	opts.Grants = grants
 
-	backend, err := nbd.OpenFile(*file, *readOnly)
-	if err != nil {
-		return err
+	var backend nbd.Backend
+	source := *file
+	if *file != "" {
+		f, err := nbd.OpenFile(*file, *readOnly)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		backend = f
+	} else {
+		source = *storePath
+		st, closeStore, err := openStore(*storePath, *kekFile, *counterFile, *formatSize, *readOnly, opts.Logger)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if err := closeStore(); err != nil {
+				fmt.Fprintf(stderr, "closing store: %v\n", err)
+			}
+		}()
+		backend = st
 	}
-	defer backend.Close()
 	opts.Exports = []nbd.Export{{
 		Name: *export, Description: *desc, Backend: backend,
 		ReadOnly: *readOnly, MultiConn: true,
@@ -134,7 +162,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "serving %s as %q on %s\n", *file, *export, l.Addr())
+	fmt.Fprintf(stdout, "serving %s as %q on %s\n", source, *export, l.Addr())
 	err = srv.Serve(ctx, l)
 	st := srv.Stats()
 	fmt.Fprintf(stdout, "stopped: %d connections, %d requests, %d refused, %d integrity errors\n",
@@ -156,4 +184,60 @@ func serverTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
 		return nil, fmt.Errorf("client CA %s: no PEM certificates", caFile)
 	}
 	return &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool}, nil
+}
+
+// openStore opens (after formatting, if formatSize is set) the
+// authenticated store at path. The returned function closes store and
+// device.
+func openStore(path, kekFile, counterFile, formatSize string, readOnly bool, log *slog.Logger) (*storage.Store, func() error, error) {
+	kek, err := os.ReadFile(kekFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("KEK: %w", err)
+	}
+	if len(kek) != storage.KEKSize {
+		return nil, nil, fmt.Errorf("KEK file %s: %d bytes, want %d", kekFile, len(kek), storage.KEKSize)
+	}
+	var counter storage.Counter
+	if counterFile != "" {
+		counter = storage.NewFileCounter(counterFile)
+	}
+	open := storage.OpenOptions{KEK: kek, Counter: counter, ReadOnly: readOnly, Logger: log}
+	var dev *storage.FileDevice
+	var st *storage.Store
+	if formatSize != "" {
+		if readOnly {
+			return nil, nil, fmt.Errorf("%w: --format with --read-only", errUsage)
+		}
+		size, err := parseSize(formatSize) // shared with `embassyctl store`
+		if err != nil || size <= 0 {
+			return nil, nil, fmt.Errorf("%w: --format %q: want a positive size such as 1G", errUsage, formatSize)
+		}
+		// Two slots per data block plus metadata; the file is sparse.
+		dev, err = storage.CreateFileDevice(path, 2*size+size/16+16<<20)
+		if err != nil {
+			return nil, nil, err
+		}
+		st, err = storage.Format(dev, storage.FormatOptions{KEK: kek, Size: size, Counter: counter, Open: open})
+		if err != nil {
+			dev.Close()
+			return nil, nil, fmt.Errorf("format store: %w", err)
+		}
+	} else {
+		dev, err = storage.OpenFileDevice(path, readOnly)
+		if err != nil {
+			return nil, nil, err
+		}
+		st, err = storage.Open(dev, open)
+		if err != nil {
+			dev.Close()
+			return nil, nil, fmt.Errorf("open store: %w", err)
+		}
+	}
+	return st, func() error {
+		err := st.Close()
+		if cerr := dev.Close(); err == nil {
+			err = cerr
+		}
+		return err
+	}, nil
 }

@@ -65,6 +65,16 @@ func (b *File) WriteZeroes(off, length int64) error {
 	return b.punch(off, length)
 }
 
+// WriteZeroesNoHole zeroes the range keeping it allocated
+// (FALLOC_FL_ZERO_RANGE), for NBD_CMD_FLAG_NO_HOLE.
+func (b *File) WriteZeroesNoHole(off, length int64) error {
+	err := unix.Fallocate(b.fd, unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("nbd: zero range: %w", errors.ErrUnsupported)
+	}
+	return err
+}
+
 func (b *File) punch(off, length int64) error {
 	err := unix.Fallocate(b.fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
 	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENODEV) {

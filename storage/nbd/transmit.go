@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -55,6 +56,12 @@ var allowedFlags = map[uint16]uint16{
 	cmdCache:       0,
 	cmdWriteZeroes: cmdFlagFUA | cmdFlagNoHole | cmdFlagFastZero,
 	cmdBlockStatus: cmdFlagReqOne,
+}
+
+// noHoleZeroer is implemented by backends whose WriteZeroes deallocates
+// but that can also zero keeping the range allocated (NBD_CMD_FLAG_NO_HOLE).
+type noHoleZeroer interface {
+	WriteZeroesNoHole(off, length int64) error
 }
 
 // cacher is implemented by backends that can prefetch (NBD_CMD_CACHE).
@@ -205,9 +212,11 @@ func (c *conn) handle(r *request, dirty *atomic.Bool) *reply {
 		buf := getBuf(int(n))
 		var got int
 		got, err = be.ReadAt(buf, off)
-		if got == len(buf) {
+		// Only io.EOF with a full buffer is success: any other error voids
+		// the data, whatever count came with it.
+		if err == io.EOF && got == len(buf) {
 			err = nil
-		} else if err == nil {
+		} else if err == nil && got != len(buf) {
 			err = io.ErrUnexpectedEOF
 		}
 		if err != nil {
@@ -232,7 +241,11 @@ func (c *conn) handle(r *request, dirty *atomic.Bool) *reply {
 		}
 	case cmdWriteZeroes:
 		if n > 0 {
-			err = be.WriteZeroes(off, n)
+			if nh, ok := be.(noHoleZeroer); ok && r.flags&cmdFlagNoHole != 0 {
+				err = nh.WriteZeroesNoHole(off, n)
+			} else {
+				err = be.WriteZeroes(off, n)
+			}
 			if errors.Is(err, errors.ErrUnsupported) {
 				if r.flags&cmdFlagFastZero != 0 {
 					return fail(errNotSup, "cannot zero quickly")
@@ -364,6 +377,9 @@ func (c *conn) writeLoop(replies <-chan *reply, sem <-chan struct{}) {
 		}
 		putBuf(rep.data)
 		<-sem
+		if werr == nil && len(replies) == 0 {
+			runtime.Gosched()
+		}
 		if werr == nil && len(replies) == 0 {
 			werr = c.bw.Flush()
 		}

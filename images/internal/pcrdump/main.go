@@ -24,6 +24,10 @@ func main() {
 	mount("proc", "/proc", "proc")
 	mount("sysfs", "/sys", "sysfs")
 	mount("securityfs", "/sys/kernel/security", "securityfs")
+	// Keep kernel messages off the console so they cannot split our lines.
+	if err := os.WriteFile("/proc/sys/kernel/printk", []byte("1"), 0o644); err != nil {
+		fmt.Printf("pcrdump: quiet console: %v\n", err)
+	}
 
 	const pcrDir = "/sys/class/tpm/tpm0/pcr-sha256"
 	deadline := time.Now().Add(20 * time.Second)
