@@ -263,8 +263,23 @@ type querier interface {
 	QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error)
 }
 
+// stmtQuerier runs a prepared statement in place of its text.
+type stmtQuerier struct{ st *sql.Stmt }
+
+func (s stmtQuerier) QueryContext(ctx context.Context, _ string, args ...any) (*sql.Rows, error) {
+	return s.st.QueryContext(ctx, args...)
+}
+
 func (d *DB) baseline(ctx context.Context, q querier, id string) (map[int][]byte, error) {
-	rows, err := q.QueryContext(ctx, `SELECT pcr, value FROM baselines WHERE appliance = ?`, id)
+	const sel = `SELECT pcr, value FROM baselines WHERE appliance = ?`
+	if q == querier(d.db) {
+		st, err := d.prep(sel)
+		if err != nil {
+			return nil, err
+		}
+		q = stmtQuerier{st}
+	}
+	rows, err := q.QueryContext(ctx, sel, id)
 	if err != nil {
 		return nil, fmt.Errorf("verifier: baseline: %w", err)
 	}

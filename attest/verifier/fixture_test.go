@@ -160,12 +160,6 @@ func (ap *appliance) reboot(events []measure.Event) {
 	ap.boot(events)
 }
 
-// retarget points the agent at the fixture's current server URL.
-func (ap *appliance) retarget() {
-	ap.f.t.Helper()
-	ap.boot(nil)
-}
-
 // register enrolls the appliance's EK certificate with the verifier.
 func (f *fixture) register(ap *appliance) {
 	t := f.t
