@@ -102,20 +102,31 @@ func admit(env *release.Envelope, trusted []ed25519.PublicKey, k int, measured m
 var errPCR = errors.New("quoted PCR differs from the release")
 
 // TestBootMatchesPrediction boots the disk image through OVMF (no -kernel)
-// and checks that every predicted PCR (4, 5, 9, 11, 12, 13) equals what the
-// guest's TPM holds, and that a 2-of-3 signed manifest admits the boot.
+// and checks that every predicted PCR (4, 5, 9, 11, 12, 13) equals the
+// guest TPM's values, both as read by the kernel and as quoted by the TPM
+// over a fresh nonce (with the event log replaying to the quote), and that
+// a 2-of-3 signed manifest admits the quoted boot.
 func TestBootMatchesPrediction(t *testing.T) {
-	r, path := buildRelease(t, images.Options{})
+	nonce := make([]byte, 16)
+	if _, err := rand.Read(nonce); err != nil {
+		t.Fatal(err)
+	}
+	cmdline := testCmdline + " pcrdump.nonce=" + hex.EncodeToString(nonce)
+	r, path := buildRelease(t, images.Options{Cmdline: cmdline})
 	res := bootDisk(t, path)
-	if res.Cmdline != testCmdline {
-		t.Errorf("guest /proc/cmdline = %q, want %q", res.Cmdline, testCmdline)
+	if res.Cmdline != cmdline {
+		t.Errorf("guest /proc/cmdline = %q, want %q", res.Cmdline, cmdline)
 	}
 	if len(r.PCRs) != 6 {
 		t.Fatalf("predicted %d PCRs, want 6 (4, 5, 9, 11, 12, 13)", len(r.PCRs))
 	}
+	quoted := verifyQuote(t, res.Attestation, nonce)
 	measured := map[int]string{}
 	for i, v := range res.PCRs {
 		measured[i] = hex.EncodeToString(v)
+		if q := hex.EncodeToString(quoted[i]); q != measured[i] {
+			t.Errorf("PCR %d: sysfs %s, quote %s", i, measured[i], q)
+		}
 	}
 	for i, want := range r.PCRs {
 		if measured[i] != want {
@@ -148,7 +159,7 @@ func TestBootMatchesPrediction(t *testing.T) {
 			if tc.forge {
 				env.Signatures[1].Sig[0] ^= 0x80
 			}
-			err := admit(env, pubs, 2, res.PCRs)
+			err := admit(env, pubs, 2, quoted)
 			if tc.want == nil && err != nil {
 				t.Fatalf("refused: %v", err)
 			}
@@ -160,18 +171,25 @@ func TestBootMatchesPrediction(t *testing.T) {
 }
 
 // TestBootOneByteDifferentRefused changes one byte of the initrd: the
-// modified image boots and matches its own (unsigned) prediction, but the
-// signed release refuses it, and its own manifest has no signatures.
+// modified image boots and its quote matches its own (unsigned) prediction,
+// but the signed release refuses it, and its own manifest has no valid
+// signatures.
 func TestBootOneByteDifferentRefused(t *testing.T) {
-	orig, _ := buildRelease(t, images.Options{})
+	nonce := make([]byte, 16)
+	if _, err := rand.Read(nonce); err != nil {
+		t.Fatal(err)
+	}
+	cmdline := testCmdline + " pcrdump.nonce=" + hex.EncodeToString(nonce)
+	orig, _ := buildRelease(t, images.Options{Cmdline: cmdline})
 	initrd := append([]byte(nil), pcrdumpInitrd(t)...)
 	// The last byte of a newc archive is trailer padding the kernel
 	// ignores, so the modified image still boots.
 	initrd[len(initrd)-1] ^= 0x01
-	mod, path := buildRelease(t, images.Options{Initrd: initrd})
+	mod, path := buildRelease(t, images.Options{Initrd: initrd, Cmdline: cmdline})
 	res := bootDisk(t, path)
+	quoted := verifyQuote(t, res.Attestation, nonce)
 	measured := map[int]string{}
-	for i, v := range res.PCRs {
+	for i, v := range quoted {
 		measured[i] = hex.EncodeToString(v)
 	}
 	if err := mod.Compare(measured); err != nil {
@@ -186,15 +204,15 @@ func TestBootOneByteDifferentRefused(t *testing.T) {
 		}
 	}
 	pubs, privs := officers(t, 3)
-	if err := admit(signedRelease(t, orig, privs[:2]...), pubs, 2, res.PCRs); !errors.Is(err, errPCR) {
+	if err := admit(signedRelease(t, orig, privs[:2]...), pubs, 2, quoted); !errors.Is(err, errPCR) {
 		t.Errorf("signed original release admitted the modified image: %v", err)
 	}
-	if err := admit(signedRelease(t, mod), pubs, 2, res.PCRs); !errors.Is(err, release.ErrThreshold) {
+	if err := admit(signedRelease(t, mod), pubs, 2, quoted); !errors.Is(err, release.ErrThreshold) {
 		t.Errorf("unsigned manifest of the modified image admitted: %v", err)
 	}
 	// Signed by an outsider: still refused.
 	_, outsider := officers(t, 2)
-	if err := admit(signedRelease(t, mod, outsider...), pubs, 2, res.PCRs); !errors.Is(err, release.ErrThreshold) {
+	if err := admit(signedRelease(t, mod, outsider...), pubs, 2, quoted); !errors.Is(err, release.ErrThreshold) {
 		t.Errorf("modified image signed by untrusted keys admitted: %v", err)
 	}
 }
