@@ -1,6 +1,7 @@
 package images_test
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
@@ -14,6 +15,7 @@ import (
 	"github.com/dataembassy/embassy/images"
 	"github.com/dataembassy/embassy/images/disk"
 	"github.com/dataembassy/embassy/images/predict"
+	"github.com/dataembassy/embassy/qemu"
 )
 
 const testCmdline = "console=ttyS0 panic=-1"
@@ -105,14 +107,16 @@ var errPCR = errors.New("quoted PCR differs from the release")
 // and checks that every predicted PCR (4, 5, 9, 11, 12, 13) equals the
 // guest TPM's values, both as read by the kernel and as quoted by the TPM
 // over a fresh nonce (with the event log replaying to the quote), and that
-// a 2-of-3 signed manifest admits the quoted boot.
+// a 2-of-3 signed manifest admits the quoted boot. The initrd is the
+// production layout (package initramfs: u-root init, gzip, reproducible)
+// with pcrdump as the uinit, and the command line the appliance's.
 func TestBootMatchesPrediction(t *testing.T) {
 	nonce := make([]byte, 16)
 	if _, err := rand.Read(nonce); err != nil {
 		t.Fatal(err)
 	}
-	cmdline := testCmdline + " pcrdump.nonce=" + hex.EncodeToString(nonce)
-	r, path := buildRelease(t, images.Options{Cmdline: cmdline})
+	cmdline := qemu.DefaultAppend + " pcrdump.nonce=" + hex.EncodeToString(nonce)
+	r, path := buildRelease(t, images.Options{Initrd: urootInitrd(t), Cmdline: cmdline})
 	res := bootDisk(t, path)
 	if res.Cmdline != cmdline {
 		t.Errorf("guest /proc/cmdline = %q, want %q", res.Cmdline, cmdline)
@@ -252,4 +256,29 @@ func TestBuildReproducible(t *testing.T) {
 	if len(ma.PCRs) != 6 || len(ma.Components) != 7 {
 		t.Errorf("manifest has %d PCRs and %d components, want 6 and 7:\n%s", len(ma.PCRs), len(ma.Components), ja)
 	}
+}
+
+// urootInitrd builds the production initramfs layout with pcrdump as the
+// appliance program.
+func urootInitrd(t *testing.T) []byte {
+	t.Helper()
+	root, err := qemu.ModuleRoot(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	img, err := qemu.BuildImage(ctx, qemu.ImageOptions{
+		ModuleDir:    root,
+		OutDir:       t.TempDir(),
+		UinitPackage: "github.com/dataembassy/embassy/images/internal/pcrdump",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(img.Initrd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
