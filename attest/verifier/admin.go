@@ -458,3 +458,27 @@ func (d *DB) SetBaseline(ctx context.Context, id string, pcrs map[int][]byte, ac
 		return d.appendAudit(ctx, tx, &AuditRecord{Actor: actor, Appliance: id, Action: "baseline-set", Outcome: "ok", PCR: -1, Detail: fmt.Sprintf("%d PCRs", len(pcrs))})
 	})
 }
+
+// EKRoot is a trusted EK CA.
+type EKRoot struct {
+	Fingerprint string `json:"sha256"`
+	Subject     string `json:"subject"`
+}
+
+// EKRoots lists the trusted EK CAs.
+func (d *DB) EKRoots(ctx context.Context) ([]EKRoot, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT fingerprint, subject FROM ek_roots ORDER BY subject`)
+	if err != nil {
+		return nil, fmt.Errorf("verifier: EK roots: %w", err)
+	}
+	defer rows.Close()
+	out := []EKRoot{}
+	for rows.Next() {
+		var r EKRoot
+		if err := rows.Scan(&r.Fingerprint, &r.Subject); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}

@@ -28,7 +28,7 @@ var bootEvents = []measure.Event{
 
 // fixture is a verifier with one published release and its clock.
 type fixture struct {
-	t      *testing.T
+	t      testing.TB
 	dbPath string
 	db     *verifier.DB
 	srv    *httptest.Server
@@ -38,7 +38,7 @@ type fixture struct {
 	opts   verifier.Options
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	f := &fixture{t: t, dbPath: filepath.Join(t.TempDir(), "verifier.db"), now: time.Now()}
 	_, f.relKey, _ = ed25519.GenerateKey(rand.Reader)

@@ -2,82 +2,112 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/url"
+	"sync"
 	"time"
 
 	"github.com/dataembassy/embassy/appliance"
+	"github.com/dataembassy/embassy/attest/agent"
+	"github.com/dataembassy/embassy/attest/measure"
 	"github.com/dataembassy/embassy/attest/tpm"
 )
 
-// ErrNoAgent: this build has no attestation agent yet (attest/agent, issue
-// 4, is not merged). The appliance measures itself, reaches the verifier's
-// address and reports that it cannot attest; it never serves.
-var ErrNoAgent = errors.New("attestation agent not in this build: cannot attest")
-
-// newAttestation returns the PCR 15 measurer and the verifier client.
-//
-// Until attest/agent and attest/measure land, the measurer extends PCR 15
-// with sha256(content) and the attester only checks that the verifier is
-// reachable, then fails with ErrNoAgent: the boot goes as far as it honestly
-// can and says what it is waiting for.
+// newAttestation returns the PCR 15 measurer and the verifier client built
+// on attest/measure and attest/agent.
 func newAttestation(cfg *appliance.Config, rw io.ReadWriter, log *slog.Logger) (appliance.Measurer, appliance.Attester, error) {
-	return &pcrMeasurer{rw: rw}, &noAgent{verifier: cfg.Verifier.URL, rw: rw, log: log}, nil
+	mlog := &measure.Log{}
+	pool, err := appliance.ParseCertPool(cfg.Verifier.CAPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("verifier CA: %w", err)
+	}
+	a, err := agent.New(agent.Config{
+		VerifierURL: cfg.Verifier.URL,
+		ApplianceID: cfg.Identity,
+		RootCAs:     pool,
+		TPM:         rw,
+		Log:         mlog,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return &measurer{rw: rw, log: mlog}, &attester{a: a, rw: rw, log: log}, nil
 }
 
-type pcrMeasurer struct{ rw io.ReadWriter }
-
-func (m *pcrMeasurer) Measure(typ, name string, data []byte) error {
-	sum := sha256.Sum256(data)
-	return tpm.Extend(m.rw, tpm.PCRAppliance, sum[:])
+// measurer extends PCR 15 through the appliance's measurement log.
+type measurer struct {
+	rw  io.ReadWriter
+	log *measure.Log
 }
 
-type noAgent struct {
-	verifier string
+func (m *measurer) Measure(typ, name string, data []byte) error {
+	return m.log.Measure(m.rw, measure.NewEvent(typ, name, data))
+}
+
+// attester adapts agent.Agent to appliance.Attester: it enrolls the
+// attestation key on first use and maps the agent's errors to the
+// appliance's.
+type attester struct {
+	a        *agent.Agent
 	rw       io.ReadWriter
 	log      *slog.Logger
+	mu       sync.Mutex
+	enrolled bool
 }
 
-func (n *noAgent) reach(ctx context.Context) error {
-	u, err := url.Parse(n.verifier)
-	if err != nil {
-		return err
+// mapErr turns the agent's refusal errors into the appliance's sentinels,
+// keeping the verifier's explanation (check, PCR, audit record).
+func mapErr(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, agent.ErrRevoked):
+		return fmt.Errorf("%w: %w", appliance.ErrRevoked, err)
+	case errors.Is(err, agent.ErrRefused), errors.Is(err, agent.ErrNotEnrolled):
+		return fmt.Errorf("%w: %w", appliance.ErrRefused, err)
 	}
-	host := u.Host
-	if u.Port() == "" {
-		host = net.JoinHostPort(u.Hostname(), map[string]string{"https": "443", "http": "80"}[u.Scheme])
+	return err
+}
+
+func (t *attester) enroll(ctx context.Context) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.enrolled {
+		return nil
 	}
-	d := net.Dialer{Timeout: 5 * time.Second}
-	c, err := d.DialContext(ctx, "tcp", host)
-	if err != nil {
-		return fmt.Errorf("verifier %s unreachable: %w", n.verifier, err)
+	err := t.a.Enroll(ctx)
+	if err != nil && !errors.Is(err, agent.ErrAlreadyEnrolled) {
+		return mapErr(err)
 	}
-	c.Close()
-	n.log.Info("verifier reachable", "addr", host)
+	t.log.Info("attestation key enrolled", "already", err != nil)
+	t.enrolled = true
 	return nil
 }
 
-func (n *noAgent) Unlock(ctx context.Context, _ uint64, _ []byte) (*appliance.Unlocked, error) {
-	if err := n.reach(ctx); err != nil {
+func (t *attester) Unlock(ctx context.Context, epoch uint64, sealedLocal []byte) (*appliance.Unlocked, error) {
+	if err := t.enroll(ctx); err != nil {
 		return nil, err
 	}
-	return nil, ErrNoAgent
+	u, err := t.a.Unlock(ctx, epoch, sealedLocal)
+	if err != nil {
+		return nil, mapErr(err)
+	}
+	return &appliance.Unlocked{KEK: u.KEK, Provision: u.Provision, SealedLocal: u.SealedLocal, Lease: u.Lease, Release: u.Release}, nil
 }
 
-func (n *noAgent) Heartbeat(ctx context.Context, _ uint64) (time.Duration, error) {
-	if err := n.reach(ctx); err != nil {
+func (t *attester) Heartbeat(ctx context.Context, epoch uint64) (time.Duration, error) {
+	if err := t.enroll(ctx); err != nil {
 		return 0, err
 	}
-	return 0, ErrNoAgent
+	d, err := t.a.Heartbeat(ctx, epoch)
+	return d, mapErr(err)
 }
 
-func (n *noAgent) Locked() (bool, error) {
-	v, err := tpm.ReadPCRs(n.rw, []int{tpm.PCRPhase})
+// Locked reports whether the phase PCR left its reset value.
+func (t *attester) Locked() (bool, error) {
+	v, err := tpm.ReadPCRs(t.rw, []int{tpm.PCRPhase})
 	if err != nil {
 		return false, err
 	}
