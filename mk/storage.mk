@@ -14,11 +14,12 @@ test-store:
 bench-store:
 	@mkdir -p $(BUILD)
 	$(GO) test -run '^$$' -bench 'BenchmarkStore' -benchtime $(BENCH_STORE_TIME) ./storage/ | tee $(BUILD)/bench-store.txt
-	@awk '/^BenchmarkStore\// { split($$1, p, "/"); t = p[4]; sub(/-[0-9]+$$/, "", t); \
-	    key = p[2] " " p[3]; for (i = 1; i <= NF; i++) if ($$i == "MB/s") v[key, t] = $$(i-1); keys[key] = 1; order[++n] = key } \
-	  END { printf "\n%-14s %-8s %12s %12s %7s\n", "workload", "conc", "plain MB/s", "store MB/s", "ratio"; \
-	    for (i = 1; i <= n; i++) { k = order[i]; if (seen[k]++) continue; split(k, a, " "); \
-	      printf "%-14s %-8s %12.0f %12.0f %7.2f\n", a[1], a[2], v[k, "plain"], v[k, "store"], v[k, "store"] / v[k, "plain"] } }' \
+	@awk '/^BenchmarkStore/ && /MB\/s/ { n = split($$1, p, "/"); t = p[n]; sub(/-[0-9]+$$/, "", t); \
+	    key = p[2]; for (i = 3; i < n; i++) key = key " " p[i]; \
+	    for (i = 1; i <= NF; i++) if ($$i == "MB/s") v[key, t] = $$(i-1); order[++m] = key } \
+	  END { printf "\n%-28s %12s %12s %7s\n", "workload", "plain MB/s", "store MB/s", "ratio"; \
+	    for (i = 1; i <= m; i++) { k = order[i]; if (seen[k]++) continue; \
+	      printf "%-28s %12.1f %12.1f %7.2f\n", k, v[k, "plain"], v[k, "store"], v[k, "store"] / v[k, "plain"] } }' \
 	  $(BUILD)/bench-store.txt
 
 ## soak-store: many more power-cut schedules (SOAK_SCHEDULES)

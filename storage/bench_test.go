@@ -124,3 +124,55 @@ func runBench(b *testing.B, t benchTarget, size int, random, write bool, conc in
 	}
 	wg.Wait()
 }
+
+// flusher is a target that can make its writes durable.
+type flusher interface {
+	benchTarget
+	Flush() error
+}
+
+type plainFile struct{ *storage.FileDevice }
+
+func (p plainFile) Flush() error { return p.Sync() }
+
+// BenchmarkStoreFlush measures 4 KiB random writes with a flush (store:
+// a commit; plain: fsync) after every 64 writes, single stream: the cost
+// of durability rather than of the page cache.
+func BenchmarkStoreFlush(b *testing.B) {
+	dir := b.TempDir()
+	dev, err := storage.CreateFileDevice(filepath.Join(dir, "backing"), 2*benchSize+8<<20)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer dev.Close()
+	s, err := storage.Format(dev, storage.FormatOptions{KEK: testKEK, Size: benchSize})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	plainDev, err := storage.CreateFileDevice(filepath.Join(dir, "plain"), benchSize)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer plainDev.Close()
+	for _, tgt := range []struct {
+		name string
+		t    flusher
+	}{{"plain", plainFile{plainDev}}, {"store", s}} {
+		b.Run("randwrite4K-flush64/"+tgt.name, func(b *testing.B) {
+			b.SetBytes(4096)
+			r := rand.New(rand.NewPCG(1, 2))
+			buf := make([]byte, 4096)
+			for i := 0; i < b.N; i++ {
+				if _, err := tgt.t.WriteAt(buf, r.Int64N(benchSize/4096)*4096); err != nil {
+					b.Fatal(err)
+				}
+				if i%64 == 63 {
+					if err := tgt.t.Flush(); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+		})
+	}
+}
