@@ -28,7 +28,7 @@ func Example() {
 		panic(err)
 	}
 	s.WriteAt([]byte("registers of the home state"), 5000) // any offset and length
-	if err := s.Close(); err != nil {                       // Close flushes
+	if err := s.Close(); err != nil {                      // Close flushes
 		panic(err)
 	}
 
