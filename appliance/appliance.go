@@ -15,11 +15,14 @@ package appliance
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/netip"
 	"sort"
 	"time"
 )
@@ -101,10 +104,10 @@ type Storage interface {
 
 // Exporter serves a store over NBD.
 type Exporter interface {
-	// Serve listens and serves store until ctx ends, then closes the
-	// listener and every connection before returning. ready is called once
-	// the listener is open.
-	Serve(ctx context.Context, store Store, ready func(addr string)) error
+	// Serve listens and serves store with the server identity id until ctx
+	// ends, then closes the listener and every connection before
+	// returning. ready is called once the listener is open.
+	Serve(ctx context.Context, store Store, id *ServerIdentity, ready func(addr string)) error
 }
 
 // Platform is the machine: kernel modules, network, data disk, power.
@@ -357,12 +360,20 @@ func (a *Appliance) session(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	id, err := DeriveServerIdentity(u.KEK, cfg.Identity, a.certIPs())
 	clear(u.KEK)
+	if err != nil {
+		store.Close()
+		return fmt.Errorf("%w: %w", ErrHalted, err)
+	}
+	defer id.Zeroize()
+	a.log.Info("nbd server identity", "sha256", id.Fingerprint,
+		"cert", base64.StdEncoding.EncodeToString(id.Certificate.Certificate[0]))
 
 	serveCtx, stopServing := context.WithCancel(ctx)
 	served := make(chan error, 1)
 	go func() {
-		served <- a.o.Exporter.Serve(serveCtx, store, func(addr string) {
+		served <- a.o.Exporter.Serve(serveCtx, store, id, func(addr string) {
 			a.log.Info("serving NBD", "addr", addr, "since_start", time.Since(a.start).Round(time.Millisecond))
 		})
 	}()
@@ -442,6 +453,17 @@ func (a *Appliance) waitForReadmission(ctx context.Context) error {
 		return err
 	}
 	return ErrLocked
+}
+
+// certIPs are the addresses the server certificate names: the static
+// address, if any, and loopback (clients reaching the appliance through a
+// port forward on their own machine).
+func (a *Appliance) certIPs() []net.IP {
+	ips := []net.IP{net.IPv4(127, 0, 0, 1)}
+	if p, err := netip.ParsePrefix(a.o.Config.Network.Address); err == nil {
+		ips = append(ips, net.IP(p.Addr().AsSlice()))
+	}
+	return ips
 }
 
 func (a *Appliance) reportPCRs(when string) {

@@ -190,7 +190,10 @@ func newFakeExporter() *fakeExporter {
 	return &fakeExporter{started: make(chan struct{}, 10), stopped: make(chan struct{}, 10)}
 }
 
-func (e *fakeExporter) Serve(ctx context.Context, st appliance.Store, ready func(string)) error {
+func (e *fakeExporter) Serve(ctx context.Context, st appliance.Store, id *appliance.ServerIdentity, ready func(string)) error {
+	if id == nil || len(id.Certificate.Certificate) == 0 {
+		return errors.New("no server identity")
+	}
 	e.mu.Lock()
 	e.serving = true
 	e.stores = append(e.stores, st.(*fakeStore))

@@ -52,8 +52,13 @@ type Options struct {
 	// DiskPath is where the disk image is written (must not exist); empty
 	// means build only the UKI and its predictions.
 	DiskPath string
-	// Predict tunes the firmware behaviour assumed for PCR 4.
+	// Predict tunes the firmware behaviour assumed (boot attempts, Secure
+	// Boot).
 	Predict predict.Options
+	// Sign, if set, signs the UKI for Secure Boot before it goes on the
+	// disk (see SignWithSbsign). A signature does not change the UKI's
+	// Authenticode digest, so PCR 4 is the same signed or not.
+	Sign func(uki []byte) ([]byte, error)
 }
 
 // Release is a built (or inspected) release and its predicted measurements.
@@ -70,7 +75,7 @@ type Release struct {
 	// Events are the predicted measurements, in log order per PCR.
 	Events []predict.Event
 	// PCRs maps PCR index to the predicted SHA-256 value (hex): the
-	// ReleasePCRs, and 5 when a disk image was given.
+	// ReleasePCRs, 5 when a disk image was given, 7 with Secure Boot.
 	PCRs map[int]string
 }
 
@@ -87,14 +92,20 @@ func Build(o Options) (*Release, error) {
 	if err != nil {
 		return nil, err
 	}
+	ukiBytes := img.Bytes
+	if o.Sign != nil {
+		if ukiBytes, err = o.Sign(ukiBytes); err != nil {
+			return nil, fmt.Errorf("images: sign UKI: %w", err)
+		}
+	}
 	if o.DiskPath != "" {
 		do := o.Disk
-		do.UKI = img.Bytes
+		do.UKI = ukiBytes
 		if err := disk.Build(o.DiskPath, do); err != nil {
 			return nil, err
 		}
 	}
-	r, err := Predict(img.Bytes, o.DiskPath, o.Predict)
+	r, err := Predict(ukiBytes, o.DiskPath, o.Predict)
 	if err != nil {
 		return nil, err
 	}
@@ -133,6 +144,9 @@ func Predict(ukiImage []byte, diskPath string, o predict.Options) (*Release, err
 		}
 	}
 	pcrs := append([]int(nil), ReleasePCRs...)
+	if o.SecureBoot != nil {
+		pcrs = append(pcrs, predict.PCRSecureBoot)
+	}
 	if diskPath != "" {
 		gptEvents, c, err := diskFacts(diskPath)
 		if err != nil {
@@ -160,6 +174,9 @@ type ManifestOptions struct {
 	// IncludeGPT also lists PCR 5 (normally part of the enrollment
 	// baseline, not of a release).
 	IncludeGPT bool
+	// IncludeSecureBoot also lists PCR 7 (Secure Boot state and the
+	// authority that verified the UKI; normally enrollment baseline).
+	IncludeSecureBoot bool
 }
 
 // Manifest returns the unsigned release manifest for r: its components and
@@ -182,6 +199,12 @@ func (r *Release) Manifest(o ManifestOptions) (*release.Manifest, error) {
 			return nil, errors.New("images: PCR 5 requested but no disk image was predicted")
 		}
 		pcrs = append(pcrs, predict.PCRGPT)
+	}
+	if o.IncludeSecureBoot {
+		if _, ok := r.PCRs[predict.PCRSecureBoot]; !ok {
+			return nil, errors.New("images: PCR 7 requested but no Secure Boot configuration was predicted")
+		}
+		pcrs = append(pcrs, predict.PCRSecureBoot)
 	}
 	for _, i := range pcrs {
 		v, err := hex.DecodeString(r.PCRs[i])

@@ -81,6 +81,10 @@ type Config struct {
 	MemoryMiB int
 	// CPUs is the number of virtual CPUs (default 1).
 	CPUs int
+	// CPUModel is QEMU's -cpu (default "max": TCG then emulates AES-NI and
+	// SHA-NI, which Go's crypto uses; the generic code paths are many
+	// times slower under emulation).
+	CPUModel string
 
 	// OVMFCode and OVMFVars override the firmware files (defaults above).
 	OVMFCode, OVMFVars string
@@ -144,7 +148,7 @@ func Start(ctx context.Context, cfg Config) (*Machine, error) {
 
 	args := []string{
 		"-machine", "q35", "-accel", "tcg",
-		"-m", strconv.Itoa(cfg.MemoryMiB), "-smp", strconv.Itoa(cfg.CPUs),
+		"-m", strconv.Itoa(cfg.MemoryMiB), "-smp", strconv.Itoa(cfg.CPUs), "-cpu", cfg.CPUModel,
 		"-display", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot",
 		"-nodefaults",
 		"-drive", "if=pflash,format=raw,unit=0,readonly=on,file=" + cfg.OVMFCode,
@@ -238,6 +242,9 @@ func setDefaults(cfg *Config) {
 	}
 	if cfg.CPUs == 0 {
 		cfg.CPUs = 1
+	}
+	if cfg.CPUModel == "" {
+		cfg.CPUModel = "max"
 	}
 	if cfg.OVMFCode == "" {
 		cfg.OVMFCode = DefaultOVMFCode

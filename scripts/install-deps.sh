@@ -7,7 +7,7 @@ set -euo pipefail
 packages=(
   qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools
   libnbd-bin nbdkit fio python3-libnbd
-  systemd-boot-efi sbsigntool openssl
+  systemd-boot-efi sbsigntool openssl osslsigncode binutils
   ca-certificates xz-utils cpio zstd
 )
 

@@ -17,6 +17,15 @@ import (
 // superblock. After a crash the store skips the whole reserved range.
 const nonceReserve = 1 << 24
 
+// maxNonceCounter bounds the write counter: nonces carry its low 48 bits.
+// 2^48 block writes is 1 EiB written over the store's life.
+const maxNonceCounter = 1 << 48
+
+// ErrNoncesExhausted is returned by writes once the store has used every
+// nonce of its write counter (after 1 EiB of writes); copy the data to a
+// newly formatted store.
+var ErrNoncesExhausted = errors.New("storage: write counter exhausted")
+
 // lockStripes is the number of per-block lock stripes.
 const lockStripes = 1024
 
@@ -50,7 +59,8 @@ type OpenOptions struct {
 	KEK []byte
 	// Recovery opens the recovery key slot instead of the KEK.
 	Recovery hpke.PrivateKey
-	// Counter detects whole-store rollback: Open fails with ErrRollback
+	// Counter detects whole-store rollback (one counter per store: every
+	// Open advances it): Open fails with ErrRollback
 	// unless the superblock's counter value equals the counter (or is one
 	// ahead: an Open interrupted after its commit), then advances it. Nil
 	// disables the check (offline tools, recovery).
@@ -97,6 +107,7 @@ type Store struct {
 	closed   bool
 
 	uuid       [16]byte
+	nonceSalt  [6]byte // random per Open: see docs/storage-format.md, nonces
 	nextNonce  atomic.Uint64
 	nonceLimit atomic.Uint64 // nonces below it are reserved by the committed superblock
 	stripes    [lockStripes]sync.RWMutex
@@ -105,7 +116,6 @@ type Store struct {
 
 	integrityFailures atomic.Uint64
 	commits           atomic.Uint64
-	bufs              sync.Pool
 }
 
 // Format creates a new, empty store on dev, destroying what dev held, and
@@ -210,13 +220,11 @@ func Open(dev Device, opts OpenOptions) (*Store, error) {
 		}
 		sb, dek, keys, err := unlockSuperblock(buf, opts)
 		if err != nil {
-			if firstErr == nil || errors.Is(firstErr, ErrFormat) {
-				firstErr = err
-			}
+			firstErr = worseOpenError(firstErr, err)
 			continue
 		}
 		if sb.epoch%sbCopies != uint64(c) {
-			firstErr = &IntegrityError{Block: -1, Level: -1, Reason: "superblock in the wrong copy"}
+			firstErr = worseOpenError(firstErr, &IntegrityError{Block: -1, Level: -1, Reason: "superblock in the wrong copy"})
 			continue
 		}
 		if best == nil || sb.epoch > best.epoch {
@@ -250,8 +258,10 @@ func Open(dev Device, opts OpenOptions) (*Store, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	s.bufs.New = func() any { b := make([]byte, maxChunk*BlockSize+16); return &b }
 	s.uuid = best.uuid
+	if _, err := rand.Read(s.nonceSalt[:]); err != nil {
+		return nil, err
+	}
 	s.nextNonce.Store(best.nonceRes)
 	s.nonceLimit.Store(best.nonceRes)
 
@@ -284,6 +294,29 @@ func Open(dev Device, opts OpenOptions) (*Store, error) {
 		}
 	}
 	return s, nil
+}
+
+// worseOpenError picks the error Open reports when no superblock copy is
+// usable: ErrKey first (one copy may be torn by a crash during Rewrap, the
+// other wrapped for a different key: the caller should try its other
+// key), then integrity failures, then malformed copies.
+func worseOpenError(prev, err error) error {
+	rank := func(e error) int {
+		switch {
+		case e == nil:
+			return 0
+		case errors.Is(e, ErrKey):
+			return 3
+		case errors.Is(e, ErrIntegrity):
+			return 2
+		default:
+			return 1
+		}
+	}
+	if rank(err) > rank(prev) {
+		return err
+	}
+	return prev
 }
 
 func unlockSuperblock(b []byte, opts OpenOptions) (*superblock, []byte, *storeKeys, error) {
@@ -375,8 +408,8 @@ func (s *Store) Close() error {
 	if s.closed {
 		return ErrClosed
 	}
-	var err error
-	if !s.readOnly && s.failed == nil {
+	err := s.failed
+	if !s.readOnly && err == nil {
 		err = s.commitLocked(false)
 	}
 	s.closed = true
@@ -386,7 +419,9 @@ func (s *Store) Close() error {
 
 // Rewrap replaces the KEK key slot with the DEK wrapped under newKEK. No
 // data is re-encrypted. Both superblock copies are rewritten, so the old
-// KEK no longer opens this device (copies of older images aside).
+// KEK no longer opens this device (copies of older images aside). If
+// Rewrap fails or power is lost during it, the store opens with the new
+// KEK or, failing that (ErrKey), with the old one: call Rewrap again.
 func (s *Store) Rewrap(newKEK []byte) error {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()

@@ -17,7 +17,7 @@ var _ storage.Counter = (*tpm.NVCounter)(nil)
 
 func TestNVCounterMonotonicAcrossReboot(t *testing.T) {
 	sw := swtpmtest.Start(t)
-	rw := sw.Open(t)
+	rw := sw.RW()
 	c, err := tpm.OpenNVCounter(rw, tpm.DefaultCounterIndex)
 	if err != nil {
 		t.Fatal(err)
@@ -33,9 +33,8 @@ func TestNVCounterMonotonicAcrossReboot(t *testing.T) {
 	if v1 != v0+1 {
 		t.Fatalf("increment: %d -> %d", v0, v1)
 	}
-	rw.Close()
 	sw.Reboot()
-	c2, err := tpm.OpenNVCounter(sw.Open(t), tpm.DefaultCounterIndex)
+	c2, err := tpm.OpenNVCounter(sw.RW(), tpm.DefaultCounterIndex)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,14 +50,14 @@ func TestNVCounterMonotonicAcrossReboot(t *testing.T) {
 func TestOpenNVCounterRefusesOtherIndex(t *testing.T) {
 	sw := swtpmtest.Start(t)
 	// 0x01c00002 holds swtpm's RSA EK certificate: an ordinary NV index.
-	if _, err := tpm.OpenNVCounter(sw.Open(t), 0x01c00002); !errors.Is(err, tpm.ErrNotCounter) {
+	if _, err := tpm.OpenNVCounter(sw.RW(), 0x01c00002); !errors.Is(err, tpm.ErrNotCounter) {
 		t.Fatalf("got %v, want ErrNotCounter", err)
 	}
 }
 
 func TestExtendAndRead(t *testing.T) {
 	sw := swtpmtest.Start(t)
-	rw := sw.Open(t)
+	rw := sw.RW()
 	d := sha256.Sum256([]byte("event"))
 	if err := tpm.Extend(rw, tpm.PCRPhase, d[:]); err != nil {
 		t.Fatal(err)
@@ -81,7 +80,7 @@ func TestExtendAndRead(t *testing.T) {
 
 func TestEKCertificateFromSwtpm(t *testing.T) {
 	sw := swtpmtest.Start(t)
-	ek, err := client.EndorsementKeyRSA(sw.Open(t))
+	ek, err := client.EndorsementKeyRSA(sw.RW())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"flag"
 	"fmt"
 	"io"
@@ -34,6 +36,9 @@ subcommands:
                        DIR/events.txt (the predicted measurements)
   predict -uki F [-disk D] [-release R -manifest M.json] [--json]
                        predict the PCRs an existing UKI / disk image produces
+
+Secure Boot: build -sign-key K -sign-cert C -sb-vars OVMF_VARS.fd signs the
+UKI with sbsign and predicts PCR 7; predict takes -sb-cert C -sb-vars V.
 
 Run 'embassyctl image <subcommand> --help' for its flags.
 `
@@ -92,12 +97,22 @@ func imageBuild(args []string, stdout, stderr io.Writer) error {
 	epoch := fs.Int64("epoch", defaultEpoch(), "timestamp (Unix seconds) of ESP files and of the manifest (default $SOURCE_DATE_EPOCH or 0)")
 	failed := fs.Int("failed-boot-options", 0, "boot options the firmware tries before the disk (PCR 4)")
 	withGPT := fs.Bool("include-gpt", false, "also list PCR 5 (GPT) in the manifest")
+	signKey := fs.String("sign-key", "", "Secure Boot: sign the UKI with this PEM key (sbsign); needs -sign-cert and -sb-vars")
+	signCert := fs.String("sign-cert", "", "Secure Boot: the signing certificate (PEM)")
+	sbVars := fs.String("sb-vars", "", "Secure Boot: the firmware variables image with PK/KEK/db/dbx enrolled (predicts PCR 7)")
+	withPCR7 := fs.Bool("include-pcr7", false, "also list PCR 7 (Secure Boot) in the manifest")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *initrd == "" || *rel == "" || *out == "" || fs.NArg() != 0 {
+	sbFlags := 0
+	for _, f := range []string{*signKey, *signCert, *sbVars} {
+		if f != "" {
+			sbFlags++
+		}
+	}
+	if *initrd == "" || *rel == "" || *out == "" || fs.NArg() != 0 || (sbFlags != 0 && sbFlags != 3) {
 		fs.Usage()
-		return fmt.Errorf("%w: -initrd, -release and -out are required", errUsage)
+		return fmt.Errorf("%w: -initrd, -release and -out are required; -sign-key, -sign-cert and -sb-vars go together", errUsage)
 	}
 	read := func(p string) ([]byte, error) {
 		b, err := os.ReadFile(p)
@@ -131,6 +146,14 @@ func imageBuild(args []string, stdout, stderr io.Writer) error {
 	} else {
 		o.OSRelease = fmt.Sprintf("ID=embassy\nNAME=\"Embassy appliance\"\nVERSION_ID=%s\n", *rel)
 	}
+	if sbFlags == 3 {
+		sb, err := secureBootInputs(*signCert, *sbVars)
+		if err != nil {
+			return err
+		}
+		o.Predict.SecureBoot = sb
+		o.Sign = images.SignWithSbsign(*signKey, *signCert)
+	}
 	if err := os.MkdirAll(*out, 0o755); err != nil {
 		return err
 	}
@@ -143,7 +166,7 @@ func imageBuild(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	m, err := r.Manifest(images.ManifestOptions{Release: *rel, Created: time.Unix(*epoch, 0), IncludeGPT: *withGPT})
+	m, err := r.Manifest(images.ManifestOptions{Release: *rel, Created: time.Unix(*epoch, 0), IncludeGPT: *withGPT, IncludeSecureBoot: *withPCR7})
 	if err != nil {
 		return err
 	}
@@ -188,24 +211,33 @@ func imagePredict(args []string, stdout, stderr io.Writer) error {
 	manifest := fs.String("manifest", "", "write the unsigned manifest here (must not exist)")
 	failed := fs.Int("failed-boot-options", 0, "boot options the firmware tries before the disk (PCR 4)")
 	withGPT := fs.Bool("include-gpt", false, "also list PCR 5 (GPT) in the manifest")
+	sbCert := fs.String("sb-cert", "", "Secure Boot: the certificate that signed the UKI (with -sb-vars)")
+	sbVars := fs.String("sb-vars", "", "Secure Boot: the firmware variables image (predicts PCR 7)")
+	withPCR7 := fs.Bool("include-pcr7", false, "also list PCR 7 (Secure Boot) in the manifest")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if *ukiPath == "" || fs.NArg() != 0 || (*manifest != "") != (*rel != "") {
+	if *ukiPath == "" || fs.NArg() != 0 || (*manifest != "") != (*rel != "") || (*sbCert == "") != (*sbVars == "") {
 		fs.Usage()
-		return fmt.Errorf("%w: need -uki, and -release together with -manifest", errUsage)
+		return fmt.Errorf("%w: need -uki; -release with -manifest; -sb-cert with -sb-vars", errUsage)
 	}
 	b, err := os.ReadFile(*ukiPath)
 	if err != nil {
 		return err
 	}
-	r, err := images.Predict(b, *diskPath, predict.Options{FailedBootOptions: *failed})
+	po := predict.Options{FailedBootOptions: *failed}
+	if *sbVars != "" {
+		if po.SecureBoot, err = secureBootInputs(*sbCert, *sbVars); err != nil {
+			return err
+		}
+	}
+	r, err := images.Predict(b, *diskPath, po)
 	if err != nil {
 		return err
 	}
 	if *manifest != "" {
-		m, err := r.Manifest(images.ManifestOptions{Release: *rel, IncludeGPT: *withGPT})
+		m, err := r.Manifest(images.ManifestOptions{Release: *rel, IncludeGPT: *withGPT, IncludeSecureBoot: *withPCR7})
 		if err != nil {
 			return err
 		}
@@ -246,4 +278,26 @@ func printPrediction(w io.Writer, r *images.Release) {
 	for _, c := range r.Components {
 		fmt.Fprintf(w, "component %-8s %s %d bytes\n", c.Name, c.SHA256, c.Size)
 	}
+}
+
+// secureBootInputs reads the signing certificate and firmware variables
+// for a Secure Boot prediction.
+func secureBootInputs(certPath, varsPath string) (*predict.SecureBoot, error) {
+	cb, err := os.ReadFile(certPath)
+	if err != nil {
+		return nil, err
+	}
+	blk, _ := pem.Decode(cb)
+	if blk == nil || blk.Type != "CERTIFICATE" {
+		return nil, fmt.Errorf("%s: not a PEM certificate", certPath)
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", certPath, err)
+	}
+	vars, err := os.ReadFile(varsPath)
+	if err != nil {
+		return nil, err
+	}
+	return &predict.SecureBoot{VarStore: vars, Signer: cert}, nil
 }

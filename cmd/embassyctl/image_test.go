@@ -3,15 +3,16 @@ package main
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/dataembassy/embassy/attest/release"
 	"github.com/dataembassy/embassy/images/uki"
+	"github.com/dataembassy/embassy/internal/testenv"
 )
 
-// runCLI runs embassyctl in-process and returns its exit code and output.
 // TestImageBuildSignVerify: image build writes an unsigned manifest that
 // release sign/verify accept, and image predict reproduces its PCRs from the
 // written files alone.
@@ -109,5 +110,52 @@ func TestImageUsage(t *testing.T) {
 		if code, _, _ := runCLI(t, args...); code != 2 {
 			t.Errorf("%v: exit %d, want 2", args, code)
 		}
+	}
+}
+
+// TestImageBuildSecureBoot signs with Debian's OVMF snakeoil key and
+// predicts PCR 7 against its variables; predict reproduces it.
+func TestImageBuildSecureBoot(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "db.key")
+	if out, err := exec.Command(testenv.Tool(t, "openssl"), "pkey", "-in", "/usr/share/ovmf/PkKek-1-snakeoil.key", "-passin", "pass:snakeoil", "-out", key).CombinedOutput(); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	testenv.Tool(t, "sbsign")
+	const cert, vars = "/usr/share/ovmf/PkKek-1-snakeoil.pem", "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd"
+	initrd := filepath.Join(dir, "initrd")
+	if err := os.WriteFile(initrd, []byte("initrd"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	code, o, e := runCLI(t, "image", "build", "-kernel", uki.DefaultStubPath, "-initrd", initrd, "-release", "sb", "-out", out,
+		"-esp-mib", "40", "-data-mib", "1", "-sign-key", key, "-sign-cert", cert, "-sb-vars", vars, "-include-pcr7")
+	if code != 0 {
+		t.Fatalf("image build: %d\n%s%s", code, o, e)
+	}
+	mj, err := os.ReadFile(filepath.Join(out, "manifest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := release.ParseManifest(bytes.TrimSpace(mj))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.PCRs["7"] == "" {
+		t.Fatalf("no PCR 7 in manifest:\n%s", mj)
+	}
+	if out, err := exec.Command(testenv.Tool(t, "sbverify"), "--cert", cert, filepath.Join(out, "uki.efi")).CombinedOutput(); err != nil {
+		t.Errorf("sbverify: %v\n%s", err, out)
+	}
+	code, po, pe := runCLI(t, "image", "predict", "-uki", filepath.Join(out, "uki.efi"), "-sb-cert", cert, "-sb-vars", vars)
+	if code != 0 {
+		t.Fatalf("predict: %s", pe)
+	}
+	if !strings.Contains(po, "PCR 7  "+m.PCRs["7"]) {
+		t.Errorf("predict output lacks PCR 7 %s:\n%s", m.PCRs["7"], po)
+	}
+	// Half the Secure Boot flags is a usage error.
+	if code, _, _ := runCLI(t, "image", "build", "-initrd", initrd, "-release", "x", "-out", filepath.Join(dir, "o2"), "-sign-key", key); code != 2 {
+		t.Errorf("partial Secure Boot flags: exit %d, want 2", code)
 	}
 }

@@ -72,6 +72,12 @@ type Options struct {
 	// "Returning from"/"Calling" pair to PCR 4. Under QEMU with a default
 	// CD-ROM drive OVMF tries it first, so this is 1; with -nodefaults, 0.
 	FailedBootOptions int
+	// SecureBoot, when set, predicts a boot with Secure Boot enabled: PCR 7
+	// from the firmware's variables and the UKI's signer, and no kernel
+	// event in PCR 4 (with Secure Boot on, systemd-stub 252 installs a
+	// security override while it loads the kernel, which also bypasses the
+	// firmware's measurement of it).
+	SecureBoot *SecureBoot
 }
 
 // Sections returns the in-memory contents of a PE image's sections by name
@@ -112,7 +118,7 @@ const maxZeroFill = 16 << 20
 var stubMeasuredSections = []string{".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".pcrpkey"}
 
 // UKIEvents returns the events booting uki from disk produces in PCRs 4, 9
-// and 11 (PCR 12 and 13 get none: the firmware's auto-created boot option
+// and 11, and 7 with Options.SecureBoot (PCR 12 and 13 get none: the firmware's auto-created boot option
 // passes no LoadOptions, and the ESP holds no credentials or extensions).
 func UKIEvents(uki []byte, o Options) ([]Event, error) {
 	secs, err := Sections(uki)
@@ -159,7 +165,15 @@ func UKIEvents(uki []byte, o Options) ([]Event, error) {
 		)
 	}
 
-	ev = append(ev, Event{PCRBootApps, EvEFIBootServicesApplication, kernelHash, "kernel (.linux) Authenticode"})
+	if o.SecureBoot == nil {
+		ev = append(ev, Event{PCRBootApps, EvEFIBootServicesApplication, kernelHash, "kernel (.linux) Authenticode"})
+	} else {
+		sb, err := SecureBootEvents(*o.SecureBoot)
+		if err != nil {
+			return nil, err
+		}
+		ev = append(ev, sb...)
+	}
 
 	// PCR 9: the Linux EFI stub measures the command line systemd-stub
 	// hands it (UTF-16LE with the terminating NUL) and the initrd.

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/dataembassy/embassy/images/authenticode"
+	"github.com/dataembassy/embassy/images/internal/petest"
 	"github.com/dataembassy/embassy/images/uki"
 	"github.com/dataembassy/embassy/internal/testenv"
 )
@@ -180,4 +181,55 @@ func TestBuildErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestBuildGrowsHeaders: a stub whose headers have no room for four more
+// section entries gets its raw data moved down, contents intact.
+func TestBuildGrowsHeaders(t *testing.T) {
+	text := bytes.Repeat([]byte{0xc3}, 100)
+	stub := petest.Minimal([]petest.Section{{Name: ".text", Data: text}}, nil)
+	// Move .text to RVA 0x1000 so the headers may grow in memory.
+	const secHdr = 0x40 + 24 + 240
+	binary.LittleEndian.PutUint32(stub[secHdr+12:], 0x1000)
+	binary.LittleEndian.PutUint32(stub[0x40+24+56:], 0x1200)
+	img, err := uki.Build(uki.Options{Stub: stub, Linux: []byte("kernel"), Cmdline: "x", Initrd: []byte("i"), OSRelease: "ID=x\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := pe.NewFile(bytes.NewReader(img.Bytes))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := f.Section(".text")
+	if s == nil || s.Offset == 0x200 {
+		t.Fatalf(".text not moved: %+v", s)
+	}
+	got, _ := s.Data()
+	if !bytes.Equal(got[:len(text)], text) {
+		t.Error(".text contents changed")
+	}
+	if l := f.Section(".linux"); l == nil {
+		t.Error("no .linux")
+	}
+
+	// Without room in memory either, Build refuses.
+	tight := petest.Minimal([]petest.Section{{Name: ".text", Data: text}}, nil)
+	if _, err := uki.Build(uki.Options{Stub: tight, Linux: []byte("kernel"), Cmdline: "x", Initrd: []byte("i"), OSRelease: "ID=x\n"}); !errors.Is(err, uki.ErrStub) {
+		t.Errorf("no room for headers: error %v, want ErrStub", err)
+	}
+}
+
+// FuzzBuild: arbitrary stub bytes give an image debug/pe can read, or an
+// error; never a panic.
+func FuzzBuild(f *testing.F) {
+	f.Add(petest.Minimal([]petest.Section{{Name: ".text", Data: []byte{0xc3}}}, nil))
+	f.Fuzz(func(t *testing.T, stub []byte) {
+		img, err := uki.Build(uki.Options{Stub: stub, Linux: []byte("kernel"), Initrd: []byte("initrd"), Cmdline: "c"})
+		if err != nil {
+			return
+		}
+		if _, err := pe.NewFile(bytes.NewReader(img.Bytes)); err != nil {
+			t.Fatalf("built an unreadable PE: %v", err)
+		}
+	})
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -36,6 +37,7 @@ type TPM struct {
 	swtpm string
 	cmd   *exec.Cmd
 	done  chan struct{}
+	conn  io.ReadWriteCloser
 }
 
 // Start manufactures and starts a new swtpm. The TPM is started
@@ -70,21 +72,25 @@ func Start(t testing.TB) *TPM {
 	return s
 }
 
-// Open connects to the TPM; the connection is closed at cleanup.
-func (s *TPM) Open(t testing.TB) io.ReadWriteCloser {
-	t.Helper()
-	rw, err := tpm.Open(s.Socket)
-	if err != nil {
-		t.Fatal(err)
+// RW returns the connection to the TPM. swtpm serves one connection at a
+// time, so all users share this one; Reboot replaces it and cleanup closes
+// it. Callers must not close it.
+func (s *TPM) RW() io.ReadWriter {
+	s.t.Helper()
+	if s.conn == nil {
+		rw, err := tpm.Open(s.Socket)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		s.conn = rw
 	}
-	t.Cleanup(func() { rw.Close() })
-	return rw
+	return s.conn
 }
 
 // Reboot stops the swtpm and starts it again on the same state, as a
 // machine's power cycle would: PCRs and transient objects are reset,
-// persistent objects, NV indexes and the seeds are kept. Connections opened
-// before are dead afterwards.
+// persistent objects, NV indexes and the seeds are kept. The connection
+// returned by RW before is dead afterwards; call RW again.
 func (s *TPM) Reboot() {
 	s.t.Helper()
 	s.stop()
@@ -107,6 +113,8 @@ func (s *TPM) start() {
 		t.Fatal(err)
 	}
 	cmd.Stdout, cmd.Stderr = log, log
+	// Kill swtpm with the test process, even when the test is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start swtpm: %v", err)
 	}
@@ -134,6 +142,10 @@ func (s *TPM) start() {
 }
 
 func (s *TPM) stop() {
+	if s.conn != nil {
+		s.conn.Close()
+		s.conn = nil
+	}
 	if s.cmd == nil {
 		return
 	}

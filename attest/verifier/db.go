@@ -1,0 +1,264 @@
+package verifier
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"sync"
+	"time"
+
+	_ "modernc.org/sqlite" // pure-Go SQLite driver "sqlite"
+)
+
+// migrations are applied in order; schema_version holds how many ran. Never
+// edit a released migration: append a new one.
+var migrations = []string{
+	// 1: initial schema.
+	`
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE appliances (
+	id            TEXT PRIMARY KEY,
+	ek_public     BLOB NOT NULL,           -- PKIX DER
+	ek_cert       BLOB,                    -- DER, when enrolled from a certificate
+	remote_share  BLOB NOT NULL,           -- 32 bytes
+	created_at    INTEGER NOT NULL,        -- unix seconds
+	created_by    TEXT NOT NULL
+);
+CREATE TABLE enrollments (                 -- the activated AK, one per appliance
+	appliance     TEXT PRIMARY KEY REFERENCES appliances(id),
+	ak_public     BLOB NOT NULL,           -- TPMT_PUBLIC
+	ak_name       TEXT NOT NULL,
+	activated_at  INTEGER NOT NULL
+);
+CREATE TABLE enroll_sessions (
+	id            TEXT PRIMARY KEY,
+	appliance     TEXT NOT NULL,
+	ak_public     BLOB NOT NULL,
+	secret        BLOB NOT NULL,
+	expires       INTEGER NOT NULL,        -- unix nanoseconds
+	used          INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE baselines (                   -- firmware baseline per appliance
+	appliance     TEXT NOT NULL REFERENCES appliances(id),
+	pcr           INTEGER NOT NULL,
+	value         BLOB NOT NULL,
+	PRIMARY KEY (appliance, pcr)
+);
+CREATE TABLE nonces (
+	nonce         BLOB PRIMARY KEY,
+	appliance     TEXT NOT NULL,
+	expires       INTEGER NOT NULL,        -- unix nanoseconds
+	used_at       INTEGER                  -- unix nanoseconds, NULL if unused
+);
+CREATE INDEX nonces_expires ON nonces(expires);
+CREATE TABLE epochs (
+	appliance     TEXT PRIMARY KEY REFERENCES appliances(id),
+	last_epoch    INTEGER NOT NULL,
+	updated_at    INTEGER NOT NULL
+);
+CREATE TABLE leases (
+	appliance     TEXT PRIMARY KEY REFERENCES appliances(id),
+	release       TEXT NOT NULL,
+	granted_at    INTEGER NOT NULL,
+	until         INTEGER NOT NULL
+);
+CREATE TABLE revocations (
+	appliance     TEXT PRIMARY KEY REFERENCES appliances(id),
+	revoked_at    INTEGER NOT NULL,
+	revoked_by    TEXT NOT NULL,
+	reason        TEXT NOT NULL
+);
+CREATE TABLE release_keys (
+	key_id        TEXT PRIMARY KEY,
+	public_key    BLOB NOT NULL,
+	added_at      INTEGER NOT NULL
+);
+CREATE TABLE releases (
+	digest        TEXT PRIMARY KEY,        -- hex SHA-256 of the payload
+	name          TEXT NOT NULL,
+	release       TEXT NOT NULL,
+	envelope      BLOB NOT NULL,
+	published_at  INTEGER NOT NULL,
+	published_by  TEXT NOT NULL,
+	withdrawn_at  INTEGER
+);
+CREATE TABLE ek_roots (
+	fingerprint   TEXT PRIMARY KEY,        -- hex SHA-256 of the DER
+	der           BLOB NOT NULL,
+	subject       TEXT NOT NULL
+);
+CREATE TABLE audit (
+	seq           INTEGER PRIMARY KEY,
+	time          INTEGER NOT NULL,        -- unix nanoseconds
+	actor         TEXT NOT NULL,
+	appliance     TEXT NOT NULL,
+	action        TEXT NOT NULL,
+	outcome       TEXT NOT NULL,
+	check_name    TEXT NOT NULL,
+	pcr           INTEGER,
+	detail        TEXT NOT NULL,
+	prev_hash     BLOB NOT NULL,
+	hash          BLOB NOT NULL
+);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+	BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+	BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+`,
+}
+
+// SchemaVersion is the schema version this package migrates to.
+var SchemaVersion = len(migrations)
+
+// ErrSchemaTooNew reports a database migrated by a newer verifier.
+var ErrSchemaTooNew = errors.New("verifier: database schema is newer than this program")
+
+// DB is the verifier's state in SQLite. The verifier service and the
+// operator CLI (embassyctl, on the verifier host) both use it; SQLite's
+// locking lets them run at the same time. Safe for concurrent use.
+type DB struct {
+	db  *sql.DB
+	now func() time.Time
+	// writeMu serialises this process's write transactions: contending
+	// for SQLite's write lock inside the driver means busy-handler sleeps
+	// of milliseconds, which wreck tail latency under load.
+	writeMu sync.Mutex
+	stmts   sync.Map // SQL text -> *sql.Stmt
+}
+
+// OpenDB opens (creating if needed) and migrates the database at path.
+func OpenDB(ctx context.Context, path string) (*DB, error) {
+	q := url.Values{}
+	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "synchronous(NORMAL)")
+	q.Add("_pragma", "foreign_keys(ON)")
+	q.Set("_txlock", "immediate")
+	sdb, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, fmt.Errorf("verifier: open %s: %w", path, err)
+	}
+	d := &DB{db: sdb, now: time.Now}
+	if err := d.migrate(ctx); err != nil {
+		sdb.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// Close closes the database.
+func (d *DB) Close() error { return d.db.Close() }
+
+// SetClock replaces the clock (tests).
+func (d *DB) SetClock(now func() time.Time) { d.now = now }
+
+func (d *DB) migrate(ctx context.Context) error {
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("verifier: migrate: %w", err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("verifier: migrate: %w", err)
+	}
+	var v int
+	err = tx.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&v)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version VALUES (0)`); err != nil {
+			return fmt.Errorf("verifier: migrate: %w", err)
+		}
+	case err != nil:
+		return fmt.Errorf("verifier: migrate: %w", err)
+	}
+	if v > len(migrations) {
+		return fmt.Errorf("%w: version %d, this program knows %d", ErrSchemaTooNew, v, len(migrations))
+	}
+	for i := v; i < len(migrations); i++ {
+		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+			return fmt.Errorf("verifier: migration %d: %w", i+1, err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE schema_version SET version = ?`, len(migrations)); err != nil {
+		return fmt.Errorf("verifier: migrate: %w", err)
+	}
+	return tx.Commit()
+}
+
+// Setting returns a setting's value, or def when unset.
+func (d *DB) Setting(ctx context.Context, key, def string) (string, error) {
+	var v string
+	err := d.db.QueryRowContext(ctx, `SELECT value FROM settings WHERE key = ?`, key).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return def, nil
+	}
+	return v, err
+}
+
+// withTx runs f in an immediate transaction.
+func (d *DB) withTx(ctx context.Context, f func(*sql.Tx) error) error {
+	d.writeMu.Lock()
+	defer d.writeMu.Unlock()
+	tx, err := d.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("verifier: begin: %w", err)
+	}
+	defer tx.Rollback()
+	if err := f(tx); err != nil {
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("verifier: commit: %w", err)
+	}
+	return nil
+}
+
+// Prepared statements for the hot path: without them the driver parses the
+// SQL text on every call, a large share of the verifier's CPU time.
+func (d *DB) prep(q string) (*sql.Stmt, error) {
+	if st, ok := d.stmts.Load(q); ok {
+		return st.(*sql.Stmt), nil
+	}
+	st, err := d.db.Prepare(q)
+	if err != nil {
+		return nil, fmt.Errorf("verifier: prepare: %w", err)
+	}
+	if prev, loaded := d.stmts.LoadOrStore(q, st); loaded {
+		st.Close()
+		return prev.(*sql.Stmt), nil
+	}
+	return st, nil
+}
+
+// errRow lets the row helpers report a prepare error through Scan.
+type rowScanner interface{ Scan(dest ...any) error }
+
+type errRow struct{ err error }
+
+func (e errRow) Scan(...any) error { return e.err }
+
+func (d *DB) queryRow(ctx context.Context, q string, args ...any) rowScanner {
+	st, err := d.prep(q)
+	if err != nil {
+		return errRow{err}
+	}
+	return st.QueryRowContext(ctx, args...)
+}
+
+func (d *DB) txQueryRow(ctx context.Context, tx *sql.Tx, q string, args ...any) rowScanner {
+	st, err := d.prep(q)
+	if err != nil {
+		return errRow{err}
+	}
+	return tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
+}
+
+func (d *DB) txExec(ctx context.Context, tx *sql.Tx, q string, args ...any) (sql.Result, error) {
+	st, err := d.prep(q)
+	if err != nil {
+		return nil, err
+	}
+	return tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+}

@@ -1,0 +1,135 @@
+// Command embassy-appliance is the on-rack program. u-root's init starts it
+// as its uinit (bin/uinit links to it) with the serial console as stdout.
+// It measures itself and its configuration into PCR 15, loads its kernel
+// modules, brings up the network, attests to the verifier, unlocks the
+// authenticated store on the data disk and serves it over NBD with mutual
+// TLS, renewing its lease until it is refused or revoked. See
+// docs/appliance.md.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/dataembassy/embassy/appliance"
+	"github.com/dataembassy/embassy/appliance/linux"
+	"github.com/dataembassy/embassy/appliance/wiring"
+	"github.com/dataembassy/embassy/attest/tpm"
+)
+
+// Paths inside the initramfs (see package initramfs).
+const (
+	defaultConfig = "/etc/embassy/appliance.json"
+	selfPath      = "/bin/embassy-appliance"
+)
+
+func main() {
+	configPath := flag.String("config", defaultConfig, "appliance configuration (JSON)")
+	tpmPath := flag.String("tpm", tpm.DefaultDevice, "TPM device")
+	flag.Parse()
+
+	log := appliance.ConsoleLogger(os.Stdout)
+	slog.SetDefault(log)
+	err := run(context.Background(), log, *configPath, *tpmPath)
+	// Never return to init: with no shell in a production image the kernel
+	// would panic and the machine reboot-loop. Stay up and say why.
+	log.Error("HALTED", "err", err)
+	select {}
+}
+
+func run(ctx context.Context, log *slog.Logger, configPath, tpmPath string) error {
+	start := time.Now()
+	if err := linux.MountSystem(); err != nil {
+		return err
+	}
+	cfgBytes, err := os.ReadFile(configPath)
+	if err != nil {
+		return fmt.Errorf("reading configuration: %w", err)
+	}
+	self, err := os.ReadFile(selfPath)
+	if err != nil {
+		return fmt.Errorf("reading own binary: %w", err)
+	}
+	cfg, err := appliance.ParseConfig(cfgBytes)
+	if err != nil {
+		return err
+	}
+
+	// Separate TPM handles (the kernel resource manager gives each its own
+	// context) so the attestation agent and the rollback counter never
+	// interleave commands.
+	agentTPM, err := openTPM(tpmPath)
+	if err != nil {
+		return err
+	}
+	counterTPM, err := openTPM(tpmPath)
+	if err != nil {
+		return err
+	}
+	counter, err := tpm.OpenNVCounter(counterTPM, tpm.DefaultCounterIndex)
+	if err != nil {
+		return fmt.Errorf("rollback counter: %w", err)
+	}
+
+	measurer, attester, err := newAttestation(cfg, agentTPM, log)
+	if err != nil {
+		return err
+	}
+	a, err := appliance.New(appliance.Options{
+		Config: cfg,
+		Measurements: []appliance.Measurement{
+			{Type: "binary", Name: selfPath, Data: self},
+			{Type: "config", Name: configPath, Data: cfgBytes},
+		},
+		ReportPCRs: []int{4, 9, tpm.PCRPhase, tpm.PCRAppliance},
+		Platform:   &linux.Platform{Logger: log},
+		Measurer:   measurer,
+		PCRs:       linux.SysfsPCRs{},
+		Attester:   attester,
+		Storage:    &wiring.Storage{Counter: counter, Logger: log},
+		Exporter:   &wiring.Exporter{Config: cfg.NBD, Logger: log},
+		Logger:     log,
+	})
+	if err != nil {
+		return err
+	}
+	log.Info("appliance program started", "uptime_at_start", uptime(), "config_parse", time.Since(start).Round(time.Millisecond))
+	err = a.Run(ctx)
+	if errors.Is(err, context.Canceled) {
+		return nil
+	}
+	return err
+}
+
+// openTPM waits briefly for the TPM device node (devtmpfs populates it as
+// the driver binds) and opens it.
+func openTPM(path string) (io.ReadWriteCloser, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rw, err := tpm.Open(path)
+		if err == nil {
+			return rw, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("opening TPM %s: %w", path, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// uptime is the kernel's uptime: how long the machine took to get here.
+func uptime() string {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return "?"
+	}
+	var up float64
+	fmt.Sscanf(string(b), "%f", &up)
+	return fmt.Sprintf("%.2fs", up)
+}
