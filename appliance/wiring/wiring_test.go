@@ -102,7 +102,7 @@ func TestExporterWithNbdcopy(t *testing.T) {
 	exp := &wiring.Exporter{Config: appliance.NBDConfig{
 		Listen:      "127.0.0.1:0",
 		ClientCAPEM: clientCA,
-		Exports: []appliance.ExportConfig{{Name: "registers", Grants: []appliance.GrantConfig{{Identity: "tallinn-client", Access: "rw"}}}},
+		Exports:     []appliance.ExportConfig{{Name: "registers", Grants: []appliance.GrantConfig{{Identity: "tallinn-client", Access: "rw"}}}},
 	}}
 	ctx, cancel := context.WithCancel(context.Background())
 	addrc := make(chan string, 1)

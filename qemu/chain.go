@@ -1,0 +1,426 @@
+package qemu
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/dataembassy/embassy/attest/agent"
+	"github.com/dataembassy/embassy/attest/measure"
+	"github.com/dataembassy/embassy/attest/release"
+	"github.com/dataembassy/embassy/attest/tpm"
+	"github.com/dataembassy/embassy/attest/verifier"
+	"github.com/dataembassy/embassy/images/predict"
+	"github.com/dataembassy/embassy/initramfs"
+)
+
+// GuestHost is the host's loopback as the guest sees it (QEMU user net).
+const GuestHost = "10.0.2.2"
+
+// TPM is a manufactured software TPM: its state directory (pass it as
+// Config.TPMState) and the local CA that issued its EK certificate.
+type TPM struct {
+	StateDir string
+	// CA and Intermediate issued the EK certificate.
+	CA, Intermediate *x509.Certificate
+	// EKCert is the DER EK certificate read from the TPM's NV.
+	EKCert []byte
+}
+
+// ManufactureTPM creates a swtpm state under dir with an EK certificate
+// from a local CA (swtpm_setup --create-ek-cert), as a TPM vendor would,
+// and reads the EK certificate back.
+func ManufactureTPM(ctx context.Context, dir string) (*TPM, error) {
+	state, caDir := filepath.Join(dir, "state"), filepath.Join(dir, "ca")
+	for _, d := range []string{state, caDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	localConf := filepath.Join(dir, "localca.conf")
+	opts := filepath.Join(dir, "localca.options")
+	setupConf := filepath.Join(dir, "swtpm_setup.conf")
+	files := map[string]string{
+		localConf: fmt.Sprintf("statedir = %[1]s\nsigningkey = %[1]s/signkey.pem\nissuercert = %[1]s/issuercert.pem\ncertserial = %[1]s/certserial\n", caDir),
+		opts:      "--platform-manufacturer Embassy\n--platform-version 1\n--platform-model qemu\n",
+		setupConf: fmt.Sprintf("create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = %s\ncreate_certs_tool_options = %s\n", localConf, opts),
+	}
+	for p, c := range files {
+		if err := os.WriteFile(p, []byte(c), 0o600); err != nil {
+			return nil, err
+		}
+	}
+	if out, err := exec.CommandContext(ctx, "swtpm_setup", "--tpm2", "--tpmstate", state, "--create-ek-cert",
+		"--config", setupConf, "--pcr-banks", "sha256", "--overwrite").CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("qemu: swtpm_setup: %w\n%s", err, out)
+	}
+	t := &TPM{StateDir: state}
+	var err error
+	if t.CA, err = readCertFile(filepath.Join(caDir, "swtpm-localca-rootca-cert.pem")); err != nil {
+		return nil, err
+	}
+	if t.Intermediate, err = readCertFile(filepath.Join(caDir, "issuercert.pem")); err != nil {
+		return nil, err
+	}
+	if t.EKCert, err = readEKCert(ctx, dir, state); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// readEKCert runs swtpm on state briefly and reads the EK certificate.
+func readEKCert(ctx context.Context, dir, state string) ([]byte, error) {
+	sock, ctrl := filepath.Join(dir, "ek.sock"), filepath.Join(dir, "ek.ctrl")
+	cmd := exec.CommandContext(ctx, "swtpm", "socket", "--tpm2",
+		"--server", "type=unixio,path="+sock, "--ctrl", "type=unixio,path="+ctrl,
+		"--flags", "not-need-init,startup-clear", "--tpmstate", "dir="+state)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("qemu: swtpm: %w", err)
+	}
+	defer func() {
+		// SIGTERM lets swtpm store its state before the TPM is reused.
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rw, err := tpm.Open(sock)
+		if err == nil {
+			defer rw.Close()
+			cert, err := agent.EKCertificate(rw)
+			if err != nil || len(cert) == 0 {
+				return nil, fmt.Errorf("qemu: reading EK certificate: %v", err)
+			}
+			return cert, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("qemu: swtpm socket: %w", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func readCertFile(path string) (*x509.Certificate, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return nil, fmt.Errorf("qemu: %s: no PEM", path)
+	}
+	return x509.ParseCertificate(blk.Bytes)
+}
+
+// Verifier is an in-process verifier (attest/verifier) with SQLite state,
+// served over TLS on 127.0.0.1 with a certificate also valid for the
+// guest's view of the host (10.0.2.2).
+type Verifier struct {
+	// DB is the verifier's database (enroll, publish, revoke, audit).
+	DB *verifier.DB
+	// GuestURL is the verifier's URL from inside the guest.
+	GuestURL string
+	// CAPEM is the CA the appliance pins for the verifier.
+	CAPEM string
+	// ReleaseKey signs release manifests (registered with the DB).
+	ReleaseKey ed25519.PrivateKey
+
+	srv *http.Server
+	l   net.Listener
+}
+
+// VerifierOptions configure StartVerifier.
+type VerifierOptions struct {
+	// Dir holds verifier.db. Required.
+	Dir string
+	// Lease is the lease the verifier grants (default: the verifier's).
+	Lease time.Duration
+	// Logger receives the verifier's log (default: discarded).
+	Logger *slog.Logger
+}
+
+// StartVerifier opens (or creates) the verifier database in o.Dir and
+// serves the verifier on 127.0.0.1.
+func StartVerifier(ctx context.Context, o VerifierOptions) (*Verifier, error) {
+	db, err := verifier.OpenDB(ctx, filepath.Join(o.Dir, "verifier.db"))
+	if err != nil {
+		return nil, err
+	}
+	v := &Verifier{DB: db}
+	ok := false
+	defer func() {
+		if !ok {
+			v.Close()
+		}
+	}()
+	logger := o.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	s, err := verifier.NewServer(verifier.Options{DB: db, Lease: o.Lease, Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	caPEM, cert, err := serverPKI([]net.IP{net.ParseIP(GuestHost), net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, err
+	}
+	v.CAPEM = caPEM
+	if v.l, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+		return nil, err
+	}
+	v.GuestURL = "https://" + net.JoinHostPort(GuestHost, strconv.Itoa(v.l.Addr().(*net.TCPAddr).Port))
+	v.srv = &http.Server{Handler: s, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	go v.srv.ServeTLS(v.l, "", "")
+	_, v.ReleaseKey, err = ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	if err := db.AddReleaseKey(ctx, v.ReleaseKey.Public().(ed25519.PublicKey), "harness"); err != nil {
+		return nil, err
+	}
+	ok = true
+	return v, nil
+}
+
+// Close stops serving and closes the database.
+func (v *Verifier) Close() {
+	if v.srv != nil {
+		v.srv.Close()
+	}
+	if v.l != nil {
+		v.l.Close()
+	}
+	if v.DB != nil {
+		v.DB.Close()
+	}
+}
+
+// Enroll registers an appliance by its TPM's EK certificate (trusting the
+// TPM's manufacturer CA).
+func (v *Verifier) Enroll(ctx context.Context, id string, t *TPM) error {
+	if err := v.DB.AddEKRoot(ctx, t.CA, "harness"); err != nil {
+		return err
+	}
+	if err := v.DB.AddEKRoot(ctx, t.Intermediate, "harness"); err != nil {
+		return err
+	}
+	return v.DB.Enroll(ctx, verifier.EnrollParams{ID: id, EKCert: t.EKCert, Actor: "harness"})
+}
+
+// Publish signs and publishes a release expecting pcrs.
+func (v *Verifier) Publish(ctx context.Context, name string, initrd []byte, pcrs map[int][]byte) error {
+	sum := sha256.Sum256(initrd)
+	m := &release.Manifest{Version: release.Version, Name: "embassy-appliance", Release: name, Created: time.Now().UTC(),
+		Components: []release.Component{{Name: "initrd", SHA256: hex.EncodeToString(sum[:]), Size: int64(len(initrd))}}}
+	for i, val := range pcrs {
+		m.SetPCR(uint32(i), val)
+	}
+	env, err := release.NewEnvelope(m)
+	if err != nil {
+		return err
+	}
+	env.Sign(v.ReleaseKey)
+	_, err = v.DB.PublishRelease(ctx, env, "harness")
+	return err
+}
+
+// Audit returns the audit records about appliance id.
+func (v *Verifier) Audit(ctx context.Context, id string) ([]verifier.AuditRecord, error) {
+	return v.DB.AuditRecords(ctx, verifier.AuditFilter{Appliance: id})
+}
+
+// PredictPCR9 predicts PCR 9 for a -kernel boot through OVMF: the Linux EFI
+// stub measures the command line (OVMF appends " initrd=initrd") and then
+// the initrd file.
+func PredictPCR9(cmdline string, initrd []byte) []byte {
+	sum := sha256.Sum256(initrd)
+	ev := []predict.Event{
+		{PCR: 9, Digest: predict.LoadOptionsDigest(cmdline + " initrd=initrd")},
+		{PCR: 9, Digest: sum[:]},
+	}
+	return predict.Replay(ev, 9)[9]
+}
+
+// PredictPCR15 predicts PCR 15: the appliance measures its binary and its
+// configuration at the initramfs paths.
+func PredictPCR15(binary, config []byte) ([]byte, error) {
+	return measure.Predict(
+		measure.NewEvent("binary", "/"+initramfs.AppliancePath, binary),
+		measure.NewEvent("config", "/"+initramfs.ConfigPath, config),
+	)
+}
+
+// ConfigOptions describe an appliance configuration for the harness.
+type ConfigOptions struct {
+	Identity      string
+	VerifierURL   string
+	VerifierCAPEM string
+	// ClientCAPEM and ClientIdentity grant one client read-write access to
+	// the export "registers".
+	ClientCAPEM    string
+	ClientIdentity string
+	// RetryMax bounds the appliance's retry backoff (default 4s).
+	RetryMax time.Duration
+}
+
+// ApplianceConfig returns a configuration for QEMU's user network.
+func ApplianceConfig(o ConfigOptions) ([]byte, error) {
+	if o.RetryMax == 0 {
+		o.RetryMax = 4 * time.Second
+	}
+	return json.MarshalIndent(map[string]any{
+		"version":  1,
+		"identity": o.Identity,
+		"verifier": map[string]any{"url": o.VerifierURL, "ca_pem": o.VerifierCAPEM},
+		"nbd": map[string]any{"client_ca_pem": o.ClientCAPEM, "exports": []any{
+			map[string]any{"name": "registers", "grants": []any{map[string]any{"identity": o.ClientIdentity, "access": "rw"}}},
+		}},
+		"network": map[string]any{"mode": "static", "address": "10.0.2.15/24", "gateway": GuestHost},
+		"retry":   map[string]any{"initial": "1s", "max": o.RetryMax.String()},
+	}, "", "  ")
+}
+
+// ClientPKI writes a client CA and a client certificate for identity into
+// dir, in libnbd's tls-certificates layout (client-cert.pem,
+// client-key.pem), and returns the CA certificate PEM.
+func ClientPKI(dir, identity string) (string, error) {
+	caKey, caCert, caPEM, err := newCA("Embassy home clients CA")
+	if err != nil {
+		return "", err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: identity},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(30 * 24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		return "", err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "client-cert.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "client-key.pem"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		return "", err
+	}
+	return caPEM, nil
+}
+
+func newCA(cn string) (*ecdsa.PrivateKey, *x509.Certificate, string, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(30 * 24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	return key, cert, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), nil
+}
+
+// serverPKI makes a CA and a server certificate for ips.
+func serverPKI(ips []net.IP) (string, tls.Certificate, error) {
+	caKey, caCert, caPEM, err := newCA("Embassy verifier CA")
+	if err != nil {
+		return "", tls.Certificate{}, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", tls.Certificate{}, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "verifier"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(30 * 24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses: ips,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		return "", tls.Certificate{}, err
+	}
+	return caPEM, tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// ErrNoIdentity reports a console without the appliance's server identity.
+var ErrNoIdentity = errors.New("qemu: no NBD server identity on the console")
+
+var identityRE = regexp.MustCompile(`msg="nbd server identity" sha256=([0-9a-f]{64}) cert="?([A-Za-z0-9+/=]+)"?`)
+
+// ServerIdentity returns the PEM certificate and fingerprint of the NBD
+// server identity the appliance last printed on its console (from line
+// index from on). Clients pin it as their CA (ca-cert.pem).
+func (m *Machine) ServerIdentity(from int) (pemCert []byte, fingerprint string, err error) {
+	lines := m.Lines()
+	for i := len(lines) - 1; i >= from; i-- {
+		sm := identityRE.FindStringSubmatch(lines[i].Text)
+		if sm == nil {
+			continue
+		}
+		der, err := base64.StdEncoding.DecodeString(sm[2])
+		if err != nil {
+			return nil, "", fmt.Errorf("qemu: identity certificate: %w", err)
+		}
+		return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), sm[1], nil
+	}
+	return nil, "", ErrNoIdentity
+}
+
+var pcrRE = regexp.MustCompile(`msg=pcr when="after measuring" index=(\d+) sha256=([0-9a-f]{64})`)
+
+// MeasuredPCRs returns the PCR values the appliance printed after
+// measuring itself (before attesting).
+func (m *Machine) MeasuredPCRs() map[int][]byte {
+	out := map[int][]byte{}
+	for _, l := range m.Lines() {
+		if sm := pcrRE.FindStringSubmatch(l.Text); sm != nil {
+			i, _ := strconv.Atoi(sm[1])
+			out[i], _ = hex.DecodeString(sm[2])
+		}
+	}
+	return out
+}
