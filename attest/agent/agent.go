@@ -24,8 +24,12 @@
 //		// zeroize and stop
 //	}
 //	if u.Provision {
-//		// format the store with u.KEK; keep u.SealedLocal next to it
+//		// format the store with u.KEK; keep u.SealedLocal next to it,
+//		// keyed by u.Release
 //	}
+//	// keep u.Resealed too (the local share sealed for other published
+//	// releases) and unlock later boots with a.UnlockSealed(ctx, epoch, all)
+//	// so that an upgrade to a published release still unlocks.
 //	// open the store with u.KEK, serve; before u.Lease runs out:
 //	lease, err := a.Heartbeat(ctx, storeEpoch)
 //
