@@ -23,7 +23,7 @@ import (
 )
 
 // selfSignedPEM returns a throwaway CA certificate.
-func selfSignedPEM(t *testing.T, cn string) string {
+func selfSignedPEM(t testing.TB, cn string) string {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -43,7 +43,7 @@ func selfSignedPEM(t *testing.T, cn string) string {
 
 // applianceConfig is a configuration for QEMU's user network: static
 // 10.0.2.15, the host's loopback at 10.0.2.2.
-func applianceConfig(t *testing.T, verifierPort int) []byte {
+func applianceConfig(t testing.TB, verifierPort int) []byte {
 	t.Helper()
 	ca := selfSignedPEM(t, "test CA")
 	b, err := json.Marshal(map[string]any{
@@ -68,7 +68,7 @@ var (
 )
 
 // buildAppliance builds the appliance image once per test binary run.
-func buildAppliance(t *testing.T, config []byte, name string) qemu.Image {
+func buildAppliance(t testing.TB, config []byte, name string) qemu.Image {
 	t.Helper()
 	imageOnce.Do(func() {
 		d, err := os.MkdirTemp("", "embassy-qemu-images-")
@@ -91,7 +91,7 @@ func buildAppliance(t *testing.T, config []byte, name string) qemu.Image {
 	return img
 }
 
-func dataDisk(t *testing.T, size int64) string {
+func dataDisk(t testing.TB, size int64) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "data.img")
 	f, err := os.Create(p)
