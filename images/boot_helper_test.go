@@ -3,6 +3,7 @@ package images_test
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -18,7 +19,13 @@ import (
 
 	"github.com/dataembassy/embassy/internal/testenv"
 	"github.com/dataembassy/embassy/qemu"
+	attestpb "github.com/google/go-tpm-tools/proto/attest"
+	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
+	tpmquote "github.com/google/go-tpm-tools/quote"
+	"github.com/google/go-tpm-tools/server"
+	"github.com/google/go-tpm/legacy/tpm2"
 	"github.com/u-root/u-root/pkg/cpio"
+	"google.golang.org/protobuf/proto"
 )
 
 // The images tests boot disk images with the qemu harness and a guest init
@@ -103,6 +110,9 @@ type bootResult struct {
 	EventLog []byte
 	// Cmdline is /proc/cmdline in the guest.
 	Cmdline string
+	// Attestation is the serialized go-tpm-tools Attestation the guest
+	// printed when booted with pcrdump.nonce= (nil otherwise).
+	Attestation []byte
 	// Console is the whole serial output.
 	Console string
 }
@@ -163,7 +173,7 @@ func bootDiskWith(t *testing.T, diskPath string, mod func(*qemu.Config)) *bootRe
 	_, waitErr := m.WaitForLine(regexp.MustCompile(`PCRDUMP-DONE`), 4*time.Minute)
 
 	res := &bootResult{PCRs: map[int][]byte{}}
-	var console, logB64 strings.Builder
+	var console, logB64, attB64 strings.Builder
 	for _, l := range m.Lines() {
 		line := strings.TrimRight(l.Text, "\r")
 		console.WriteString(line + "\n")
@@ -186,6 +196,10 @@ func bootDiskWith(t *testing.T, diskPath string, mod func(*qemu.Config)) *bootRe
 			if len(f) == 2 {
 				logB64.WriteString(f[1])
 			}
+		case "PCRDUMP-ATT":
+			if len(f) == 2 {
+				attB64.WriteString(f[1])
+			}
 		case "PCRDUMP-CMDLINE":
 			res.Cmdline = strings.TrimSpace(strings.TrimPrefix(line[i:], "PCRDUMP-CMDLINE"))
 		}
@@ -197,6 +211,11 @@ func bootDiskWith(t *testing.T, diskPath string, mod func(*qemu.Config)) *bootRe
 	// The event log is for diagnostics only; the PCR values decide.
 	if res.EventLog, err = base64.StdEncoding.DecodeString(logB64.String()); err != nil {
 		t.Logf("event log unreadable (console line garbled?): %v", err)
+	}
+	if attB64.Len() > 0 {
+		if res.Attestation, err = base64.StdEncoding.DecodeString(attB64.String()); err != nil {
+			t.Fatalf("attestation base64: %v", err)
+		}
 	}
 	if len(res.PCRs) != 24 {
 		t.Fatalf("guest printed %d PCRs, want 24; console:\n%s", len(res.PCRs), tail(res.Console, 4000))
@@ -252,4 +271,56 @@ func describeLog(t *testing.T, log []byte) string {
 		fmt.Fprintf(&b, "PCR%-2d %#010x %x %q\n", pcr, typ, sha256, data[:min(len(data), 48)])
 	}
 	return b.String()
+}
+
+// verifyQuote checks the guest's attestation the way the verifier does: the
+// SHA-256 quote verifies with the attestation key over nonce, and the
+// firmware event log replays to the quoted PCRs (go-tpm-tools server). It
+// returns the quoted PCR values. The AK is taken from the attestation
+// itself: these tests check measurements, not AK enrollment.
+func verifyQuote(t *testing.T, raw, nonce []byte) map[int][]byte {
+	t.Helper()
+	if raw == nil {
+		t.Fatal("guest printed no attestation")
+	}
+	var att attestpb.Attestation
+	if err := proto.Unmarshal(raw, &att); err != nil {
+		t.Fatalf("attestation: %v", err)
+	}
+	pub, err := tpm2.DecodePublic(att.GetAkPub())
+	if err != nil {
+		t.Fatalf("AK public: %v", err)
+	}
+	ak, err := pub.Key()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var quote *tpmpb.Quote
+	for _, q := range att.GetQuotes() {
+		if tpm2.Algorithm(q.GetPcrs().GetHash()) == tpm2.AlgSHA256 {
+			quote = q
+		}
+	}
+	if quote == nil {
+		t.Fatal("no SHA-256 quote")
+	}
+	if err := tpmquote.Verify(quote, ak, nonce); err != nil {
+		t.Fatalf("quote does not verify over the nonce: %v", err)
+	}
+	att.Quotes = []*tpmpb.Quote{quote}
+	if _, err := server.VerifyAttestation(&att, server.VerifyOpts{
+		Nonce:                         nonce,
+		TrustedAKs:                    []crypto.PublicKey{ak},
+		HashAlgo:                      tpm2.AlgSHA256,
+		Loader:                        server.UnsupportedLoader,
+		AllowEFIAppBeforeCallingEvent: true,
+		AllowEmptySBVar:               true,
+	}); err != nil {
+		t.Fatalf("event log does not replay to the quoted PCRs: %v", err)
+	}
+	pcrs := map[int][]byte{}
+	for k, v := range quote.GetPcrs().GetPcrs() {
+		pcrs[int(k)] = v
+	}
+	return pcrs
 }

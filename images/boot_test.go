@@ -1,6 +1,7 @@
 package images_test
 
 import (
+	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/hex"
@@ -14,6 +15,7 @@ import (
 	"github.com/dataembassy/embassy/images"
 	"github.com/dataembassy/embassy/images/disk"
 	"github.com/dataembassy/embassy/images/predict"
+	"github.com/dataembassy/embassy/qemu"
 )
 
 const testCmdline = "console=ttyS0 panic=-1"
@@ -102,20 +104,33 @@ func admit(env *release.Envelope, trusted []ed25519.PublicKey, k int, measured m
 var errPCR = errors.New("quoted PCR differs from the release")
 
 // TestBootMatchesPrediction boots the disk image through OVMF (no -kernel)
-// and checks that every predicted PCR (4, 5, 9, 11, 12, 13) equals what the
-// guest's TPM holds, and that a 2-of-3 signed manifest admits the boot.
+// and checks that every predicted PCR (4, 5, 9, 11, 12, 13) equals the
+// guest TPM's values, both as read by the kernel and as quoted by the TPM
+// over a fresh nonce (with the event log replaying to the quote), and that
+// a 2-of-3 signed manifest admits the quoted boot. The initrd is the
+// production layout (package initramfs: u-root init, gzip, reproducible)
+// with pcrdump as the uinit, and the command line the appliance's.
 func TestBootMatchesPrediction(t *testing.T) {
-	r, path := buildRelease(t, images.Options{})
+	nonce := make([]byte, 16)
+	if _, err := rand.Read(nonce); err != nil {
+		t.Fatal(err)
+	}
+	cmdline := qemu.DefaultAppend + " pcrdump.nonce=" + hex.EncodeToString(nonce)
+	r, path := buildRelease(t, images.Options{Initrd: urootInitrd(t), Cmdline: cmdline})
 	res := bootDisk(t, path)
-	if res.Cmdline != testCmdline {
-		t.Errorf("guest /proc/cmdline = %q, want %q", res.Cmdline, testCmdline)
+	if res.Cmdline != cmdline {
+		t.Errorf("guest /proc/cmdline = %q, want %q", res.Cmdline, cmdline)
 	}
 	if len(r.PCRs) != 6 {
 		t.Fatalf("predicted %d PCRs, want 6 (4, 5, 9, 11, 12, 13)", len(r.PCRs))
 	}
+	quoted := verifyQuote(t, res.Attestation, nonce)
 	measured := map[int]string{}
 	for i, v := range res.PCRs {
 		measured[i] = hex.EncodeToString(v)
+		if q := hex.EncodeToString(quoted[i]); q != measured[i] {
+			t.Errorf("PCR %d: sysfs %s, quote %s", i, measured[i], q)
+		}
 	}
 	for i, want := range r.PCRs {
 		if measured[i] != want {
@@ -148,7 +163,7 @@ func TestBootMatchesPrediction(t *testing.T) {
 			if tc.forge {
 				env.Signatures[1].Sig[0] ^= 0x80
 			}
-			err := admit(env, pubs, 2, res.PCRs)
+			err := admit(env, pubs, 2, quoted)
 			if tc.want == nil && err != nil {
 				t.Fatalf("refused: %v", err)
 			}
@@ -160,18 +175,25 @@ func TestBootMatchesPrediction(t *testing.T) {
 }
 
 // TestBootOneByteDifferentRefused changes one byte of the initrd: the
-// modified image boots and matches its own (unsigned) prediction, but the
-// signed release refuses it, and its own manifest has no signatures.
+// modified image boots and its quote matches its own (unsigned) prediction,
+// but the signed release refuses it, and its own manifest has no valid
+// signatures.
 func TestBootOneByteDifferentRefused(t *testing.T) {
-	orig, _ := buildRelease(t, images.Options{})
+	nonce := make([]byte, 16)
+	if _, err := rand.Read(nonce); err != nil {
+		t.Fatal(err)
+	}
+	cmdline := testCmdline + " pcrdump.nonce=" + hex.EncodeToString(nonce)
+	orig, _ := buildRelease(t, images.Options{Cmdline: cmdline})
 	initrd := append([]byte(nil), pcrdumpInitrd(t)...)
 	// The last byte of a newc archive is trailer padding the kernel
 	// ignores, so the modified image still boots.
 	initrd[len(initrd)-1] ^= 0x01
-	mod, path := buildRelease(t, images.Options{Initrd: initrd})
+	mod, path := buildRelease(t, images.Options{Initrd: initrd, Cmdline: cmdline})
 	res := bootDisk(t, path)
+	quoted := verifyQuote(t, res.Attestation, nonce)
 	measured := map[int]string{}
-	for i, v := range res.PCRs {
+	for i, v := range quoted {
 		measured[i] = hex.EncodeToString(v)
 	}
 	if err := mod.Compare(measured); err != nil {
@@ -186,15 +208,15 @@ func TestBootOneByteDifferentRefused(t *testing.T) {
 		}
 	}
 	pubs, privs := officers(t, 3)
-	if err := admit(signedRelease(t, orig, privs[:2]...), pubs, 2, res.PCRs); !errors.Is(err, errPCR) {
+	if err := admit(signedRelease(t, orig, privs[:2]...), pubs, 2, quoted); !errors.Is(err, errPCR) {
 		t.Errorf("signed original release admitted the modified image: %v", err)
 	}
-	if err := admit(signedRelease(t, mod), pubs, 2, res.PCRs); !errors.Is(err, release.ErrThreshold) {
+	if err := admit(signedRelease(t, mod), pubs, 2, quoted); !errors.Is(err, release.ErrThreshold) {
 		t.Errorf("unsigned manifest of the modified image admitted: %v", err)
 	}
 	// Signed by an outsider: still refused.
 	_, outsider := officers(t, 2)
-	if err := admit(signedRelease(t, mod, outsider...), pubs, 2, res.PCRs); !errors.Is(err, release.ErrThreshold) {
+	if err := admit(signedRelease(t, mod, outsider...), pubs, 2, quoted); !errors.Is(err, release.ErrThreshold) {
 		t.Errorf("modified image signed by untrusted keys admitted: %v", err)
 	}
 }
@@ -234,4 +256,29 @@ func TestBuildReproducible(t *testing.T) {
 	if len(ma.PCRs) != 6 || len(ma.Components) != 7 {
 		t.Errorf("manifest has %d PCRs and %d components, want 6 and 7:\n%s", len(ma.PCRs), len(ma.Components), ja)
 	}
+}
+
+// urootInitrd builds the production initramfs layout with pcrdump as the
+// appliance program.
+func urootInitrd(t *testing.T) []byte {
+	t.Helper()
+	root, err := qemu.ModuleRoot(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	img, err := qemu.BuildImage(ctx, qemu.ImageOptions{
+		ModuleDir:    root,
+		OutDir:       t.TempDir(),
+		UinitPackage: "github.com/dataembassy/embassy/images/internal/pcrdump",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(img.Initrd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

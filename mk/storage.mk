@@ -7,8 +7,8 @@ SOAK_SCHEDULES ?= 50000
 
 ## test-store: the storage package and its CLI, with -race on the package
 test-store:
-	$(GO) test -count=1 ./storage/... ./cmd/embassyctl/
-	CGO_ENABLED=1 $(GO) test -count=1 -race ./storage/...
+	$(GO) test -count=1 ./storage/ ./cmd/embassyctl/
+	CGO_ENABLED=1 $(GO) test -count=1 -race ./storage/
 
 ## bench-store: store vs plain os.File I/O, side by side; prints ratios
 bench-store:

@@ -8,7 +8,8 @@
 #   - nbdkit file --filter=luks (LUKS1, aes-xts-plain64), with and without TLS
 # It prints one table with ratios and writes it to docs/performance-nbd.md.
 #
-# Environment: RUNTIME (seconds per fio job, default 10), SIZE (default 1G),
+# Environment: RUNTIME (seconds per fio job, default 10), ROUNDS (default 1;
+# cells are medians over rounds), SIZE (default 1G),
 # BENCH_DIR (scratch directory, default a new one under /tmp), OUT (the
 # markdown file to write).
 set -euo pipefail
@@ -84,32 +85,10 @@ stop_server() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 RESULTS=$WORK/results.tsv
 : > "$RESULTS"
+NAMES=(); URIS=()
 
-# run_fio NAME URI: four jobs, one after another; appends a TSV line.
-run_fio() {
-  local name=$1 uri=$2 line=$name
-  for job in "write 1M 8" "read 1M 8" "randwrite 4k 32" "randread 4k 32"; do
-    set -- $job
-    local json=$WORK/fio-$name-$1.json
-    (cd "$FIOHOME" && HOME=$FIOHOME "${FIOPREFIX[@]}" env HOME="$FIOHOME" fio --name="$1" --ioengine=nbd --uri="$uri" \
-      --rw="$1" --bs="$2" --iodepth="$3" --size="$SIZE" --time_based --runtime="$RUNTIME" \
-      --ramp_time=1 --output-format=json > "$json")
-    line+=$'\t'$($PY -c '
-import json,sys
-t=open(sys.argv[1]).read()
-j=json.loads(t[t.index("{"):])["jobs"][0]
-rw=sys.argv[2]
-side=j["read"] if "read" in rw else j["write"]
-if j["error"]: sys.exit("fio error %d" % j["error"])
-print("%.0f" % (side["bw"]/1024.0) if sys.argv[3]=="1M" else "%.0f" % side["iops"])
-' "$json" "$1" "$2")
-  done
-  printf '%s\n' "$line" >> "$RESULTS"
-  echo "bench-nbd: $line"
-}
-
-# bench_embassy NAME TLS(0|1) SERVE-ARGS...
-bench_embassy() {
+# start_embassy NAME TLS(0|1) SERVE-ARGS...: starts a server and records it.
+start_embassy() {
   local name=$1 tls=$2; shift 2
   port=$((port+1))
   local tlsargs=(--plaintext) scheme=nbd
@@ -118,18 +97,13 @@ bench_embassy() {
     scheme=nbds
   fi
   "$WORK/embassyctl" serve --listen 127.0.0.1:$port --export disk "${tlsargs[@]}" "$@" > "$WORK/$name.log" 2>&1 &
-  local pid=$!; PIDS+=("$pid")
-  wait_port $port $pid
-  if [[ -n ${PREFILL:-} ]]; then
-    echo "bench-nbd: filling $name from $PREFILL"
-    nbdcopy "$PREFILL" "$scheme://127.0.0.1:$port/disk"
-  fi
-  run_fio "$name" "$scheme://127.0.0.1:$port/disk"
-  stop_server $pid
+  PIDS+=("$!")
+  wait_port $port $!
+  NAMES+=("$name"); URIS+=("$scheme://127.0.0.1:$port/disk")
 }
 
-# bench_nbdkit NAME TLS(0|1) NBDKIT-ARGS...
-bench_nbdkit() {
+# start_nbdkit NAME TLS(0|1) NBDKIT-ARGS...
+start_nbdkit() {
   local name=$1 tls=$2; shift 2
   port=$((port+1))
   local tlsargs=(--tls=off) scheme=nbd
@@ -138,48 +112,82 @@ bench_nbdkit() {
     scheme=nbds
   fi
   nbdkit -f -i 127.0.0.1 -p $port -e disk "${tlsargs[@]}" "$@" > "$WORK/$name.log" 2>&1 &
-  local pid=$!; PIDS+=("$pid")
-  wait_port $port $pid
-  run_fio "$name" "$scheme://127.0.0.1:$port/disk"
-  stop_server $pid
+  PIDS+=("$!")
+  wait_port $port $!
+  NAMES+=("$name"); URIS+=("$scheme://127.0.0.1:$port/disk")
 }
 
 head -c 32 /dev/urandom > "$WORK/kek"
-
 for tls in 0 1; do
   sfx=""; [[ $tls == 1 ]] && sfx="-tls"
-  bench_nbdkit "nbdkit-file$sfx" $tls file "$WORK/nbdkit.img"
-  bench_nbdkit "nbdkit-luks$sfx" $tls --filter=luks file "$WORK/luks.img" passphrase=benchpass
-  bench_embassy "embassy-file$sfx" $tls --file "$WORK/plain.img"
-  if [[ $tls == 0 ]]; then
-    # A new store, filled with the same random data as the plain file so
-    # reads decrypt and authenticate real blocks (unwritten blocks read as
-    # zeros without touching ciphertext).
-    PREFILL=$WORK/plain.img bench_embassy "embassy-store$sfx" $tls --store "$WORK/store.img" --format "$SIZE" \
-      --kek-file "$WORK/kek" --counter-file "$WORK/counter"
-  else
-    bench_embassy "embassy-store$sfx" $tls --store "$WORK/store.img" \
-      --kek-file "$WORK/kek" --counter-file "$WORK/counter"
-  fi
+  start_nbdkit "nbdkit-file$sfx" $tls file "$WORK/nbdkit.img"
+  start_nbdkit "nbdkit-luks$sfx" $tls --filter=luks file "$WORK/luks.img" passphrase=benchpass
+  start_embassy "embassy-file$sfx" $tls --file "$WORK/plain.img"
+  # A store per server process (a store is opened by one process at a
+  # time), filled with the same random data as the plain file so reads
+  # decrypt and authenticate real blocks (unwritten blocks read as zeros
+  # without touching ciphertext).
+  start_embassy "embassy-store$sfx" $tls --store "$WORK/store$sfx.img" --format "$SIZE" \
+    --kek-file "$WORK/kek" --counter-file "$WORK/counter$sfx"
+  echo "bench-nbd: filling embassy-store$sfx"
+  (cd "$FIOHOME" && "${FIOPREFIX[@]}" env HOME="$FIOHOME" nbdcopy "$WORK/plain.img" "${URIS[-1]}")
+done
+
+# fio_one URI JOB: prints MiB/s (1M jobs) or IOPS (4k jobs).
+fio_one() {
+  local uri=$1; set -- $2
+  local json=$WORK/fio.json
+  (cd "$FIOHOME" && "${FIOPREFIX[@]}" env HOME="$FIOHOME" fio --name="$1" --ioengine=nbd --uri="$uri" \
+    --rw="$1" --bs="$2" --iodepth="$3" --size="$SIZE" --time_based --runtime="$RUNTIME" \
+    --ramp_time=1 --output-format=json > "$json")
+  $PY -c '
+import json,sys
+t=open(sys.argv[1]).read()
+j=json.loads(t[t.index("{"):])["jobs"][0]
+if j["error"]: sys.exit("fio error %d" % j["error"])
+side=j["read"] if "read" in sys.argv[2] else j["write"]
+print("%.0f" % (side["bw"]/1024.0) if sys.argv[3]=="1M" else "%.0f" % side["iops"])
+' "$json" "$1" "$2"
+}
+
+# Job-major and round-robin over the servers, ROUNDS times: load from other
+# processes on the machine then hits every server alike. Each cell is the
+# median over the rounds.
+ROUNDS=${ROUNDS:-1}
+JOBS=("write 1M 8" "read 1M 8" "randwrite 4k 32" "randread 4k 32")
+for ((r = 1; r <= ROUNDS; r++)); do
+  for ((j = 0; j < ${#JOBS[@]}; j++)); do
+    for ((i = 0; i < ${#NAMES[@]}; i++)); do
+      v=$(fio_one "${URIS[$i]}" "${JOBS[$j]}")
+      printf '%s\t%d\t%s\n' "${NAMES[$i]}" "$j" "$v" >> "$RESULTS"
+      echo "bench-nbd: round $r ${JOBS[$j]%% *} ${NAMES[$i]}: $v"
+    done
+  done
 done
 
 $PY - "$RESULTS" "$OUT" "$RUNTIME" "$SIZE" <<'PYEOF'
 import sys, datetime, platform, os
 res, out, runtime, size = sys.argv[1:5]
-rows = {}
+import statistics
+vals = {}
 order = []
 for line in open(res):
-    f = line.rstrip("\n").split("\t")
-    rows[f[0]] = [float(x) for x in f[1:5]]
-    order.append(f[0])
+    name, job, v = line.rstrip("\n").split("\t")
+    if name not in vals:
+        vals[name] = [[], [], [], []]
+        order.append(name)
+    vals[name][int(job)].append(float(v))
+rows = {n: [statistics.median(x) if x else 0.0 for x in vals[n]] for n in order}
+rounds = max(len(x) for n in order for x in vals[n])
 cols = ["seq write MiB/s", "seq read MiB/s", "4K randwrite IOPS", "4K randread IOPS"]
 lines = []
 lines.append("## NBD")
 lines.append("")
 lines.append("Measured by `make bench` (scripts/bench-nbd.sh) on %s, %d CPUs, %s UTC: fio's nbd engine over loopback, "
              "%s s per job after 1 s ramp, %s backing files; 1 MiB sequential at QD8, 4 KiB random at QD32. "
-             "One run, servers one after another; compare ratios, not absolute numbers."
-             % (platform.node(), os.cpu_count(), datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), runtime, size))
+             "All servers run side by side; each job visits them in turn, %d round(s), median shown. "
+             "The machine is shared, so compare ratios, not absolute numbers."
+             % (platform.node(), os.cpu_count(), datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"), runtime, size, rounds))
 lines.append("")
 lines.append("| server | " + " | ".join(cols) + " |")
 lines.append("|---|" + "---:|" * len(cols))

@@ -11,7 +11,7 @@ type IntegrityError struct {
 	// metadata block failed.
 	Block int64
 	// Level and Node identify the failed metadata block (level 0 are the
-	// leaves) when Block is -1.
+	// leaves) when Block is -1; Level -1 means a superblock.
 	Level int
 	Node  uint64
 	// Reason says what did not match.
@@ -21,6 +21,9 @@ type IntegrityError struct {
 func (e *IntegrityError) Error() string {
 	if e.Block >= 0 {
 		return fmt.Sprintf("storage: integrity check failed for block %d (byte offset %d): %s", e.Block, e.Block*BlockSize, e.Reason)
+	}
+	if e.Level < 0 {
+		return "storage: integrity check failed for the superblock: " + e.Reason
 	}
 	return fmt.Sprintf("storage: integrity check failed for metadata level %d node %d: %s", e.Level, e.Node, e.Reason)
 }

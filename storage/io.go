@@ -4,6 +4,9 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"runtime"
+	"sort"
+	"sync"
 )
 
 // maxChunk is how many blocks one internal I/O step covers (1 MiB).
@@ -47,8 +50,31 @@ func (s *Store) unlockRange(b0, b1 uint64, write bool) {
 	}
 }
 
-func (s *Store) getBuf() *[]byte         { return s.bufs.Get().(*[]byte) }
-func (s *Store) putBuf(b *[]byte)        { s.bufs.Put(b) }
+// Scratch buffers come from two pools so that 4 KiB requests do not
+// allocate (and zero) 1 MiB buffers whenever the GC empties the pools.
+const smallBufBlocks = 4
+
+var (
+	smallBufs = sync.Pool{New: func() any { b := make([]byte, smallBufBlocks*BlockSize+16); return &b }}
+	largeBufs = sync.Pool{New: func() any { b := make([]byte, maxChunk*BlockSize+16); return &b }}
+)
+
+// getBuf returns a scratch buffer of at least blocks*BlockSize+16 bytes.
+func getBuf(blocks int) *[]byte {
+	if blocks <= smallBufBlocks {
+		return smallBufs.Get().(*[]byte)
+	}
+	return largeBufs.Get().(*[]byte)
+}
+
+func putBuf(b *[]byte) {
+	if len(*b) == smallBufBlocks*BlockSize+16 {
+		smallBufs.Put(b)
+	} else {
+		largeBufs.Put(b)
+	}
+}
+
 // nonceBytes builds a data nonce: the session's random 48-bit salt, then
 // the low 48 bits of the write counter.
 func (s *Store) nonceBytes(dst *[12]byte, n uint64) {
@@ -85,8 +111,8 @@ func (s *Store) readChunk(dst []byte, b0, b1 uint64, report func(uint64, error))
 		entries[k] = leaf.leaf[i%leafEntries]
 		leaf.mu.RUnlock()
 	}
-	bp := s.getBuf()
-	defer s.putBuf(bp)
+	bp := getBuf(nb)
+	defer putBuf(bp)
 	scratch := *bp
 	// Read runs of mapped blocks that are contiguous on disk in one call.
 	for k := 0; k < nb; {
@@ -105,32 +131,79 @@ func (s *Store) readChunk(dst []byte, b0, b1 uint64, report func(uint64, error))
 		}
 		k = j
 	}
-	var aad [24]byte
-	for k := 0; k < nb; k++ {
-		out := dst[k*BlockSize : (k+1)*BlockSize]
-		e := &entries[k]
-		if !e.mapped() {
-			clear(out)
-			continue
-		}
-		// GCM wants ciphertext||tag contiguous: borrow the 16 bytes after
-		// this block in scratch (the next block's head) and put them back.
-		var save [16]byte
-		ctEnd := (k + 1) * BlockSize
-		copy(save[:], scratch[ctEnd:ctEnd+16])
-		copy(scratch[ctEnd:], e.tag[:])
-		_, err := s.keys.data.Open(out[:0], e.nonce[:], scratch[k*BlockSize:ctEnd+16], s.blockAAD(&aad, b0+uint64(k)))
-		copy(scratch[ctEnd:], save[:])
-		if err != nil {
-			clear(out)
-			ie := s.integrity(&IntegrityError{Block: int64(b0) + int64(k), Reason: "data authentication failed"})
-			if report == nil {
-				return ie
+	// Decrypt, on several cores for large requests; failures are handled
+	// afterwards in block order.
+	var failMu sync.Mutex
+	var failed []int
+	parallelBlocks(nb, func(k0, k1 int) {
+		var aad [24]byte
+		var tmp [BlockSize + 16]byte
+		for k := k0; k < k1; k++ {
+			out := dst[k*BlockSize : (k+1)*BlockSize]
+			e := &entries[k]
+			if !e.mapped() {
+				clear(out)
+				continue
 			}
-			report(b0+uint64(k), ie)
+			ctEnd := (k + 1) * BlockSize
+			var err error
+			if k == k1-1 && k1 < nb {
+				// The next block belongs to another worker: use a copy.
+				copy(tmp[:], scratch[k*BlockSize:ctEnd])
+				copy(tmp[BlockSize:], e.tag[:])
+				_, err = s.keys.data.Open(out[:0], e.nonce[:], tmp[:], s.blockAAD(&aad, b0+uint64(k)))
+			} else {
+				// GCM wants ciphertext||tag contiguous: borrow the 16 bytes
+				// after this block in scratch (the next block's head, or
+				// spare room) and put them back.
+				var save [16]byte
+				copy(save[:], scratch[ctEnd:ctEnd+16])
+				copy(scratch[ctEnd:], e.tag[:])
+				_, err = s.keys.data.Open(out[:0], e.nonce[:], scratch[k*BlockSize:ctEnd+16], s.blockAAD(&aad, b0+uint64(k)))
+				copy(scratch[ctEnd:], save[:])
+			}
+			if err != nil {
+				clear(out)
+				failMu.Lock()
+				failed = append(failed, k)
+				failMu.Unlock()
+			}
 		}
+	})
+	sort.Ints(failed)
+	for _, k := range failed {
+		ie := s.integrity(&IntegrityError{Block: int64(b0) + int64(k), Reason: "data authentication failed"})
+		if report == nil {
+			return ie
+		}
+		report(b0+uint64(k), ie)
 	}
 	return nil
+}
+
+// parallelMin is the request size (in blocks) from which the AES-GCM work
+// of one request is spread over several cores.
+const parallelMin = 64
+
+// parallelBlocks calls f on consecutive sub-ranges of [0, nb), concurrently
+// when nb is large and more than one CPU is available.
+func parallelBlocks(nb int, f func(k0, k1 int)) {
+	w := min(runtime.GOMAXPROCS(0), nb/(parallelMin/2))
+	if nb < parallelMin || w < 2 {
+		f(0, nb)
+		return
+	}
+	per := (nb + w - 1) / w
+	var wg sync.WaitGroup
+	for k0 := per; k0 < nb; k0 += per {
+		wg.Add(1)
+		go func(k0 int) {
+			defer wg.Done()
+			f(k0, min(k0+per, nb))
+		}(k0)
+	}
+	f(0, per)
+	wg.Wait()
 }
 
 // ReadAt reads len(p) bytes at off. Reading past the end returns io.EOF
@@ -191,8 +264,8 @@ func (s *Store) readSpan(p []byte, pos int64, b0, b1 uint64) (int, error) {
 		}
 		return span, nil
 	}
-	tp := s.getBuf()
-	defer s.putBuf(tp)
+	tp := getBuf(int(b1 - b0))
+	defer putBuf(tp)
 	tmp := (*tp)[:span]
 	if err := s.readChunk(tmp, b0, b1, nil); err != nil {
 		return 0, err
@@ -277,8 +350,8 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 		plain = src
 	} else {
 		// Merge into the current contents of the first and last block.
-		tp := s.getBuf()
-		defer s.putBuf(tp)
+		tp := getBuf(nb)
+		defer putBuf(tp)
 		plain = (*tp)[:span]
 		if start != 0 {
 			if err := s.readChunk(plain[:BlockSize], b0, b0+1, nil); err != nil {
@@ -321,17 +394,29 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 		l.mu.RUnlock()
 	}
 
-	bp := s.getBuf()
-	defer s.putBuf(bp)
+	bp := getBuf(nb)
+	defer putBuf(bp)
 	ct := *bp
-	var aad [24]byte
-	for k := 0; k < nb; k++ {
-		e := &news[k]
-		e.flags = flagMapped | byte(slots[k]<<1)
-		s.nonceBytes(&e.nonce, n0+uint64(k))
-		out := s.keys.data.Seal(ct[k*BlockSize:k*BlockSize], e.nonce[:], plain[k*BlockSize:(k+1)*BlockSize], s.blockAAD(&aad, b0+uint64(k)))
-		copy(e.tag[:], out[BlockSize:])
-	}
+	parallelBlocks(nb, func(k0, k1 int) {
+		var aad [24]byte
+		var tmp [BlockSize + 16]byte
+		for k := k0; k < k1; k++ {
+			e := &news[k]
+			e.flags = flagMapped | byte(slots[k]<<1)
+			s.nonceBytes(&e.nonce, n0+uint64(k))
+			pt, ad := plain[k*BlockSize:(k+1)*BlockSize], s.blockAAD(&aad, b0+uint64(k))
+			if k == k1-1 && k1 < nb {
+				// The tag would land on the next worker's block.
+				out := s.keys.data.Seal(tmp[:0], e.nonce[:], pt, ad)
+				copy(ct[k*BlockSize:], out[:BlockSize])
+				copy(e.tag[:], out[BlockSize:])
+				continue
+			}
+			// The tag lands on the next block's head, overwritten next.
+			out := s.keys.data.Seal(ct[k*BlockSize:k*BlockSize], e.nonce[:], pt, ad)
+			copy(e.tag[:], out[BlockSize:])
+		}
+	})
 	for k := 0; k < nb; {
 		j := k + 1
 		for j < nb && slots[j] == slots[k] {

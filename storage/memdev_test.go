@@ -8,16 +8,58 @@ import (
 
 // memDevice is an in-memory Device that simulates a volatile write cache:
 // writes since the last Sync are pending and a power cut (crash) applies
-// any subset of them, possibly torn at 512-byte granularity.
+// any subset of them, in any order, torn at 512-byte granularity. Storage
+// is sparse (4 KiB pages allocated on first write) so thousands of crash
+// schedules stay cheap.
 type memDevice struct {
 	mu      sync.Mutex
-	durable []byte
+	size    int64
+	durable pages
+	view    pages // durable with the pending writes applied: what reads see
 	pending []pendingWrite
-	// syncs counts Sync calls; failAfterWrites, when > 0, makes the device
-	// "lose power" at that many more writes or syncs (all later I/O fails).
-	syncs           int
+	// failAfterWrites, when > 0, makes the device lose power at that many
+	// more writes or syncs: that operation and all later I/O fail.
 	failAfterWrites int
 	dead            bool
+}
+
+const pageSize = 4096
+
+type pages map[int64][]byte
+
+func (p pages) read(b []byte, off int64) {
+	for len(b) > 0 {
+		pg, po := off/pageSize, off%pageSize
+		n := min(int64(len(b)), pageSize-po)
+		if src, ok := p[pg]; ok {
+			copy(b[:n], src[po:])
+		} else {
+			clear(b[:n])
+		}
+		b, off = b[n:], off+n
+	}
+}
+
+func (p pages) write(b []byte, off int64) {
+	for len(b) > 0 {
+		pg, po := off/pageSize, off%pageSize
+		n := min(int64(len(b)), pageSize-po)
+		dst, ok := p[pg]
+		if !ok {
+			dst = make([]byte, pageSize)
+			p[pg] = dst
+		}
+		copy(dst[po:], b[:n])
+		b, off = b[n:], off+n
+	}
+}
+
+func (p pages) clone() pages {
+	q := make(pages, len(p))
+	for k, v := range p {
+		q[k] = append([]byte(nil), v...)
+	}
+	return q
 }
 
 type pendingWrite struct {
@@ -27,9 +69,11 @@ type pendingWrite struct {
 
 var errPowerCut = fmt.Errorf("memdev: power cut")
 
-func newMemDevice(size int64) *memDevice { return &memDevice{durable: make([]byte, size)} }
+func newMemDevice(size int64) *memDevice {
+	return &memDevice{size: size, durable: pages{}, view: pages{}}
+}
 
-func (d *memDevice) Size() (int64, error) { return int64(len(d.durable)), nil }
+func (d *memDevice) Size() (int64, error) { return d.size, nil }
 
 func (d *memDevice) ReadAt(p []byte, off int64) (int, error) {
 	d.mu.Lock()
@@ -37,63 +81,50 @@ func (d *memDevice) ReadAt(p []byte, off int64) (int, error) {
 	if d.dead {
 		return 0, errPowerCut
 	}
-	if off < 0 || off+int64(len(p)) > int64(len(d.durable)) {
+	if off < 0 || off+int64(len(p)) > d.size {
 		return 0, fmt.Errorf("memdev: read out of range")
 	}
-	copy(p, d.durable[off:])
-	// Pending writes are visible to reads (they sit in the cache).
-	for _, w := range d.pending {
-		overlay(p, off, w)
-	}
+	d.view.read(p, off)
 	return len(p), nil
 }
 
-func overlay(p []byte, off int64, w pendingWrite) {
-	lo, hi := max(off, w.off), min(off+int64(len(p)), w.off+int64(len(w.data)))
-	if lo < hi {
-		copy(p[lo-off:hi-off], w.data[lo-w.off:hi-w.off])
+// tick counts an operation towards a scheduled power cut.
+func (d *memDevice) tick() bool {
+	if d.failAfterWrites > 0 {
+		d.failAfterWrites--
+		if d.failAfterWrites == 0 {
+			d.dead = true
+			return false
+		}
 	}
+	return true
 }
 
 func (d *memDevice) WriteAt(p []byte, off int64) (int, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.dead {
+	if d.dead || !d.tick() {
 		return 0, errPowerCut
 	}
-	if off < 0 || off+int64(len(p)) > int64(len(d.durable)) {
+	if off < 0 || off+int64(len(p)) > d.size {
 		return 0, fmt.Errorf("memdev: write out of range")
 	}
-	if d.failAfterWrites > 0 {
-		d.failAfterWrites--
-		if d.failAfterWrites == 0 {
-			d.dead = true
-			return 0, errPowerCut
-		}
-	}
 	d.pending = append(d.pending, pendingWrite{off, append([]byte(nil), p...)})
+	d.view.write(p, off)
 	return len(p), nil
 }
 
 func (d *memDevice) Sync() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.dead {
+	// Power may also go while the cache is being flushed.
+	if d.dead || !d.tick() {
 		return errPowerCut
 	}
-	if d.failAfterWrites > 0 {
-		// Power may also go while the cache is being flushed.
-		d.failAfterWrites--
-		if d.failAfterWrites == 0 {
-			d.dead = true
-			return errPowerCut
-		}
-	}
 	for _, w := range d.pending {
-		copy(d.durable[w.off:], w.data)
+		d.durable.write(w.data, w.off)
 	}
 	d.pending = nil
-	d.syncs++
 	return nil
 }
 
@@ -103,44 +134,46 @@ func (d *memDevice) Sync() error {
 func (d *memDevice) crash(r *rand.Rand) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	type sector struct {
-		off  int64
-		data []byte
-	}
-	var secs []sector
+	var secs []pendingWrite
 	for _, w := range d.pending {
 		for o := 0; o < len(w.data); o += 512 {
 			e := min(o+512, len(w.data))
-			secs = append(secs, sector{w.off + int64(o), w.data[o:e]})
+			secs = append(secs, pendingWrite{w.off + int64(o), w.data[o:e]})
 		}
 	}
 	r.Shuffle(len(secs), func(i, j int) { secs[i], secs[j] = secs[j], secs[i] })
 	keep := r.Float64()
 	for _, s := range secs {
 		if r.Float64() < keep {
-			copy(d.durable[s.off:], s.data)
+			d.durable.write(s.data, s.off)
 		}
 	}
 	d.pending = nil
+	d.view = d.durable.clone()
 	d.dead = false
 	d.failAfterWrites = 0
 }
 
-// raw returns a copy of the durable-plus-pending contents.
+// snapshot returns the contents reads currently see.
 func (d *memDevice) snapshot() []byte {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	b := append([]byte(nil), d.durable...)
-	for _, w := range d.pending {
-		copy(b[w.off:], w.data)
-	}
+	b := make([]byte, d.size)
+	d.view.read(b, 0)
 	return b
 }
 
-// restore replaces the device contents (an attacker swapping the image).
+// restore replaces the device contents, as if synced (an attacker
+// swapping the image).
 func (d *memDevice) restore(b []byte) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	copy(d.durable, b)
-	d.pending = nil
+	d.durable, d.pending = pages{}, nil
+	for off := int64(0); off < int64(len(b)); off += pageSize {
+		pg := b[off:min(off+pageSize, int64(len(b)))]
+		if !allZero(pg) {
+			d.durable.write(pg, off)
+		}
+	}
+	d.view = d.durable.clone()
 }

@@ -59,7 +59,8 @@ type OpenOptions struct {
 	KEK []byte
 	// Recovery opens the recovery key slot instead of the KEK.
 	Recovery hpke.PrivateKey
-	// Counter detects whole-store rollback: Open fails with ErrRollback
+	// Counter detects whole-store rollback (one counter per store: every
+	// Open advances it): Open fails with ErrRollback
 	// unless the superblock's counter value equals the counter (or is one
 	// ahead: an Open interrupted after its commit), then advances it. Nil
 	// disables the check (offline tools, recovery).
@@ -115,7 +116,6 @@ type Store struct {
 
 	integrityFailures atomic.Uint64
 	commits           atomic.Uint64
-	bufs              sync.Pool
 }
 
 // Format creates a new, empty store on dev, destroying what dev held, and
@@ -220,13 +220,11 @@ func Open(dev Device, opts OpenOptions) (*Store, error) {
 		}
 		sb, dek, keys, err := unlockSuperblock(buf, opts)
 		if err != nil {
-			if firstErr == nil || errors.Is(firstErr, ErrFormat) {
-				firstErr = err
-			}
+			firstErr = worseOpenError(firstErr, err)
 			continue
 		}
 		if sb.epoch%sbCopies != uint64(c) {
-			firstErr = &IntegrityError{Block: -1, Level: -1, Reason: "superblock in the wrong copy"}
+			firstErr = worseOpenError(firstErr, &IntegrityError{Block: -1, Level: -1, Reason: "superblock in the wrong copy"})
 			continue
 		}
 		if best == nil || sb.epoch > best.epoch {
@@ -260,7 +258,6 @@ func Open(dev Device, opts OpenOptions) (*Store, error) {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	s.bufs.New = func() any { b := make([]byte, maxChunk*BlockSize+16); return &b }
 	s.uuid = best.uuid
 	if _, err := rand.Read(s.nonceSalt[:]); err != nil {
 		return nil, err
@@ -297,6 +294,29 @@ func Open(dev Device, opts OpenOptions) (*Store, error) {
 		}
 	}
 	return s, nil
+}
+
+// worseOpenError picks the error Open reports when no superblock copy is
+// usable: ErrKey first (one copy may be torn by a crash during Rewrap, the
+// other wrapped for a different key: the caller should try its other
+// key), then integrity failures, then malformed copies.
+func worseOpenError(prev, err error) error {
+	rank := func(e error) int {
+		switch {
+		case e == nil:
+			return 0
+		case errors.Is(e, ErrKey):
+			return 3
+		case errors.Is(e, ErrIntegrity):
+			return 2
+		default:
+			return 1
+		}
+	}
+	if rank(err) > rank(prev) {
+		return err
+	}
+	return prev
 }
 
 func unlockSuperblock(b []byte, opts OpenOptions) (*superblock, []byte, *storeKeys, error) {
@@ -399,7 +419,9 @@ func (s *Store) Close() error {
 
 // Rewrap replaces the KEK key slot with the DEK wrapped under newKEK. No
 // data is re-encrypted. Both superblock copies are rewritten, so the old
-// KEK no longer opens this device (copies of older images aside).
+// KEK no longer opens this device (copies of older images aside). If
+// Rewrap fails or power is lost during it, the store opens with the new
+// KEK or, failing that (ErrKey), with the old one: call Rewrap again.
 func (s *Store) Rewrap(newKEK []byte) error {
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()

@@ -53,32 +53,47 @@ func (c *nodeCache) lookup(k nodeKey) *node {
 }
 
 // insert adds n unless another goroutine loaded the same node first, and
-// returns the cached node.
-func (c *nodeCache) insert(n *node) *node {
+// returns the cached node. With dirty the node is pinned before anything
+// is evicted, so a caller that needs it dirty always makes progress.
+func (c *nodeCache) insert(n *node, dirty bool) *node {
 	k := nodeKey{n.level, n.index}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if old := c.m[k]; old != nil {
-		return old
+		n = old
+	} else {
+		n.ref.Store(true)
+		c.m[k] = n
 	}
-	n.ref.Store(true)
-	c.m[k] = n
+	if dirty {
+		c.pinLocked(n)
+	}
 	if len(c.m) > c.capacity {
-		c.evictLocked()
+		c.evictLocked(k)
 	}
 	return n
 }
 
-// evictLocked drops clean nodes, CLOCK style, until the cache is an
-// eighth below capacity or nothing more can go.
-func (c *nodeCache) evictLocked() {
+// pinLocked marks n dirty; called with mu held (either way).
+func (c *nodeCache) pinLocked(n *node) {
+	if n.dirty.CompareAndSwap(false, true) {
+		c.dirtyMu.Lock()
+		c.dirty = append(c.dirty, n)
+		c.dirtyMu.Unlock()
+		c.ndirty.Add(1)
+	}
+}
+
+// evictLocked drops clean nodes other than keep, CLOCK style, until the
+// cache is an eighth below capacity or nothing more can go.
+func (c *nodeCache) evictLocked(keep nodeKey) {
 	target := c.capacity - c.capacity/8
 	for pass := 0; pass < 2 && len(c.m) > target; pass++ {
 		for k, n := range c.m {
 			if len(c.m) <= target {
 				return
 			}
-			if n.dirty.Load() {
+			if n.dirty.Load() || k == keep {
 				continue
 			}
 			if n.ref.Load() {
@@ -101,12 +116,7 @@ func (c *nodeCache) markDirty(n *node) bool {
 	if c.m[nodeKey{n.level, n.index}] != n {
 		return false
 	}
-	if n.dirty.CompareAndSwap(false, true) {
-		c.dirtyMu.Lock()
-		c.dirty = append(c.dirty, n)
-		c.dirtyMu.Unlock()
-		c.ndirty.Add(1)
-	}
+	c.pinLocked(n)
 	return true
 }
 
@@ -145,6 +155,11 @@ func (s *Store) parentEntry(level int, index uint64) (nodeEntry, error) {
 // getNode returns node (level, index), loading and authenticating it
 // against its parent's hash if it is not cached. Callers hold s.commitMu.
 func (s *Store) getNode(level int, index uint64) (*node, error) {
+	return s.loadNode(level, index, false)
+}
+
+// loadNode is getNode; with dirty a node it loads is inserted pinned.
+func (s *Store) loadNode(level int, index uint64, dirty bool) (*node, error) {
 	k := nodeKey{level, index}
 	if n := s.cache.lookup(k); n != nil {
 		return n, nil
@@ -165,7 +180,7 @@ func (s *Store) getNode(level int, index uint64) (*node, error) {
 		} else {
 			n.child = make([]nodeEntry, nodeFanout)
 		}
-		return s.cache.insert(n), nil
+		return s.cache.insert(n, dirty), nil
 	}
 	buf := make([]byte, BlockSize)
 	if _, err := s.dev.ReadAt(buf, int64(s.geom.nodeBlock(level, index, e.slot()))*BlockSize); err != nil {
@@ -191,16 +206,18 @@ func (s *Store) getNode(level int, index uint64) (*node, error) {
 		}
 		n.child = es
 	}
-	return s.cache.insert(n), nil
+	return s.cache.insert(n, dirty), nil
 }
 
 // getDirtyNode returns node (level, index) pinned as dirty.
 func (s *Store) getDirtyNode(level int, index uint64) (*node, error) {
 	for {
-		n, err := s.getNode(level, index)
+		n, err := s.loadNode(level, index, true)
 		if err != nil {
 			return nil, err
 		}
+		// A cache hit may be evicted before it is pinned: then reload,
+		// which pins it on insertion.
 		if s.cache.markDirty(n) {
 			return n, nil
 		}

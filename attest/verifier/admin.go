@@ -263,8 +263,23 @@ type querier interface {
 	QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error)
 }
 
+// stmtQuerier runs a prepared statement in place of its text.
+type stmtQuerier struct{ st *sql.Stmt }
+
+func (s stmtQuerier) QueryContext(ctx context.Context, _ string, args ...any) (*sql.Rows, error) {
+	return s.st.QueryContext(ctx, args...)
+}
+
 func (d *DB) baseline(ctx context.Context, q querier, id string) (map[int][]byte, error) {
-	rows, err := q.QueryContext(ctx, `SELECT pcr, value FROM baselines WHERE appliance = ?`, id)
+	const sel = `SELECT pcr, value FROM baselines WHERE appliance = ?`
+	if q == querier(d.db) {
+		st, err := d.prep(sel)
+		if err != nil {
+			return nil, err
+		}
+		q = stmtQuerier{st}
+	}
+	rows, err := q.QueryContext(ctx, sel, id)
 	if err != nil {
 		return nil, fmt.Errorf("verifier: baseline: %w", err)
 	}
@@ -457,4 +472,28 @@ func (d *DB) SetBaseline(ctx context.Context, id string, pcrs map[int][]byte, ac
 		}
 		return d.appendAudit(ctx, tx, &AuditRecord{Actor: actor, Appliance: id, Action: "baseline-set", Outcome: "ok", PCR: -1, Detail: fmt.Sprintf("%d PCRs", len(pcrs))})
 	})
+}
+
+// EKRoot is a trusted EK CA.
+type EKRoot struct {
+	Fingerprint string `json:"sha256"`
+	Subject     string `json:"subject"`
+}
+
+// EKRoots lists the trusted EK CAs.
+func (d *DB) EKRoots(ctx context.Context) ([]EKRoot, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT fingerprint, subject FROM ek_roots ORDER BY subject`)
+	if err != nil {
+		return nil, fmt.Errorf("verifier: EK roots: %w", err)
+	}
+	defer rows.Close()
+	out := []EKRoot{}
+	for rows.Next() {
+		var r EKRoot
+		if err := rows.Scan(&r.Fingerprint, &r.Subject); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
 }

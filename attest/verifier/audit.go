@@ -60,7 +60,7 @@ func (r *AuditRecord) computeHash() []byte {
 func (d *DB) appendAudit(ctx context.Context, tx *sql.Tx, r *AuditRecord) error {
 	var last int64
 	var prev []byte
-	err := tx.QueryRowContext(ctx, `SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1`).Scan(&last, &prev)
+	err := d.txQueryRow(ctx, tx, `SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1`).Scan(&last, &prev)
 	if err == sql.ErrNoRows {
 		prev = make([]byte, sha256.Size)
 	} else if err != nil {
@@ -74,7 +74,7 @@ func (d *DB) appendAudit(ctx context.Context, tx *sql.Tx, r *AuditRecord) error 
 	if r.PCR >= 0 {
 		pcr = r.PCR
 	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO audit (seq, time, actor, appliance, action, outcome, check_name, pcr, detail, prev_hash, hash)
+	_, err = d.txExec(ctx, tx, `INSERT INTO audit (seq, time, actor, appliance, action, outcome, check_name, pcr, detail, prev_hash, hash)
 		VALUES (?,?,?,?,?,?,?,?,?,?,?)`,
 		r.Seq, r.Time.UnixNano(), r.Actor, r.Appliance, r.Action, r.Outcome, r.Check, pcr, r.Detail, r.PrevHash, r.Hash)
 	if err != nil {

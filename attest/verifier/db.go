@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"sync"
 	"time"
 
 	_ "modernc.org/sqlite" // pure-Go SQLite driver "sqlite"
@@ -120,6 +121,11 @@ var ErrSchemaTooNew = errors.New("verifier: database schema is newer than this p
 type DB struct {
 	db  *sql.DB
 	now func() time.Time
+	// writeMu serialises this process's write transactions: contending
+	// for SQLite's write lock inside the driver means busy-handler sleeps
+	// of milliseconds, which wreck tail latency under load.
+	writeMu sync.Mutex
+	stmts   sync.Map // SQL text -> *sql.Stmt
 }
 
 // OpenDB opens (creating if needed) and migrates the database at path.
@@ -193,6 +199,8 @@ func (d *DB) Setting(ctx context.Context, key, def string) (string, error) {
 
 // withTx runs f in an immediate transaction.
 func (d *DB) withTx(ctx context.Context, f func(*sql.Tx) error) error {
+	d.writeMu.Lock()
+	defer d.writeMu.Unlock()
 	tx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("verifier: begin: %w", err)
@@ -205,4 +213,52 @@ func (d *DB) withTx(ctx context.Context, f func(*sql.Tx) error) error {
 		return fmt.Errorf("verifier: commit: %w", err)
 	}
 	return nil
+}
+
+// Prepared statements for the hot path: without them the driver parses the
+// SQL text on every call, a large share of the verifier's CPU time.
+func (d *DB) prep(q string) (*sql.Stmt, error) {
+	if st, ok := d.stmts.Load(q); ok {
+		return st.(*sql.Stmt), nil
+	}
+	st, err := d.db.Prepare(q)
+	if err != nil {
+		return nil, fmt.Errorf("verifier: prepare: %w", err)
+	}
+	if prev, loaded := d.stmts.LoadOrStore(q, st); loaded {
+		st.Close()
+		return prev.(*sql.Stmt), nil
+	}
+	return st, nil
+}
+
+// errRow lets the row helpers report a prepare error through Scan.
+type rowScanner interface{ Scan(dest ...any) error }
+
+type errRow struct{ err error }
+
+func (e errRow) Scan(...any) error { return e.err }
+
+func (d *DB) queryRow(ctx context.Context, q string, args ...any) rowScanner {
+	st, err := d.prep(q)
+	if err != nil {
+		return errRow{err}
+	}
+	return st.QueryRowContext(ctx, args...)
+}
+
+func (d *DB) txQueryRow(ctx context.Context, tx *sql.Tx, q string, args ...any) rowScanner {
+	st, err := d.prep(q)
+	if err != nil {
+		return errRow{err}
+	}
+	return tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
+}
+
+func (d *DB) txExec(ctx context.Context, tx *sql.Tx, q string, args ...any) (sql.Result, error) {
+	st, err := d.prep(q)
+	if err != nil {
+		return nil, err
+	}
+	return tx.StmtContext(ctx, st).ExecContext(ctx, args...)
 }

@@ -28,7 +28,7 @@ var bootEvents = []measure.Event{
 
 // fixture is a verifier with one published release and its clock.
 type fixture struct {
-	t      *testing.T
+	t      testing.TB
 	dbPath string
 	db     *verifier.DB
 	srv    *httptest.Server
@@ -38,7 +38,7 @@ type fixture struct {
 	opts   verifier.Options
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	f := &fixture{t: t, dbPath: filepath.Join(t.TempDir(), "verifier.db"), now: time.Now()}
 	_, f.relKey, _ = ed25519.GenerateKey(rand.Reader)
@@ -158,12 +158,6 @@ func (ap *appliance) boot(events []measure.Event) {
 func (ap *appliance) reboot(events []measure.Event) {
 	ap.sw.Reboot()
 	ap.boot(events)
-}
-
-// retarget points the agent at the fixture's current server URL.
-func (ap *appliance) retarget() {
-	ap.f.t.Helper()
-	ap.boot(nil)
 }
 
 // register enrolls the appliance's EK certificate with the verifier.

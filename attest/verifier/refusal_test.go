@@ -25,7 +25,7 @@ import (
 // rawClient speaks the protocol by hand, to send what the agent never
 // would.
 type rawClient struct {
-	t  *testing.T
+	t  testing.TB
 	f  *fixture
 	hc *http.Client
 }
@@ -63,7 +63,7 @@ func (c *rawClient) nonce(id string) []byte {
 }
 
 // quote makes an attestation with the AK of rw over the request's binding.
-func quote(t *testing.T, ap *appliance, nonce []byte, purpose protocol.Purpose, epoch uint64) *protocol.AttestRequest {
+func quote(t testing.TB, ap *appliance, nonce []byte, purpose protocol.Purpose, epoch uint64) *protocol.AttestRequest {
 	t.Helper()
 	ak, err := client.AttestationKeyRSA(ap.sw.RW())
 	if err != nil {

@@ -187,7 +187,7 @@ type appliance struct {
 func (s *Server) loadAppliance(ctx context.Context, id string) (*appliance, error) {
 	var a appliance
 	var ekDER []byte
-	err := s.db.db.QueryRowContext(ctx, `SELECT a.id, a.ek_public, a.remote_share, e.ak_public, r.appliance IS NOT NULL
+	err := s.db.queryRow(ctx, `SELECT a.id, a.ek_public, a.remote_share, e.ak_public, r.appliance IS NOT NULL
 		FROM appliances a LEFT JOIN enrollments e ON e.appliance = a.id LEFT JOIN revocations r ON r.appliance = a.id
 		WHERE a.id = ?`, id).Scan(&a.id, &ekDER, &a.share, &a.akPublic, &a.revoked)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -204,11 +204,25 @@ func (s *Server) loadAppliance(ctx context.Context, id string) (*appliance, erro
 
 // auditRefusal writes a refusal to the audit log and stamps its seq.
 func (s *Server) auditRefusal(ctx context.Context, id, action string, ref *Refusal) {
+	s.auditRefusalNonce(ctx, id, action, ref, nil)
+}
+
+// auditRefusalNonce writes a refusal to the audit log and, in the same
+// transaction, burns the request's nonce (if it is this appliance's).
+func (s *Server) auditRefusalNonce(ctx context.Context, id, action string, ref *Refusal, nonce []byte) {
 	rec := &AuditRecord{Actor: "appliance", Appliance: id, Action: action, Outcome: ref.Code, Check: ref.Check, PCR: -1, Detail: ref.Detail}
 	if ref.PCR != nil {
 		rec.PCR = *ref.PCR
 	}
-	if err := s.db.Audit(ctx, rec); err != nil {
+	err := s.db.withTx(ctx, func(tx *sql.Tx) error {
+		if nonce != nil {
+			if _, err := s.useNonce(ctx, tx, id, nonce); err != nil {
+				return err
+			}
+		}
+		return s.db.appendAudit(ctx, tx, rec)
+	})
+	if err != nil {
 		s.log.Error("verifier: audit write failed", "err", err)
 		return
 	}
@@ -413,29 +427,21 @@ func (s *Server) nonce(ctx context.Context, req *protocol.NonceRequest) (*protoc
 	return &protocol.NonceResponse{Nonce: n, Expires: exp.UTC()}, nil
 }
 
-// consumeNonce marks the nonce used, whatever the outcome of the
-// attestation that follows.
-func (s *Server) consumeNonce(ctx context.Context, id string, n []byte) error {
+// checkNonce checks, without writing, that n was issued to id, is unused
+// and unexpired. The nonce is marked used in the transaction that records
+// the decision (useNonce), whatever the decision, so each attestation costs
+// one write transaction.
+func (s *Server) checkNonce(ctx context.Context, id string, n []byte) error {
 	var owner string
 	var expires int64
 	var used sql.NullInt64
 	now := s.db.now().UnixNano()
-	err := s.db.withTx(ctx, func(tx *sql.Tx) error {
-		err := tx.QueryRowContext(ctx, `SELECT appliance, expires, used_at FROM nonces WHERE nonce = ?`, n).Scan(&owner, &expires, &used)
-		if errors.Is(err, sql.ErrNoRows) {
-			return refuse("nonce", -1, "unknown nonce (never issued or long expired)")
-		} else if err != nil {
-			return err
-		}
-		if used.Valid {
-			return nil
-		}
-		_, err = tx.ExecContext(ctx, `UPDATE nonces SET used_at = ? WHERE nonce = ?`, now, n)
-		return err
-	})
+	err := s.db.queryRow(ctx, `SELECT appliance, expires, used_at FROM nonces WHERE nonce = ?`, n).Scan(&owner, &expires, &used)
 	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return refuse("nonce", -1, "unknown nonce (never issued or long expired)")
 	case err != nil:
-		return err
+		return fmt.Errorf("verifier: nonce: %w", err)
 	case owner != id:
 		return refuse("nonce", -1, "nonce was issued to another appliance")
 	case used.Valid:
@@ -446,15 +452,31 @@ func (s *Server) consumeNonce(ctx context.Context, id string, n []byte) error {
 	return nil
 }
 
+// useNonce marks n used inside tx. It reports false when n was already
+// used: a concurrent replay that passed checkNonce at the same time.
+func (s *Server) useNonce(ctx context.Context, tx *sql.Tx, id string, n []byte) (bool, error) {
+	res, err := s.db.txExec(ctx, tx, `UPDATE nonces SET used_at = ? WHERE nonce = ? AND appliance = ? AND used_at IS NULL`, s.db.now().UnixNano(), n, id)
+	if err != nil {
+		return false, fmt.Errorf("verifier: use nonce: %w", err)
+	}
+	k, err := res.RowsAffected()
+	return k == 1, err
+}
+
 // --- attestation --------------------------------------------------------
 
 func (s *Server) attest(ctx context.Context, req *protocol.AttestRequest) (resp *protocol.AttestResponse, err error) {
-	defer s.auditOnRefusal(ctx, req.ApplianceID, "attest-"+string(req.Purpose), &err)
+	defer func() {
+		var ref *Refusal
+		if errors.As(err, &ref) && ref.Code != protocol.CodeBadRequest {
+			s.auditRefusalNonce(ctx, req.ApplianceID, "attest-"+string(req.Purpose), ref, req.Nonce)
+		}
+	}()
 	a, err := s.loadAppliance(ctx, req.ApplianceID)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.consumeNonce(ctx, a.id, req.Nonce); err != nil {
+	if err := s.checkNonce(ctx, a.id, req.Nonce); err != nil {
 		return nil, err
 	}
 	if a.revoked {
@@ -676,15 +698,22 @@ func (s *Server) decide(ctx context.Context, a *appliance, req *protocol.AttestR
 	}
 	now := s.db.now()
 	err := s.db.withTx(ctx, func(tx *sql.Tx) error {
+		if ok, err := s.useNonce(ctx, tx, a.id, req.Nonce); err != nil {
+			return err
+		} else if !ok {
+			return refuse("nonce", -1, "nonce already used (concurrent replay)")
+		}
 		var last int64
-		err := tx.QueryRowContext(ctx, `SELECT last_epoch FROM epochs WHERE appliance = ?`, a.id).Scan(&last)
+		err := s.db.txQueryRow(ctx, tx, `SELECT last_epoch FROM epochs WHERE appliance = ?`, a.id).Scan(&last)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
 		// Revocation may have landed since the first check: re-check under
 		// the write lock so a decision never follows a revocation.
 		var n int
-		tx.QueryRowContext(ctx, `SELECT count(*) FROM revocations WHERE appliance = ?`, a.id).Scan(&n)
+		if err := s.db.txQueryRow(ctx, tx, `SELECT count(*) FROM revocations WHERE appliance = ?`, a.id).Scan(&n); err != nil {
+			return err
+		}
 		if n > 0 {
 			return revoked(a.id)
 		}
@@ -692,12 +721,12 @@ func (s *Server) decide(ctx context.Context, a *appliance, req *protocol.AttestR
 			return refuse("epoch", -1, "store epoch %d is older than %d last reported: rolled-back store", req.StoreEpoch, last)
 		}
 		resp.Provision = last == 0 && req.StoreEpoch == 0
-		if _, err := tx.ExecContext(ctx, `INSERT INTO epochs (appliance, last_epoch, updated_at) VALUES (?,?,?)
+		if _, err := s.db.txExec(ctx, tx, `INSERT INTO epochs (appliance, last_epoch, updated_at) VALUES (?,?,?)
 			ON CONFLICT(appliance) DO UPDATE SET last_epoch = excluded.last_epoch, updated_at = excluded.updated_at`,
 			a.id, int64(req.StoreEpoch), now.Unix()); err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO leases (appliance, release, granted_at, until) VALUES (?,?,?,?)
+		if _, err := s.db.txExec(ctx, tx, `INSERT INTO leases (appliance, release, granted_at, until) VALUES (?,?,?,?)
 			ON CONFLICT(appliance) DO UPDATE SET release = excluded.release, granted_at = excluded.granted_at, until = excluded.until`,
 			a.id, rel.label, now.Unix(), now.Add(s.opts.Lease).Unix()); err != nil {
 			return err

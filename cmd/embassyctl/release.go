@@ -35,6 +35,13 @@ subcommands:
   inspect [--json] E.json               show an envelope's manifest and signers
   verify  -trust K.pub[,K2.pub] [-k N] [--json] E.json
                                         verify k-of-n signatures by trusted keys
+
+verifier database (on the verifier host; --db, env EMBASSY_VERIFIER_DB):
+  trust     [--db D] K.pub...            trust release signing keys
+  threshold [--db D] K                   require K distinct trusted signatures
+  publish   [--db D] E.json              verify (k of n) and accept a release
+  list      [--db D] [--json]            published releases
+  withdraw  [--db D] DIGEST              stop accepting a release
 `
 
 func runRelease(args []string, stdout, stderr io.Writer) error {
@@ -54,6 +61,16 @@ func runRelease(args []string, stdout, stderr io.Writer) error {
 		return releaseInspect(args[1:], stdout, stderr)
 	case "verify":
 		return releaseVerify(args[1:], stdout, stderr)
+	case "trust":
+		return releaseTrust(args[1:], stdout, stderr)
+	case "threshold":
+		return releaseThreshold(args[1:], stdout, stderr)
+	case "publish":
+		return releasePublish(args[1:], stdout, stderr)
+	case "list":
+		return releaseList(args[1:], stdout, stderr)
+	case "withdraw":
+		return releaseWithdraw(args[1:], stdout, stderr)
 	}
 	fmt.Fprint(stderr, releaseUsage)
 	return fmt.Errorf("%w: unknown subcommand %q", errUsage, args[0])

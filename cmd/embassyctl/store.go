@@ -104,7 +104,7 @@ type keyFlags struct {
 }
 
 func (k *keyFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&k.kek, "kek", "", "KEK file (64 hex digits)")
+	fs.StringVar(&k.kek, "kek", "", "KEK file (32 raw bytes or 64 hex digits)")
 	fs.StringVar(&k.recovery, "recovery-key", "", "recovery private key file (PEM), instead of --kek")
 	fs.StringVar(&k.counter, "counter", "", "file-backed monotonic counter to check rollback against")
 }
@@ -164,7 +164,7 @@ func writeJSON(w io.Writer, v any) error {
 
 func storeKeygen(args []string, stdout, stderr io.Writer) error {
 	fs := newStoreFlags("keygen", "", stderr)
-	kek := fs.String("kek", "", "write a new random KEK here (hex)")
+	kek := fs.String("kek", "", "write a new random KEK here (32 raw bytes, as serve --kek-file wants)")
 	priv := fs.String("recovery-key", "", "write a new recovery private key here (PEM)")
 	pub := fs.String("recovery-pub", "", "write the recovery public key here (PEM); needs --recovery-key")
 	if err := parseStoreFlags(fs, args, 0); err != nil {
@@ -181,7 +181,7 @@ func storeKeygen(args []string, stdout, stderr io.Writer) error {
 		if _, err := rand.Read(k); err != nil {
 			return err
 		}
-		if err := writeNewFile(*kek, []byte(hex.EncodeToString(k)+"\n"), 0o600); err != nil {
+		if err := writeNewFile(*kek, k, 0o600); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "KEK written to %s\n", *kek)

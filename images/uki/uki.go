@@ -86,6 +86,8 @@ const (
 	// payloadAlign keeps payload sections page aligned in memory, as ukify
 	// does, although the stub's own SectionAlignment is smaller.
 	payloadAlign = 4096
+	// maxImage bounds the image: PE offsets and RVAs are 32-bit.
+	maxImage = 1<<32 - 1
 	// scnInitializedDataRead is IMAGE_SCN_CNT_INITIALIZED_DATA|IMAGE_SCN_MEM_READ.
 	scnInitializedDataRead = 0x40000040
 )
@@ -123,12 +125,19 @@ func Build(o Options) (*Image, error) {
 	nSections := int(binary.LittleEndian.Uint16(stub[coffOff+2:]))
 	optSize := int(binary.LittleEndian.Uint16(stub[coffOff+16:]))
 	optOff := coffOff + 20
-	if binary.LittleEndian.Uint16(stub[optOff:]) != 0x20b {
-		return nil, fmt.Errorf("%w: not PE32+", ErrStub)
+	if binary.LittleEndian.Uint16(stub[coffOff:]) != 0x8664 || binary.LittleEndian.Uint16(stub[optOff:]) != 0x20b {
+		return nil, fmt.Errorf("%w: not an x86-64 PE32+ image", ErrStub)
+	}
+	if nDirs := binary.LittleEndian.Uint32(stub[optOff+108:]); uint64(optSize) != 112+8*uint64(nDirs) {
+		return nil, fmt.Errorf("%w: optional header size %d does not match %d data directories", ErrStub, optSize, nDirs)
 	}
 	sectionAlign := binary.LittleEndian.Uint32(stub[optOff+32:])
 	fileAlign := binary.LittleEndian.Uint32(stub[optOff+36:])
-	if sectionAlign == 0 || fileAlign == 0 || payloadAlign%sectionAlign != 0 {
+	pow2 := func(v uint32) bool { return v != 0 && v&(v-1) == 0 }
+	// PE/COFF: FileAlignment is a power of two from 512 to 64 KiB and
+	// SectionAlignment is at least that; page-aligned payloads need
+	// SectionAlignment to divide 4096.
+	if !pow2(fileAlign) || fileAlign < 512 || fileAlign > 65536 || !pow2(sectionAlign) || sectionAlign < fileAlign || payloadAlign%sectionAlign != 0 {
 		return nil, fmt.Errorf("%w: section alignment %#x / file alignment %#x", ErrStub, sectionAlign, fileAlign)
 	}
 	secTableOff := optOff + optSize
@@ -139,16 +148,23 @@ func Build(o Options) (*Image, error) {
 	for i := range nSections {
 		h := append([]byte(nil), stub[secTableOff+i*sectionEntrySize:secTableOff+(i+1)*sectionEntrySize]...)
 		name := string(bytes.TrimRight(h[:8], "\x00"))
+		// Image sections carry no relocations or line numbers, and the
+		// symbol table holding long names is dropped.
+		if binary.LittleEndian.Uint32(h[32:]) != 0 || strings.HasPrefix(name, "/") {
+			return nil, fmt.Errorf("%w: section %q has COFF relocations, line numbers or a long name", ErrStub, name)
+		}
 		for _, p := range payloads {
 			if name == p.name {
 				return nil, fmt.Errorf("%w: stub already has a %s section", ErrStub, name)
 			}
 		}
-		vs := binary.LittleEndian.Uint32(h[8:])
-		va := binary.LittleEndian.Uint32(h[12:])
-		if e := va + max(vs, binary.LittleEndian.Uint32(h[16:])); e > endVA {
-			endVA = e
+		vs := uint64(binary.LittleEndian.Uint32(h[8:]))
+		va := uint64(binary.LittleEndian.Uint32(h[12:]))
+		e := va + max(vs, uint64(binary.LittleEndian.Uint32(h[16:])))
+		if e > maxImage {
+			return nil, fmt.Errorf("%w: section %s ends beyond 4 GiB", ErrStub, name)
 		}
+		endVA = max(endVA, uint32(e))
 		hdrs = append(hdrs, h)
 	}
 	var keep []struct {
@@ -185,12 +201,22 @@ func Build(o Options) (*Image, error) {
 		if rs == 0 {
 			continue
 		}
+		if binary.LittleEndian.Uint32(h[20:]) < oldHeaders {
+			return nil, fmt.Errorf("%w: section raw data inside the headers", ErrStub)
+		}
 		ptr := binary.LittleEndian.Uint32(h[20:]) + shift
 		binary.LittleEndian.PutUint32(h[20:], ptr)
 		fileEnd = max(fileEnd, ptr+rs)
 	}
 	fileEnd = alignUp(fileEnd, fileAlign)
 
+	total := uint64(alignUp(endVA, payloadAlign)) + uint64(fileEnd)
+	for _, p := range keep {
+		total += 2*uint64(len(p.data)) + 2*payloadAlign
+	}
+	if total > maxImage {
+		return nil, fmt.Errorf("uki: image would exceed 4 GiB")
+	}
 	img := &Image{}
 	va := alignUp(endVA, payloadAlign)
 	off := fileEnd

@@ -218,3 +218,18 @@ func TestBuildGrowsHeaders(t *testing.T) {
 		t.Errorf("no room for headers: error %v, want ErrStub", err)
 	}
 }
+
+// FuzzBuild: arbitrary stub bytes give an image debug/pe can read, or an
+// error; never a panic.
+func FuzzBuild(f *testing.F) {
+	f.Add(petest.Minimal([]petest.Section{{Name: ".text", Data: []byte{0xc3}}}, nil))
+	f.Fuzz(func(t *testing.T, stub []byte) {
+		img, err := uki.Build(uki.Options{Stub: stub, Linux: []byte("kernel"), Initrd: []byte("initrd"), Cmdline: "c"})
+		if err != nil {
+			return
+		}
+		if _, err := pe.NewFile(bytes.NewReader(img.Bytes)); err != nil {
+			t.Fatalf("built an unreadable PE: %v", err)
+		}
+	})
+}

@@ -374,25 +374,21 @@ func (c *conn) writeLoop(replies <-chan *reply, sem <-chan struct{}) {
 	for rep := range replies {
 		if werr == nil {
 			werr = c.writeReply(rep)
+			if werr == nil && len(replies) == 0 {
+				// Let workers about to finish queue their replies, so
+				// they share one write system call.
+				runtime.Gosched()
+				if len(replies) == 0 {
+					werr = c.bw.Flush()
+				}
+			}
+			if werr != nil {
+				c.log.Info("nbd: write failed, closing", "err", werr)
+				c.raw.Close() // unblocks the reader; the rest is drained unsent
+			}
 		}
 		putBuf(rep.data)
 		<-sem
-		if werr == nil && len(replies) == 0 {
-			runtime.Gosched()
-		}
-		if werr == nil && len(replies) == 0 {
-			werr = c.bw.Flush()
-		}
-		if werr != nil && rep != nil {
-			c.log.Info("nbd: write failed, closing", "err", werr)
-			c.raw.Close() // unblocks the reader
-			rep = nil
-			for rep := range replies {
-				putBuf(rep.data)
-				<-sem
-			}
-			return
-		}
 	}
 }
 

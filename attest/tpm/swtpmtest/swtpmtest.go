@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -112,6 +113,8 @@ func (s *TPM) start() {
 		t.Fatal(err)
 	}
 	cmd.Stdout, cmd.Stderr = log, log
+	// Kill swtpm with the test process, even when the test is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start swtpm: %v", err)
 	}

@@ -1,18 +1,60 @@
 // Command pcrdump is a tiny Linux init for the images package's QEMU tests:
 // it prints the guest's SHA-256 PCR values and the firmware event log to the
-// console, then powers the machine off. It lets the tests compare predicted
-// PCRs with what OVMF, systemd-stub and the kernel really measured, without
-// depending on the appliance.
+// console and, given pcrdump.nonce=HEX on the kernel command line, a TPM
+// attestation (quote of all PCRs by a fresh attestation key over the nonce,
+// with the event log), then powers the machine off. It lets the tests compare
+// predicted PCRs with what OVMF, systemd-stub and the kernel really measured,
+// without depending on the appliance.
 package main
 
 import (
 	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/dataembassy/embassy/attest/tpm"
+	"github.com/google/go-tpm-tools/client"
+	"google.golang.org/protobuf/proto"
 )
+
+// printB64 prints b base64-encoded on lines tagged tag.
+func printB64(tag string, b []byte) {
+	enc := base64.StdEncoding.EncodeToString(b)
+	for len(enc) > 0 {
+		n := min(len(enc), 96)
+		fmt.Printf("%s %s\n", tag, enc[:n])
+		enc = enc[n:]
+	}
+}
+
+// attest quotes all PCRs with a fresh RSA attestation key over nonce.
+func attest(nonce, eventLog []byte) ([]byte, error) {
+	if _, err := os.Stat(tpm.DefaultDevice); err != nil {
+		// A bare initramfs has no device nodes: mount devtmpfs.
+		if err := syscall.Mount("devtmpfs", "/dev", "devtmpfs", 0, ""); err != nil {
+			return nil, fmt.Errorf("mount devtmpfs: %w", err)
+		}
+	}
+	rw, err := tpm.Open(tpm.DefaultDevice)
+	if err != nil {
+		return nil, err
+	}
+	defer rw.Close()
+	ak, err := client.AttestationKeyRSA(rw)
+	if err != nil {
+		return nil, fmt.Errorf("attestation key: %w", err)
+	}
+	defer ak.Close()
+	att, err := ak.Attest(client.AttestOpts{Nonce: nonce, TCGEventLog: eventLog, SkipTeeAttestation: true})
+	if err != nil {
+		return nil, fmt.Errorf("quote: %w", err)
+	}
+	return proto.Marshal(att)
+}
 
 func main() {
 	mount := func(src, dst, typ string) {
@@ -49,14 +91,27 @@ func main() {
 	if err != nil {
 		fmt.Printf("PCRDUMP-ERROR eventlog: %v\n", err)
 	}
-	enc := base64.StdEncoding.EncodeToString(log)
-	for len(enc) > 0 {
-		n := min(len(enc), 96)
-		fmt.Printf("PCRDUMP-LOG %s\n", enc[:n])
-		enc = enc[n:]
-	}
-	if cmdline, err := os.ReadFile("/proc/cmdline"); err == nil {
+	printB64("PCRDUMP-LOG", log)
+	cmdline, err := os.ReadFile("/proc/cmdline")
+	if err == nil {
 		fmt.Printf("PCRDUMP-CMDLINE %s\n", strings.TrimSpace(string(cmdline)))
+	}
+	for _, f := range strings.Fields(string(cmdline)) {
+		v, ok := strings.CutPrefix(f, "pcrdump.nonce=")
+		if !ok {
+			continue
+		}
+		nonce, err := hex.DecodeString(v)
+		if err != nil {
+			fmt.Printf("PCRDUMP-ERROR nonce: %v\n", err)
+			break
+		}
+		att, err := attest(nonce, log)
+		if err != nil {
+			fmt.Printf("PCRDUMP-ERROR attest: %v\n", err)
+			break
+		}
+		printB64("PCRDUMP-ATT", att)
 	}
 	fmt.Println("PCRDUMP-DONE")
 	// Let the serial console drain before the machine disappears.

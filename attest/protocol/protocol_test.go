@@ -1,0 +1,89 @@
+package protocol_test
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/dataembassy/embassy/attest/protocol"
+)
+
+func TestDecodeAttestRequest(t *testing.T) {
+	good := `{"appliance_id":"rack-1","purpose":"unlock","nonce":"` + strings.Repeat("A", 43) + `=","store_epoch":3,"attestation":"AQ==","appliance_log":"e30="}`
+	var r protocol.AttestRequest
+	if err := protocol.Decode(strings.NewReader(good), &r); err != nil {
+		t.Fatalf("valid request refused: %v", err)
+	}
+	if r.StoreEpoch != 3 || len(r.Nonce) != 32 {
+		t.Fatalf("decoded %+v", r)
+	}
+	bad := map[string]string{
+		"purpose":      strings.Replace(good, "unlock", "steal", 1),
+		"short nonce":  strings.Replace(good, strings.Repeat("A", 43)+"=", "AAAA", 1),
+		"unknown":      strings.Replace(good, `"purpose"`, `"x":1,"purpose"`, 1),
+		"id":           strings.Replace(good, "rack-1", "-rack", 1),
+		"trailing":     good + "{}",
+		"negative":     strings.Replace(good, `"store_epoch":3`, `"store_epoch":-3`, 1),
+		"oversize":     `{"appliance_id":"` + strings.Repeat("a", protocol.MaxBody) + `"}`,
+		"missing body": ``,
+	}
+	for name, in := range bad {
+		t.Run(name, func(t *testing.T) {
+			var r protocol.AttestRequest
+			if err := protocol.Decode(strings.NewReader(in), &r); !errors.Is(err, protocol.ErrFormat) {
+				t.Fatalf("got %v, want ErrFormat", err)
+			}
+		})
+	}
+}
+
+func TestQuoteDataBindsFields(t *testing.T) {
+	n := bytes.Repeat([]byte{7}, 32)
+	base := protocol.QuoteData(n, "a", protocol.PurposeUnlock, 1)
+	for name, other := range map[string][]byte{
+		"nonce":   protocol.QuoteData(bytes.Repeat([]byte{8}, 32), "a", protocol.PurposeUnlock, 1),
+		"id":      protocol.QuoteData(n, "b", protocol.PurposeUnlock, 1),
+		"purpose": protocol.QuoteData(n, "a", protocol.PurposeHeartbeat, 1),
+		"epoch":   protocol.QuoteData(n, "a", protocol.PurposeUnlock, 2),
+	} {
+		if bytes.Equal(base, other) {
+			t.Errorf("changing %s does not change the quote data", name)
+		}
+	}
+}
+
+// fuzzDecode checks a decoder never panics and that what it accepts
+// validates and survives a re-encode.
+func fuzzDecode[T any, P interface {
+	*T
+	protocol.Validator
+}](t *testing.T, data []byte) {
+	var v T
+	if err := protocol.Decode(bytes.NewReader(data), P(&v)); err != nil {
+		return
+	}
+	if err := P(&v).Validate(); err != nil {
+		t.Fatalf("accepted message does not validate: %v", err)
+	}
+}
+
+func FuzzAttestRequest(f *testing.F) {
+	f.Add([]byte(`{"appliance_id":"rack-1","purpose":"heartbeat","nonce":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","store_epoch":1,"attestation":"AQ==","appliance_log":"e30="}`))
+	f.Fuzz(func(t *testing.T, data []byte) { fuzzDecode[protocol.AttestRequest](t, data) })
+}
+
+func FuzzNonceRequest(f *testing.F) {
+	f.Add([]byte(`{"appliance_id":"rack-1"}`))
+	f.Fuzz(func(t *testing.T, data []byte) { fuzzDecode[protocol.NonceRequest](t, data) })
+}
+
+func FuzzEnrollChallengeRequest(f *testing.F) {
+	f.Add([]byte(`{"appliance_id":"rack-1","ak_public":"AAEACwAFBHIAAAAQABQACwgAAAAAAAEA"}`))
+	f.Fuzz(func(t *testing.T, data []byte) { fuzzDecode[protocol.EnrollChallengeRequest](t, data) })
+}
+
+func FuzzEnrollActivateRequest(f *testing.F) {
+	f.Add([]byte(`{"appliance_id":"rack-1","session":"00ff","secret":"AAAA","attestation":"AQ=="}`))
+	f.Fuzz(func(t *testing.T, data []byte) { fuzzDecode[protocol.EnrollActivateRequest](t, data) })
+}

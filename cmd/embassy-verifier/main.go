@@ -1,0 +1,184 @@
+// Command embassy-verifier is the home state's attestation verifier: it
+// serves the appliance-facing HTTPS JSON API (/v1/...) over the SQLite state
+// that operators manage with embassyctl on the same host.
+//
+//	embassy-verifier --db /var/lib/embassy/verifier.db --listen :8443 \
+//	    --cert server.pem --key server.key
+//	embassy-verifier --init-tls DIR --hosts verifier.example,10.0.0.5
+//
+// --init-tls writes a private CA (ca.pem, the file appliances pin) and a
+// server certificate and key signed by it, then exits.
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/dataembassy/embassy/attest/verifier"
+)
+
+func main() {
+	if err := run(); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "embassy-verifier:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	fs := flag.NewFlagSet("embassy-verifier", flag.ContinueOnError)
+	dbPath := fs.String("db", "/var/lib/embassy/verifier.db", "SQLite database (created and migrated if needed)")
+	listen := fs.String("listen", "127.0.0.1:8443", "HTTPS listen address")
+	certFile := fs.String("cert", "", "server certificate (PEM)")
+	keyFile := fs.String("key", "", "server private key (PEM)")
+	lease := fs.Duration("lease", 10*time.Minute, "lease granted per successful attestation")
+	nonceTTL := fs.Duration("nonce-ttl", time.Minute, "nonce lifetime")
+	initTLS := fs.String("init-tls", "", "write a CA and server certificate into this directory and exit")
+	hosts := fs.String("hosts", "localhost,127.0.0.1", "with --init-tls: comma-separated server names and IPs")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return err
+	}
+	if *initTLS != "" {
+		return writeTLS(*initTLS, strings.Split(*hosts, ","))
+	}
+	if *certFile == "" || *keyFile == "" {
+		return errors.New("--cert and --key are required (see --init-tls)")
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	db, err := verifier.OpenDB(ctx, *dbPath)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if rep, err := db.VerifyAudit(ctx, 0, ""); err != nil {
+		return err
+	} else if len(rep.Problems) > 0 {
+		log.Error("audit log damaged", "problems", len(rep.Problems), "first", rep.Problems[0].Detail)
+	} else {
+		// Operators can keep this head to detect a truncated log later.
+		log.Info("audit log intact", "records", rep.Records, "head", fmt.Sprintf("%d:%s", rep.HeadSeq, rep.HeadHash))
+	}
+	srv, err := verifier.NewServer(verifier.Options{DB: db, Lease: *lease, NonceTTL: *nonceTTL, Logger: log})
+	if err != nil {
+		return err
+	}
+	cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{
+		Addr:              *listen,
+		Handler:           srv,
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13},
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return err
+	}
+	log.Info("serving", "addr", ln.Addr().String(), "db", *dbPath)
+	errc := make(chan error, 1)
+	go func() { errc <- hs.ServeTLS(ln, "", "") }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return hs.Shutdown(sctx)
+	}
+}
+
+// writeTLS makes a private CA and a server certificate for hosts.
+func writeTLS(dir string, hosts []string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{
+		SerialNumber: serial(), Subject: pkix.Name{CommonName: "Embassy verifier CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(10, 0, 0),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(), Subject: pkix.Name{CommonName: hosts[0]},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(2, 0, 0),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else if h != "" {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	files := []struct {
+		name, typ string
+		der       []byte
+		mode      os.FileMode
+	}{
+		{"ca.pem", "CERTIFICATE", caDER, 0o644},
+		{"server.pem", "CERTIFICATE", der, 0o644},
+		{"server.key", "PRIVATE KEY", keyDER, 0o600},
+	}
+	for _, f := range files {
+		if err := os.WriteFile(filepath.Join(dir, f.name), pem.EncodeToMemory(&pem.Block{Type: f.typ, Bytes: f.der}), f.mode); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("wrote %s/{ca.pem,server.pem,server.key}; appliances pin ca.pem\n", dir)
+	return nil
+}
+
+func serial() *big.Int {
+	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	return n
+}

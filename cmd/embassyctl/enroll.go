@@ -1,0 +1,244 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dataembassy/embassy/attest/verifier"
+)
+
+func init() {
+	register(command{name: "enroll", summary: "enroll an appliance's TPM (EK certificate or public key) with the verifier", run: runEnroll})
+	register(command{name: "ekroot", summary: "TPM manufacturer CAs trusted for EK certificates: add, list", run: runEKRoot})
+	register(command{name: "appliances", summary: "list or show enrolled appliances", run: runAppliances})
+	register(command{name: "revoke", summary: "revoke an appliance (refused at its next attestation; it zeroizes)", run: runRevoke})
+}
+
+func runEnroll(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("enroll", "enroll [--db D] --id ID (--ek-cert F | --ek-pub F) [--json]", stderr)
+	df := addDBFlags(fs)
+	id := fs.String("id", "", "appliance id (letters, digits, . _ -; at most 64)")
+	certPath := fs.String("ek-cert", "", "EK certificate (PEM or DER); validated against the EK roots when any are configured")
+	pubPath := fs.String("ek-pub", "", "EK public key (PEM or DER PKIX), when the TPM has no certificate")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *id == "" || (*certPath == "") == (*pubPath == "") || fs.NArg() != 0 {
+		fs.Usage()
+		return fmt.Errorf("%w: --id and exactly one of --ek-cert or --ek-pub required", errUsage)
+	}
+	p := verifier.EnrollParams{ID: *id, Actor: *df.actor}
+	if *certPath != "" {
+		c, err := readCertFile(*certPath)
+		if err != nil {
+			return err
+		}
+		p.EKCert = c.Raw
+	} else {
+		b, err := os.ReadFile(*pubPath)
+		if err != nil {
+			return err
+		}
+		if blk, _ := pem.Decode(b); blk != nil {
+			b = blk.Bytes
+		}
+		if p.EKPublic, err = x509.ParsePKIXPublicKey(b); err != nil {
+			return fmt.Errorf("%s: %w", *pubPath, err)
+		}
+	}
+	db, err := df.open()
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	ctx := context.Background()
+	if err := db.Enroll(ctx, p); err != nil {
+		return err
+	}
+	a, err := db.Appliance(ctx, *id)
+	if err != nil {
+		return err
+	}
+	if *df.json {
+		return printJSON(stdout, a)
+	}
+	fmt.Fprintf(stdout, "enrolled %s (EK sha256 %s); the appliance completes enrollment on first contact\n", a.ID, a.EKSHA256)
+	return nil
+}
+
+func runEKRoot(args []string, stdout, stderr io.Writer) error {
+	return subcommands(args, stdout, stderr, "usage: embassyctl ekroot add [--db D] CERT.pem...\n       embassyctl ekroot list [--db D] [--json]\n",
+		map[string]func([]string, io.Writer, io.Writer) error{
+			"add": func(args []string, stdout, stderr io.Writer) error {
+				fs := newFlagSet("ekroot add", "ekroot add [--db D] CERT.pem...", stderr)
+				df := addDBFlags(fs)
+				if err := parseFlags(fs, args); err != nil {
+					return err
+				}
+				if fs.NArg() == 0 {
+					fs.Usage()
+					return fmt.Errorf("%w: certificate file required", errUsage)
+				}
+				db, err := df.open()
+				if err != nil {
+					return err
+				}
+				defer db.Close()
+				for _, p := range fs.Args() {
+					c, err := readCertFile(p)
+					if err != nil {
+						return err
+					}
+					if err := db.AddEKRoot(context.Background(), c, *df.actor); err != nil {
+						return err
+					}
+					fmt.Fprintf(stdout, "trusted %s\n", c.Subject)
+				}
+				return nil
+			},
+			"list": func(args []string, stdout, stderr io.Writer) error {
+				fs := newFlagSet("ekroot list", "ekroot list [--db D] [--json]", stderr)
+				df := addDBFlags(fs)
+				if err := parseFlags(fs, args); err != nil {
+					return err
+				}
+				db, err := df.open()
+				if err != nil {
+					return err
+				}
+				defer db.Close()
+				roots, err := db.EKRoots(context.Background())
+				if err != nil {
+					return err
+				}
+				if *df.json {
+					return printJSON(stdout, roots)
+				}
+				tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "SHA-256\tSUBJECT")
+				for _, r := range roots {
+					fmt.Fprintf(tw, "%s\t%s\n", r.Fingerprint, r.Subject)
+				}
+				return tw.Flush()
+			},
+		})
+}
+
+func fmtTime(t *time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return t.Format(time.RFC3339)
+}
+
+func runAppliances(args []string, stdout, stderr io.Writer) error {
+	usage := "usage: embassyctl appliances list [--db D] [--json]\n       embassyctl appliances show [--db D] [--json] ID\n"
+	return subcommands(args, stdout, stderr, usage, map[string]func([]string, io.Writer, io.Writer) error{
+		"list": func(args []string, stdout, stderr io.Writer) error {
+			fs := newFlagSet("appliances list", "appliances list [--db D] [--json]", stderr)
+			df := addDBFlags(fs)
+			if err := parseFlags(fs, args); err != nil {
+				return err
+			}
+			db, err := df.open()
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			list, err := db.Appliances(context.Background())
+			if err != nil {
+				return err
+			}
+			if *df.json {
+				if list == nil {
+					list = []verifier.ApplianceInfo{}
+				}
+				return printJSON(stdout, list)
+			}
+			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tSTATE\tRELEASE\tEPOCH\tLEASE UNTIL")
+			for _, a := range list {
+				rel := a.Release
+				if rel == "" {
+					rel = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", a.ID, a.State(), rel, a.LastEpoch, fmtTime(a.LeaseUntil))
+			}
+			return tw.Flush()
+		},
+		"show": func(args []string, stdout, stderr io.Writer) error {
+			fs := newFlagSet("appliances show", "appliances show [--db D] [--json] ID", stderr)
+			df := addDBFlags(fs)
+			if err := parseFlags(fs, args); err != nil {
+				return err
+			}
+			if fs.NArg() != 1 {
+				fs.Usage()
+				return fmt.Errorf("%w: one appliance id expected", errUsage)
+			}
+			db, err := df.open()
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			a, err := db.Appliance(context.Background(), fs.Arg(0))
+			if err != nil {
+				return err
+			}
+			if *df.json {
+				return printJSON(stdout, a)
+			}
+			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintf(tw, "id\t%s\nstate\t%s\nEK sha256\t%s\nEK certificate\t%v\ncreated\t%s\n", a.ID, a.State(), a.EKSHA256, a.HasEKCert, a.Created.Format(time.RFC3339))
+			ak := a.AKName
+			if ak == "" {
+				ak = "- (not activated)"
+			}
+			fmt.Fprintf(tw, "AK name\t%s\nactivated\t%s\nlast epoch\t%d\nrelease\t%s\nlease until\t%s\n", ak, fmtTime(a.Activated), a.LastEpoch, a.Release, fmtTime(a.LeaseUntil))
+			if a.Revoked != nil {
+				fmt.Fprintf(tw, "revoked\t%s by %s: %s\n", fmtTime(a.Revoked), a.RevokedBy, a.RevokReason)
+			}
+			tw.Flush()
+			if len(a.Baseline) > 0 {
+				fmt.Fprintln(stdout, "\nfirmware baseline\nPCR  SHA-256")
+				for i := 0; i < 24; i++ {
+					if v, ok := a.Baseline[strconv.Itoa(i)]; ok {
+						fmt.Fprintf(stdout, "%-4d %s\n", i, v)
+					}
+				}
+			}
+			return nil
+		},
+	})
+}
+
+func runRevoke(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("revoke", "revoke [--db D] --reason TEXT ID", stderr)
+	df := addDBFlags(fs)
+	reason := fs.String("reason", "", "why (recorded in the audit log)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 || strings.TrimSpace(*reason) == "" {
+		fs.Usage()
+		return fmt.Errorf("%w: one appliance id and --reason required", errUsage)
+	}
+	db, err := df.open()
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if err := db.Revoke(context.Background(), fs.Arg(0), *reason, *df.actor); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "revoked %s: refused at its next attestation (at the latest when its lease ends)\n", fs.Arg(0))
+	return nil
+}

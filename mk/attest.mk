@@ -1,0 +1,22 @@
+# Attestation and key release (attest/, cmd/embassy-verifier).
+.PHONY: test-attest bench-verifier
+
+RACE_PKGS += ./attest/verifier/ ./attest/agent/ ./attest/tpm/
+
+## test-attest: attest packages and the verifier CLI tests (real swtpm)
+test-attest:
+	$(GO) test -count=1 -timeout 20m ./attest/... ./cmd/embassy-verifier/...
+	$(GO) test -count=1 -run 'TestEnrollListRevokeAudit|TestReleasePublishThreshold|TestHelpEverywhere' ./cmd/embassyctl/
+
+# Load test knobs (see attest/verifier/bench_test.go).
+BENCH_ATTESTATIONS ?= 2000
+BENCH_CLIENTS ?= 8
+BENCH_APPLIANCES ?= 4
+
+## bench-verifier: verifier load test: quotes made ahead on several swtpm, concurrent HTTPS clients; attestations/s, p50/p99
+bench-verifier:
+	@for p in unlock heartbeat; do \
+	  EMBASSY_BENCH_PURPOSE=$$p EMBASSY_BENCH_ATTESTATIONS=$(BENCH_ATTESTATIONS) \
+	  EMBASSY_BENCH_CLIENTS=$(BENCH_CLIENTS) EMBASSY_BENCH_APPLIANCES=$(BENCH_APPLIANCES) \
+	  $(GO) test -run '^$$' -bench BenchmarkVerifierLoad -benchtime=1x -count=1 ./attest/verifier/ | grep -E 'Benchmark|attestations|FAIL' || exit 1; \
+	done
