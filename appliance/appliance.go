@@ -36,9 +36,6 @@ var (
 	ErrRevoked = errors.New("appliance: appliance revoked")
 	// ErrLeaseExpired: the lease ran out before it could be renewed.
 	ErrLeaseExpired = errors.New("appliance: lease expired")
-	// ErrNotProvisioned: the data disk is blank and the verifier did not ask
-	// for provisioning, so there is nothing to unlock.
-	ErrNotProvisioned = errors.New("appliance: blank data disk and no provisioning grant")
 	// ErrHalted: unlocking failed for a reason retrying cannot fix (a
 	// corrupt header, an integrity or rollback failure on open): the
 	// appliance stops and waits for an operator.
@@ -278,8 +275,6 @@ func reason(err error) string {
 		return "refused"
 	case errors.Is(err, ErrLeaseExpired):
 		return "lease expired"
-	case errors.Is(err, ErrNotProvisioned):
-		return "not provisioned"
 	case errors.Is(err, ErrHalted):
 		return "halted"
 	default:

@@ -13,13 +13,13 @@ import (
 )
 
 // tools fails the test unless every program the harness runs is installed.
-func tools(t *testing.T) {
+func tools(t testing.TB) {
 	t.Helper()
 	testenv.Tool(t, "qemu-system-x86_64")
 	testenv.Tool(t, "swtpm")
 }
 
-func moduleRoot(t *testing.T) string {
+func moduleRoot(t testing.TB) string {
 	t.Helper()
 	root, err := qemu.ModuleRoot(".")
 	if err != nil {
@@ -29,7 +29,7 @@ func moduleRoot(t *testing.T) string {
 }
 
 // startT starts a machine and stops it when the test ends.
-func startT(t *testing.T, cfg qemu.Config) *qemu.Machine {
+func startT(t testing.TB, cfg qemu.Config) *qemu.Machine {
 	t.Helper()
 	if cfg.Dir == "" {
 		cfg.Dir = t.TempDir()

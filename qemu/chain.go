@@ -35,6 +35,7 @@ import (
 	"github.com/dataembassy/embassy/attest/verifier"
 	"github.com/dataembassy/embassy/images/predict"
 	"github.com/dataembassy/embassy/initramfs"
+	"github.com/google/go-tpm/legacy/tpm2"
 )
 
 // GuestHost is the host's loopback as the guest sees it (QEMU user net).
@@ -111,6 +112,15 @@ func readEKCert(ctx context.Context, dir, state string) ([]byte, error) {
 		rw, err := tpm.Open(sock)
 		if err == nil {
 			defer rw.Close()
+			// QEMU is killed, not shut down, so every boot ends without
+			// TPM2_Shutdown; the TPM counts that against its dictionary
+			// attack protection and the attestation key (DA-protected)
+			// ends up locked out after a few boots. Make the test TPM
+			// forgive quickly: recovery after 1 s, many tries.
+			if err := tpm2.DictionaryAttackParameters(rw, tpm2.AuthCommand{Session: tpm2.HandlePasswordSession, Attributes: tpm2.AttrContinueSession},
+				1000, 1, 1); err != nil {
+				return nil, fmt.Errorf("qemu: setting the TPM's DA parameters: %w", err)
+			}
 			cert, err := agent.EKCertificate(rw)
 			if err != nil || len(cert) == 0 {
 				return nil, fmt.Errorf("qemu: reading EK certificate: %v", err)

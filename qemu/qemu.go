@@ -101,6 +101,7 @@ type Machine struct {
 	cfg      Config
 	qemu     *exec.Cmd
 	swtpm    *exec.Cmd
+	swtpmEnd chan struct{} // closed when swtpm has exited
 	started  time.Time
 	forwards map[int]int // guest -> host
 
@@ -283,7 +284,8 @@ func (m *Machine) startSWTPM(cfg Config) (string, error) {
 		return "", fmt.Errorf("qemu: starting swtpm: %w", err)
 	}
 	exited := make(chan error, 1)
-	go func() { exited <- m.swtpm.Wait() }()
+	m.swtpmEnd = make(chan struct{})
+	go func() { exited <- m.swtpm.Wait(); close(m.swtpmEnd) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if _, err := os.Stat(sock); err == nil {
@@ -335,6 +337,7 @@ func (m *Machine) readConsole(r io.Reader, stderr *strings.Builder) {
 	m.notifyLocked()
 	m.mu.Unlock()
 	m.logFile.Sync()
+	m.logFile.Close()
 	close(m.done)
 }
 
@@ -438,8 +441,12 @@ func (m *Machine) Close() error {
 		if m.swtpm != nil && m.swtpm.Process != nil {
 			// SIGTERM lets swtpm write its state; then make sure it is gone.
 			syscall.Kill(-m.swtpm.Process.Pid, syscall.SIGTERM)
-			time.Sleep(50 * time.Millisecond)
-			syscall.Kill(-m.swtpm.Process.Pid, syscall.SIGKILL)
+			select {
+			case <-m.swtpmEnd:
+			case <-time.After(3 * time.Second):
+				syscall.Kill(-m.swtpm.Process.Pid, syscall.SIGKILL)
+				<-m.swtpmEnd
+			}
 		}
 		if m.logFile != nil && m.qemu == nil {
 			m.logFile.Close()
