@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"runtime"
-	"sort"
 	"sync"
 )
 
@@ -89,6 +88,12 @@ func (s *Store) nonceBytes(dst *[12]byte, n uint64) {
 // fails authentication is zeroed; with report nil the first such failure
 // is returned, otherwise each is passed to report and reading goes on.
 // Callers hold commitMu shared and the blocks' stripe locks.
+//
+// The ciphertext is read straight into dst (one pread per run of blocks
+// contiguous on disk) and decrypted in place, so large reads touch no
+// scratch memory; a single-block read goes through a pooled scratch buffer
+// instead, as GCM needs ciphertext||tag contiguous and dst has no room for
+// the tag after its last block.
 func (s *Store) readChunk(dst []byte, b0, b1 uint64, report func(uint64, error)) error {
 	nb := int(b1 - b0)
 	var small [4]leafEntry
@@ -111,67 +116,58 @@ func (s *Store) readChunk(dst []byte, b0, b1 uint64, report func(uint64, error))
 		entries[k] = leaf.leaf[i%leafEntries]
 		leaf.mu.RUnlock()
 	}
-	bp := getBuf(nb)
-	defer putBuf(bp)
-	scratch := *bp
-	// Read runs of mapped blocks that are contiguous on disk in one call.
-	for k := 0; k < nb; {
-		if !entries[k].mapped() {
-			k++
-			continue
+	var lone []byte
+	if nb == 1 {
+		if !entries[0].mapped() {
+			clear(dst[:BlockSize])
+			return nil
 		}
-		slot := entries[k].slot()
-		j := k + 1
-		for j < nb && entries[j].mapped() && entries[j].slot() == slot {
-			j++
-		}
-		off := int64(s.geom.dataBlock(b0+uint64(k), slot)) * BlockSize
-		if _, err := s.dev.ReadAt(scratch[k*BlockSize:j*BlockSize], off); err != nil {
+		bp := getBuf(1)
+		defer putBuf(bp)
+		lone = (*bp)[:BlockSize+16]
+		if _, err := s.dev.ReadAt(lone[:BlockSize], int64(s.geom.dataBlock(b0, entries[0].slot()))*BlockSize); err != nil {
 			return fmt.Errorf("storage: read data: %w", err)
 		}
-		k = j
+	} else {
+		for k := 0; k < nb; {
+			if !entries[k].mapped() {
+				k++
+				continue
+			}
+			slot := entries[k].slot()
+			j := k + 1
+			for j < nb && entries[j].mapped() && entries[j].slot() == slot {
+				j++
+			}
+			off := int64(s.geom.dataBlock(b0+uint64(k), slot)) * BlockSize
+			if _, err := s.dev.ReadAt(dst[k*BlockSize:j*BlockSize], off); err != nil {
+				return fmt.Errorf("storage: read data: %w", err)
+			}
+			k = j
+		}
 	}
 	// Decrypt, on several cores for large requests; failures are handled
 	// afterwards in block order.
-	var failMu sync.Mutex
 	var failed []int
-	parallelBlocks(nb, func(k0, k1 int) {
-		var aad [24]byte
-		var tmp []byte // only for a worker's last block; escapes, so made lazily
-		for k := k0; k < k1; k++ {
-			out := dst[k*BlockSize : (k+1)*BlockSize]
-			e := &entries[k]
-			if !e.mapped() {
-				clear(out)
-				continue
-			}
-			ctEnd := (k + 1) * BlockSize
-			var err error
-			if k == k1-1 && k1 < nb {
-				// The next block belongs to another worker: use a copy.
-				tmp = make([]byte, BlockSize+16)
-				copy(tmp, scratch[k*BlockSize:ctEnd])
-				copy(tmp[BlockSize:], e.tag[:])
-				_, err = s.keys.data.Open(out[:0], e.nonce[:], tmp, s.blockAAD(&aad, b0+uint64(k)))
-			} else {
-				// GCM wants ciphertext||tag contiguous: borrow the 16 bytes
-				// after this block in scratch (the next block's head, or
-				// spare room) and put them back.
-				var save [16]byte
-				copy(save[:], scratch[ctEnd:ctEnd+16])
-				copy(scratch[ctEnd:], e.tag[:])
-				_, err = s.keys.data.Open(out[:0], e.nonce[:], scratch[k*BlockSize:ctEnd+16], s.blockAAD(&aad, b0+uint64(k)))
-				copy(scratch[ctEnd:], save[:])
-			}
-			if err != nil {
-				clear(out)
-				failMu.Lock()
-				failed = append(failed, k)
-				failMu.Unlock()
-			}
+	if w := gcmWorkers(nb); w < 2 {
+		failed = s.openBlocks(dst, entries, b0, 0, nb, lone, nil)
+	} else {
+		per := (nb + w - 1) / w
+		res := make([][]int, w)
+		var wg sync.WaitGroup
+		for i := 1; i < w; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				res[i] = s.openBlocks(dst, entries, b0, min(i*per, nb), min((i+1)*per, nb), nil, nil)
+			}(i)
 		}
-	})
-	sort.Ints(failed)
+		res[0] = s.openBlocks(dst, entries, b0, 0, per, nil, nil)
+		wg.Wait()
+		for _, r := range res {
+			failed = append(failed, r...)
+		}
+	}
 	for _, k := range failed {
 		ie := s.integrity(&IntegrityError{Block: int64(b0) + int64(k), Reason: "data authentication failed"})
 		if report == nil {
@@ -182,15 +178,68 @@ func (s *Store) readChunk(dst []byte, b0, b1 uint64, report func(uint64, error))
 	return nil
 }
 
+// openBlocks decrypts blocks [k0, k1) of dst in place (ciphertext from
+// lone instead when it is set: a single-block request) and appends the
+// indexes of blocks that fail authentication to failed, in order. GCM
+// wants ciphertext||tag contiguous: each block borrows the first 16 bytes
+// of the next block for its tag and puts them back, except the range's
+// last block, whose next block may not exist or may be another worker's:
+// it is copied to scratch first.
+func (s *Store) openBlocks(dst []byte, entries []leafEntry, b0 uint64, k0, k1 int, lone []byte, failed []int) []int {
+	var aad [24]byte
+	for k := k0; k < k1; k++ {
+		out := dst[k*BlockSize : (k+1)*BlockSize]
+		e := &entries[k]
+		if !e.mapped() {
+			clear(out)
+			continue
+		}
+		ad := s.blockAAD(&aad, b0+uint64(k))
+		var err error
+		switch {
+		case lone != nil:
+			copy(lone[BlockSize:], e.tag[:])
+			_, err = s.keys.data.Open(out[:0], e.nonce[:], lone, ad)
+		case k == k1-1:
+			bp := getBuf(1)
+			tmp := (*bp)[:BlockSize+16]
+			copy(tmp, out)
+			copy(tmp[BlockSize:], e.tag[:])
+			_, err = s.keys.data.Open(out[:0], e.nonce[:], tmp, ad)
+			putBuf(bp)
+		default:
+			end := (k + 1) * BlockSize
+			var save [16]byte
+			copy(save[:], dst[end:end+16])
+			copy(dst[end:], e.tag[:])
+			_, err = s.keys.data.Open(out[:0], e.nonce[:], dst[k*BlockSize:end+16], ad)
+			copy(dst[end:], save[:])
+		}
+		if err != nil {
+			clear(out)
+			failed = append(failed, k)
+		}
+	}
+	return failed
+}
+
 // parallelMin is the request size (in blocks) from which the AES-GCM work
 // of one request is spread over several cores.
 const parallelMin = 64
 
+// gcmWorkers is how many goroutines share the AES-GCM work of nb blocks.
+func gcmWorkers(nb int) int {
+	if nb < parallelMin {
+		return 1
+	}
+	return max(1, min(runtime.GOMAXPROCS(0), nb/(parallelMin/2)))
+}
+
 // parallelBlocks calls f on consecutive sub-ranges of [0, nb), concurrently
 // when nb is large and more than one CPU is available.
 func parallelBlocks(nb int, f func(k0, k1 int)) {
-	w := min(runtime.GOMAXPROCS(0), nb/(parallelMin/2))
-	if nb < parallelMin || w < 2 {
+	w := gcmWorkers(nb)
+	if w < 2 {
 		f(0, nb)
 		return
 	}
