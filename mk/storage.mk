@@ -10,10 +10,11 @@ test-store:
 	$(GO) test -count=1 ./storage/ ./cmd/embassyctl/
 	CGO_ENABLED=1 $(GO) test -count=1 -race ./storage/
 
-## bench-store: store vs plain os.File I/O, side by side; prints ratios.
-## Each plain/store pair runs back to back, BENCH_STORE_ROUNDS times
-## alternating; the table shows the medians of the per-pair ratios (the
-## machine is shared, so single runs drift).
+## bench-store: store vs plain os.File I/O and vs the pure AES-GCM ceiling
+## (no I/O), side by side; prints ratios. Each plain/gcm/store triple runs
+## back to back, BENCH_STORE_ROUNDS times alternating; the table shows the
+## medians of the per-round ratios (the machine is shared, so single runs
+## drift).
 BENCH_STORE_ROUNDS ?= 3
 bench-store:
 	@mkdir -p $(BUILD)
@@ -24,12 +25,15 @@ bench-store:
 	    key = p[2]; for (i = 3; i < n; i++) key = key " " p[i]; \
 	    for (i = 1; i <= NF; i++) if ($$i == "MB/s") v = $$(i-1); \
 	    if (!(key in seen)) { seen[key] = 1; order[++m] = key } \
-	    if (t == "plain") last[key] = v; \
-	    else if (key in last) { c = ++cnt[key]; R[key, c] = v / last[key]; P[key, c] = last[key]; S[key, c] = v } } \
-	  END { printf "\n%-28s %12s %12s %7s %5s\n", "workload", "plain MB/s", "store MB/s", "ratio", "runs"; \
-	    for (i = 1; i <= m; i++) { k = order[i]; c = cnt[k]; delete r; delete pp; delete ss; \
-	      for (j = 1; j <= c; j++) { r[j] = R[k, j]; pp[j] = P[k, j]; ss[j] = S[k, j] } \
-	      printf "%-28s %12.1f %12.1f %7.2f %5d\n", k, med(pp, c), med(ss, c), med(r, c), c } }' \
+	    if (t == "plain") { last[key] = v; delete gcm[key] } \
+	    else if (t == "gcm") gcm[key] = v; \
+	    else if (key in last) { c = ++cnt[key]; R[key, c] = v / last[key]; P[key, c] = last[key]; S[key, c] = v; \
+	      if (key in gcm) { hasg[key] = 1; G[key, c] = gcm[key]; RG[key, c] = v / gcm[key] } } } \
+	  END { printf "\n%-28s %11s %11s %11s %11s %11s %5s\n", "workload", "plain MB/s", "gcm MB/s", "store MB/s", "store/plain", "store/gcm", "runs"; \
+	    for (i = 1; i <= m; i++) { k = order[i]; c = cnt[k]; delete r; delete pp; delete ss; delete gg; delete rg; \
+	      for (j = 1; j <= c; j++) { r[j] = R[k, j]; pp[j] = P[k, j]; ss[j] = S[k, j]; gg[j] = G[k, j]; rg[j] = RG[k, j] } \
+	      if (k in hasg) printf "%-28s %11.1f %11.1f %11.1f %11.2f %11.2f %5d\n", k, med(pp, c), med(gg, c), med(ss, c), med(r, c), med(rg, c), c; \
+	      else printf "%-28s %11.1f %11s %11.1f %11.2f %11s %5d\n", k, med(pp, c), "-", med(ss, c), med(r, c), "-", c } }' \
 	  $(BUILD)/bench-store.txt
 
 ## soak-store: many more power-cut schedules (SOAK_SCHEDULES)

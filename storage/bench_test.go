@@ -22,9 +22,9 @@ type benchTarget interface {
 	io.WriterAt
 }
 
-// BenchmarkStore compares the store with plain os.File I/O on the same
-// backing file, side by side in one run: `make bench-store` turns the
-// pairs into ratios.
+// BenchmarkStore compares the store with plain os.File I/O on a twin
+// file and with the pure AES-GCM ceiling (gcmCeiling), side by side in one
+// run: `make bench-store` turns the triples into ratios.
 func BenchmarkStore(b *testing.B) {
 	dir := b.TempDir()
 	dev, err := storage.CreateFileDevice(filepath.Join(dir, "backing"), 2*benchSize+8<<20)
@@ -63,6 +63,10 @@ func BenchmarkStore(b *testing.B) {
 		}
 	}
 	plain := plainDev.File
+	ceiling, err := newGCMCeiling()
+	if err != nil {
+		b.Fatal(err)
+	}
 	for _, wl := range []struct {
 		name  string
 		size  int
@@ -75,13 +79,14 @@ func BenchmarkStore(b *testing.B) {
 		{"randread4K", 4096, true, false},
 	} {
 		for _, conc := range []int{1, 4, 16} {
-			// Rounds alternate plain and store so that both see the same
-			// machine load (go test -count would group the repeats).
+			// Rounds alternate plain, the GCM ceiling and store so that all
+			// see the same machine load (go test -count would group the
+			// repeats).
 			for round := 0; round < benchRounds(b); round++ {
 				for _, tgt := range []struct {
 					name string
 					t    benchTarget
-				}{{"plain", plain}, {"store", s}} {
+				}{{"plain", plain}, {"gcm", ceiling}, {"store", s}} {
 					b.Run(fmt.Sprintf("%s/conc=%d/%s", wl.name, conc, tgt.name), func(b *testing.B) {
 						runBench(b, tgt.t, wl.size, wl.rand, wl.write, conc)
 					})

@@ -7,3 +7,7 @@ func SetNonceReserve(n uint64) (restore func()) {
 	nonceReserve = n
 	return func() { nonceReserve = old }
 }
+
+// ParallelBlocks is parallelBlocks, for the GCM ceiling benchmark to
+// spread its work over cores exactly as the store does.
+var ParallelBlocks = parallelBlocks
