@@ -35,7 +35,7 @@ func newGCMCeiling() (*gcmCeiling, error) {
 		return nil, err
 	}
 	g := &gcmCeiling{aead: aead}
-	g.bufs.New = func() any { b := make([]byte, storage.BlockSize+16); return &b }
+	g.bufs.New = func() any { b := make([]byte, storage.BlockSize+52); return &b }
 	pt := make([]byte, storage.BlockSize)
 	for i := range benchSealed {
 		var nonce [12]byte
@@ -46,38 +46,56 @@ func newGCMCeiling() (*gcmCeiling, error) {
 	return g, nil
 }
 
+// ReadAt opens the blocks p covers from sealed into p.
 func (g *gcmCeiling) ReadAt(p []byte, off int64) (int, error) {
-	b0 := off / storage.BlockSize
-	var err error
-	var mu sync.Mutex
-	storage.ParallelBlocks(len(p)/storage.BlockSize, func(k0, k1 int) {
-		var nonce [12]byte
-		var ad [24]byte
-		for k := k0; k < k1; k++ {
-			i := int((b0 + int64(k)) % benchSealed)
-			binary.BigEndian.PutUint64(ad[16:], uint64(i))
-			if _, e := g.aead.Open(p[k*storage.BlockSize:k*storage.BlockSize], nonce[:], g.sealed[i], ad[:]); e != nil {
-				mu.Lock()
-				err = e
-				mu.Unlock()
-			}
-		}
-	})
-	return len(p), err
+	return len(p), g.run(p, off, false)
 }
 
+// WriteAt seals the blocks of p into scratch.
 func (g *gcmCeiling) WriteAt(p []byte, off int64) (int, error) {
-	b0 := off / storage.BlockSize
-	storage.ParallelBlocks(len(p)/storage.BlockSize, func(k0, k1 int) {
-		bp := g.bufs.Get().(*[]byte)
-		defer g.bufs.Put(bp)
-		var nonce [12]byte
-		var ad [24]byte
-		for k := k0; k < k1; k++ {
-			binary.BigEndian.PutUint64(nonce[4:], uint64(b0)+uint64(k))
-			binary.BigEndian.PutUint64(ad[16:], uint64(b0)+uint64(k))
-			g.aead.Seal((*bp)[:0], nonce[:], p[k*storage.BlockSize:(k+1)*storage.BlockSize], ad[:])
+	return len(p), g.run(p, off, true)
+}
+
+func (g *gcmCeiling) run(p []byte, off int64, seal bool) error {
+	nb := len(p) / storage.BlockSize
+	if nb < storage.ParallelMin { // like the store: no goroutines, no allocations
+		return g.blocks(p, off/storage.BlockSize, 0, nb, seal)
+	}
+	var mu sync.Mutex
+	var err error
+	storage.ParallelBlocks(nb, func(k0, k1 int) {
+		if e := g.blocks(p, off/storage.BlockSize, k0, k1, seal); e != nil {
+			mu.Lock()
+			err = e
+			mu.Unlock()
 		}
 	})
-	return len(p), nil
+	return err
+}
+
+// blocks seals or opens blocks [k0, k1) of p (block b0+k at p's block k).
+func (g *gcmCeiling) blocks(p []byte, b0 int64, k0, k1 int, seal bool) error {
+	// Nonce and associated data live in the pooled buffer: as locals they
+	// would escape through the AEAD interface and allocate.
+	bp := g.bufs.Get().(*[]byte)
+	defer g.bufs.Put(bp)
+	ct := (*bp)[:storage.BlockSize+16]
+	nonce := (*bp)[storage.BlockSize+16 : storage.BlockSize+28]
+	ad := (*bp)[storage.BlockSize+28 : storage.BlockSize+52]
+	for k := k0; k < k1; k++ {
+		blk := p[k*storage.BlockSize : (k+1)*storage.BlockSize]
+		if seal {
+			binary.BigEndian.PutUint64(nonce[4:], uint64(b0)+uint64(k))
+			binary.BigEndian.PutUint64(ad[16:], uint64(b0)+uint64(k))
+			g.aead.Seal(ct[:0], nonce, blk, ad)
+			continue
+		}
+		i := int((b0 + int64(k)) % benchSealed)
+		clear(nonce)
+		binary.BigEndian.PutUint64(ad[16:], uint64(i))
+		if _, err := g.aead.Open(blk[:0], nonce, g.sealed[i], ad); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -11,3 +11,6 @@ func SetNonceReserve(n uint64) (restore func()) {
 // ParallelBlocks is parallelBlocks, for the GCM ceiling benchmark to
 // spread its work over cores exactly as the store does.
 var ParallelBlocks = parallelBlocks
+
+// ParallelMin is parallelMin.
+const ParallelMin = parallelMin

@@ -96,12 +96,16 @@ func (s *Store) nonceBytes(dst *[12]byte, n uint64) {
 // the tag after its last block.
 func (s *Store) readChunk(dst []byte, b0, b1 uint64, report func(uint64, error)) error {
 	nb := int(b1 - b0)
+	// entries stays on the stack for small requests; the parallel path
+	// (never small) uses big, so that its goroutines do not make every
+	// request's entries escape.
 	var small [4]leafEntry
-	entries := small[:0]
+	var big, entries []leafEntry
 	if nb <= len(small) {
 		entries = small[:nb]
 	} else {
-		entries = make([]leafEntry, nb)
+		big = make([]leafEntry, nb)
+		entries = big
 	}
 	var leaf *node
 	for k := 0; k < nb; k++ {
@@ -116,57 +120,28 @@ func (s *Store) readChunk(dst []byte, b0, b1 uint64, report func(uint64, error))
 		entries[k] = leaf.leaf[i%leafEntries]
 		leaf.mu.RUnlock()
 	}
-	var lone []byte
-	if nb == 1 {
-		if !entries[0].mapped() {
-			clear(dst[:BlockSize])
-			return nil
+	if nb == 1 && !entries[0].mapped() {
+		clear(dst[:BlockSize])
+		return nil
+	}
+	var failed []int
+	if w := gcmWorkers(nb); w >= 2 {
+		if err := s.readRuns(dst, big, b0); err != nil {
+			return err
 		}
+		failed = s.openParallel(dst, big, b0, w)
+	} else {
 		bp := getBuf(1)
 		defer putBuf(bp)
-		lone = (*bp)[:BlockSize+16]
-		if _, err := s.dev.ReadAt(lone[:BlockSize], int64(s.geom.dataBlock(b0, entries[0].slot()))*BlockSize); err != nil {
-			return fmt.Errorf("storage: read data: %w", err)
-		}
-	} else {
-		for k := 0; k < nb; {
-			if !entries[k].mapped() {
-				k++
-				continue
-			}
-			slot := entries[k].slot()
-			j := k + 1
-			for j < nb && entries[j].mapped() && entries[j].slot() == slot {
-				j++
-			}
-			off := int64(s.geom.dataBlock(b0+uint64(k), slot)) * BlockSize
-			if _, err := s.dev.ReadAt(dst[k*BlockSize:j*BlockSize], off); err != nil {
+		lone := nb == 1
+		if lone {
+			if _, err := s.dev.ReadAt((*bp)[:BlockSize], int64(s.geom.dataBlock(b0, entries[0].slot()))*BlockSize); err != nil {
 				return fmt.Errorf("storage: read data: %w", err)
 			}
-			k = j
+		} else if err := s.readRuns(dst, entries, b0); err != nil {
+			return err
 		}
-	}
-	// Decrypt, on several cores for large requests; failures are handled
-	// afterwards in block order.
-	var failed []int
-	if w := gcmWorkers(nb); w < 2 {
-		failed = s.openBlocks(dst, entries, b0, 0, nb, lone, nil)
-	} else {
-		per := (nb + w - 1) / w
-		res := make([][]int, w)
-		var wg sync.WaitGroup
-		for i := 1; i < w; i++ {
-			wg.Add(1)
-			go func(i int) {
-				defer wg.Done()
-				res[i] = s.openBlocks(dst, entries, b0, min(i*per, nb), min((i+1)*per, nb), nil, nil)
-			}(i)
-		}
-		res[0] = s.openBlocks(dst, entries, b0, 0, per, nil, nil)
-		wg.Wait()
-		for _, r := range res {
-			failed = append(failed, r...)
-		}
+		failed = s.openBlocks(dst, entries, b0, 0, nb, *bp, lone, nil)
 	}
 	for _, k := range failed {
 		ie := s.integrity(&IntegrityError{Block: int64(b0) + int64(k), Reason: "data authentication failed"})
@@ -178,15 +153,74 @@ func (s *Store) readChunk(dst []byte, b0, b1 uint64, report func(uint64, error))
 	return nil
 }
 
-// openBlocks decrypts blocks [k0, k1) of dst in place (ciphertext from
-// lone instead when it is set: a single-block request) and appends the
-// indexes of blocks that fail authentication to failed, in order. GCM
-// wants ciphertext||tag contiguous: each block borrows the first 16 bytes
-// of the next block for its tag and puts them back, except the range's
-// last block, whose next block may not exist or may be another worker's:
-// it is copied to scratch first.
-func (s *Store) openBlocks(dst []byte, entries []leafEntry, b0 uint64, k0, k1 int, lone []byte, failed []int) []int {
-	var aad [24]byte
+// readRuns reads the ciphertext of the mapped blocks among entries
+// (blocks b0, b0+1, ...) into their places in dst, one pread per run of
+// blocks contiguous on disk.
+func (s *Store) readRuns(dst []byte, entries []leafEntry, b0 uint64) error {
+	nb := len(entries)
+	for k := 0; k < nb; {
+		if !entries[k].mapped() {
+			k++
+			continue
+		}
+		slot := entries[k].slot()
+		j := k + 1
+		for j < nb && entries[j].mapped() && entries[j].slot() == slot {
+			j++
+		}
+		off := int64(s.geom.dataBlock(b0+uint64(k), slot)) * BlockSize
+		if _, err := s.dev.ReadAt(dst[k*BlockSize:j*BlockSize], off); err != nil {
+			return fmt.Errorf("storage: read data: %w", err)
+		}
+		k = j
+	}
+	return nil
+}
+
+// openParallel is openBlocks over all of entries, split between w
+// goroutines (this one included); it returns the failed block indexes in
+// order.
+func (s *Store) openParallel(dst []byte, entries []leafEntry, b0 uint64, w int) []int {
+	nb := len(entries)
+	per := (nb + w - 1) / w
+	res := make([][]int, w)
+	work := func(i int) {
+		bp := getBuf(1)
+		res[i] = s.openBlocks(dst, entries, b0, min(i*per, nb), min((i+1)*per, nb), *bp, false, nil)
+		putBuf(bp)
+	}
+	var wg sync.WaitGroup
+	for i := 1; i < w; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			work(i)
+		}()
+	}
+	work(0)
+	wg.Wait()
+	var failed []int
+	for _, r := range res {
+		failed = append(failed, r...)
+	}
+	return failed
+}
+
+// openBlocks decrypts blocks [k0, k1) of dst in place and appends the
+// indexes of blocks that fail authentication to failed, in order. scratch
+// (a pooled small buffer) holds the ciphertext when lone is set (a
+// single-block request, read there) and otherwise serves as room for the
+// range's last block; its tail holds the nonce and associated data, which
+// would escape to the heap as locals (they go through an interface).
+//
+// GCM wants ciphertext||tag contiguous: each block borrows the first 16
+// bytes of the next block for its tag and puts them back, except the
+// range's last block, whose next block may not exist or may be another
+// worker's: it is copied to scratch first.
+func (s *Store) openBlocks(dst []byte, entries []leafEntry, b0 uint64, k0, k1 int, scratch []byte, lone bool, failed []int) []int {
+	tmp := scratch[:BlockSize+16]
+	aad := (*[24]byte)(scratch[BlockSize+16 : BlockSize+40])
+	nonce := scratch[BlockSize+40 : BlockSize+52]
 	for k := k0; k < k1; k++ {
 		out := dst[k*BlockSize : (k+1)*BlockSize]
 		e := &entries[k]
@@ -194,25 +228,22 @@ func (s *Store) openBlocks(dst []byte, entries []leafEntry, b0 uint64, k0, k1 in
 			clear(out)
 			continue
 		}
-		ad := s.blockAAD(&aad, b0+uint64(k))
+		ad := s.blockAAD(aad, b0+uint64(k))
+		copy(nonce, e.nonce[:])
 		var err error
 		switch {
-		case lone != nil:
-			copy(lone[BlockSize:], e.tag[:])
-			_, err = s.keys.data.Open(out[:0], e.nonce[:], lone, ad)
-		case k == k1-1:
-			bp := getBuf(1)
-			tmp := (*bp)[:BlockSize+16]
-			copy(tmp, out)
+		case lone || k == k1-1:
+			if !lone {
+				copy(tmp, out)
+			}
 			copy(tmp[BlockSize:], e.tag[:])
-			_, err = s.keys.data.Open(out[:0], e.nonce[:], tmp, ad)
-			putBuf(bp)
+			_, err = s.keys.data.Open(out[:0], nonce, tmp, ad)
 		default:
 			end := (k + 1) * BlockSize
 			var save [16]byte
 			copy(save[:], dst[end:end+16])
 			copy(dst[end:], e.tag[:])
-			_, err = s.keys.data.Open(out[:0], e.nonce[:], dst[k*BlockSize:end+16], ad)
+			_, err = s.keys.data.Open(out[:0], nonce, dst[k*BlockSize:end+16], ad)
 			copy(dst[end:], save[:])
 		}
 		if err != nil {
