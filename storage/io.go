@@ -451,12 +451,15 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 	var smallSlots [4]int
 	var smallNews [4]leafEntry
 	var leaves []*node
-	var slots []int
-	var news []leafEntry
+	var slots, bigSlots []int
+	var news, bigNews []leafEntry
 	if nb <= len(smallLeaves) { // the common 4 KiB request allocates nothing
 		leaves, slots, news = smallLeaves[:nb], smallSlots[:nb], smallNews[:nb]
 	} else {
-		leaves, slots, news = make([]*node, nb), make([]int, nb), make([]leafEntry, nb)
+		// The parallel path uses only these, so that its goroutines do
+		// not make the small arrays escape.
+		bigSlots, bigNews = make([]int, nb), make([]leafEntry, nb)
+		leaves, slots, news = make([]*node, nb), bigSlots, bigNews
 	}
 	for k := 0; k < nb; k++ {
 		i := b0 + uint64(k)
@@ -478,25 +481,17 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 	bp := getBuf(nb)
 	defer putBuf(bp)
 	ct := *bp
-	parallelBlocks(nb, func(k0, k1 int) {
-		var aad [24]byte
-		for k := k0; k < k1; k++ {
-			e := &news[k]
-			e.flags = flagMapped | byte(slots[k]<<1)
-			s.nonceBytes(&e.nonce, n0+uint64(k))
-			pt, ad := plain[k*BlockSize:(k+1)*BlockSize], s.blockAAD(&aad, b0+uint64(k))
-			if k == k1-1 && k1 < nb {
-				// The tag would land on the next worker's block.
-				out := s.keys.data.Seal(make([]byte, 0, BlockSize+16), e.nonce[:], pt, ad)
-				copy(ct[k*BlockSize:], out[:BlockSize])
-				copy(e.tag[:], out[BlockSize:])
-				continue
-			}
-			// The tag lands on the next block's head, overwritten next.
-			out := s.keys.data.Seal(ct[k*BlockSize:k*BlockSize], e.nonce[:], pt, ad)
-			copy(e.tag[:], out[BlockSize:])
-		}
-	})
+	if w := gcmWorkers(nb); w >= 2 {
+		parallelBlocks(nb, func(k0, k1 int) {
+			sp := getBuf(1)
+			s.sealBlocks(ct, plain, bigNews, bigSlots, b0, n0, k0, k1, *sp)
+			putBuf(sp)
+		})
+	} else {
+		sp := getBuf(1)
+		s.sealBlocks(ct, plain, news, slots, b0, n0, 0, nb, *sp)
+		putBuf(sp)
+	}
 	for k := 0; k < nb; {
 		j := k + 1
 		for j < nb && slots[j] == slots[k] {
@@ -515,6 +510,33 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 		l.mu.Unlock()
 	}
 	return m, nil
+}
+
+// sealBlocks encrypts blocks [k0, k1) of plain into ct (same offsets)
+// with nonces from counter n0+k and fills in news[k]. Each block's tag
+// first lands on the next block's head in ct, which that block's seal then
+// overwrites; the range's last block, when another worker owns the next
+// one, is sealed into scratch instead. Nonce and associated data live in
+// scratch's tail: as locals they would escape through the AEAD interface.
+func (s *Store) sealBlocks(ct, plain []byte, news []leafEntry, slots []int, b0, n0 uint64, k0, k1 int, scratch []byte) {
+	nb := len(news)
+	aad := (*[24]byte)(scratch[BlockSize+16 : BlockSize+40])
+	nonce := scratch[BlockSize+40 : BlockSize+52]
+	for k := k0; k < k1; k++ {
+		e := &news[k]
+		e.flags = flagMapped | byte(slots[k]<<1)
+		s.nonceBytes(&e.nonce, n0+uint64(k))
+		copy(nonce, e.nonce[:])
+		pt, ad := plain[k*BlockSize:(k+1)*BlockSize], s.blockAAD(aad, b0+uint64(k))
+		if k == k1-1 && k1 < nb {
+			out := s.keys.data.Seal(scratch[:0], nonce, pt, ad)
+			copy(ct[k*BlockSize:], out[:BlockSize])
+			copy(e.tag[:], out[BlockSize:])
+			continue
+		}
+		out := s.keys.data.Seal(ct[k*BlockSize:k*BlockSize], nonce, pt, ad)
+		copy(e.tag[:], out[BlockSize:])
+	}
 }
 
 // Trim discards [off, off+length): whole blocks become holes and partial
