@@ -401,6 +401,8 @@ func (s *Store) writeSpan(p []byte, pos int64, b0, b1 uint64) (int, error) {
 }
 
 func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
+	s.writeMu.RLock()
+	defer s.writeMu.RUnlock()
 	s.commitMu.RLock()
 	defer s.commitMu.RUnlock()
 	if err := s.usableLocked(true); err != nil {
@@ -636,6 +638,8 @@ func (s *Store) unmap(b0, b1 uint64) error {
 // unmapLeaf unmaps the blocks of leaf li inside [b0, b1) and returns how
 // many leaves it covered (more than one when a whole subtree is a hole).
 func (s *Store) unmapLeaf(li, b0, b1 uint64) (uint64, error) {
+	s.writeMu.RLock()
+	defer s.writeMu.RUnlock()
 	s.commitMu.RLock()
 	defer s.commitMu.RUnlock()
 	if err := s.usableLocked(true); err != nil {

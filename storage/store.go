@@ -100,8 +100,15 @@ type Store struct {
 	readOnly bool
 	log      *slog.Logger
 
+	// writeMu is held shared by every operation that changes data or
+	// metadata (writes, trims) and exclusively by a whole commit, so a
+	// commit sees no writer from its start to the flip of the free slots.
+	// Lock order: writeMu, then commitMu.
+	writeMu sync.RWMutex
 	// commitMu is held shared by every I/O operation and exclusively by a
-	// commit, which changes slot assignments and the superblock.
+	// commit while it changes in-memory state (parent entries, superblock,
+	// free slots); a commit releases it across its syncs and superblock
+	// write, so reads go on while a flush waits for the disk.
 	commitMu sync.RWMutex
 	sb       superblock
 	failed   error // set (under commitMu write) when a commit fails
@@ -278,12 +285,14 @@ func Open(dev Device, opts OpenOptions) (*Store, error) {
 	if opts.ReadOnly {
 		return s, nil
 	}
+	s.writeMu.Lock()
 	s.commitMu.Lock()
 	if opts.Counter != nil {
 		s.sb.counter = cval + 1
 	}
 	err = s.commitLocked(true)
 	s.commitMu.Unlock()
+	s.writeMu.Unlock()
 	if err != nil {
 		return nil, err
 	}
@@ -381,6 +390,8 @@ func (s *Store) integrity(e *IntegrityError) error {
 // Flush commits every write completed before it: after Flush returns they
 // survive a power cut.
 func (s *Store) Flush() error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	if err := s.usableLocked(true); err != nil {
@@ -404,6 +415,8 @@ func (s *Store) usableLocked(write bool) error {
 // Close commits outstanding writes and closes the store. It does not close
 // the device.
 func (s *Store) Close() error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	if s.closed {
@@ -424,6 +437,8 @@ func (s *Store) Close() error {
 // Rewrap fails or power is lost during it, the store opens with the new
 // KEK or, failing that (ErrKey), with the old one: call Rewrap again.
 func (s *Store) Rewrap(newKEK []byte) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
 	s.commitMu.Lock()
 	defer s.commitMu.Unlock()
 	if err := s.usableLocked(true); err != nil {
@@ -447,8 +462,10 @@ func (s *Store) Rewrap(newKEK []byte) error {
 // (covering the data written since the last commit too), superblock write,
 // sync. The previous superblock and every
 // block it references stay untouched, so a power cut at any instant leaves
-// either the old or the new committed state. Called with commitMu held
-// exclusively; force writes the superblock even with nothing dirty.
+// either the old or the new committed state. Called with writeMu and
+// commitMu held exclusively; it releases commitMu (only) across the syncs
+// and the superblock write and holds it again when it returns. force
+// writes the superblock even with nothing dirty.
 func (s *Store) commitLocked(force bool) error {
 	dirty := s.cache.takeDirty()
 	if len(dirty) == 0 && !force {
@@ -503,18 +520,20 @@ func (s *Store) commitNodes(dirty []*node) error {
 		pe.hash = nodeHash(n.level, n.index, buf)
 		pe.flags = flagMapped | byte(slot<<1)
 	}
-	if err := s.dev.Sync(); err != nil {
-		return fmt.Errorf("sync metadata: %w", err)
-	}
 	next := s.sb
 	next.root = root
 	next.epoch++
 	next.nonceRes = s.nextNonce.Load() + nonceReserve
-	if err := writeSuperblock(s.dev, s.keys, &next); err != nil {
+	// Readers may run from here until the flip below: writeMu keeps every
+	// writer out, the in-memory tree already describes the new state, and
+	// everything a reader can load from disk (clean nodes, data) is in
+	// slots this commit does not write. See docs/storage-format.md,
+	// Concurrency.
+	s.commitMu.Unlock()
+	err := s.publish(&next)
+	s.commitMu.Lock()
+	if err != nil {
 		return err
-	}
-	if err := s.dev.Sync(); err != nil {
-		return fmt.Errorf("sync superblock: %w", err)
 	}
 	s.sb = next
 	s.nonceLimit.Store(next.nonceRes)
@@ -527,6 +546,21 @@ func (s *Store) commitNodes(dirty []*node) error {
 		n.dirty.Store(false)
 	}
 	s.cache.ndirty.Store(0)
+	return nil
+}
+
+// publish makes a commit durable: sync (metadata and data), superblock,
+// sync. Called with writeMu held exclusively and commitMu not held.
+func (s *Store) publish(next *superblock) error {
+	if err := s.dev.Sync(); err != nil {
+		return fmt.Errorf("sync metadata: %w", err)
+	}
+	if err := writeSuperblock(s.dev, s.keys, next); err != nil {
+		return err
+	}
+	if err := s.dev.Sync(); err != nil {
+		return fmt.Errorf("sync superblock: %w", err)
+	}
 	return nil
 }
 
