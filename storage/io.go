@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -126,10 +127,10 @@ func (s *Store) readChunk(dst []byte, b0, b1 uint64, report func(uint64, error))
 	}
 	var failed []int
 	if w := gcmWorkers(nb); w >= 2 {
-		if err := s.readRuns(dst, big, b0); err != nil {
+		var err error
+		if failed, err = s.readOpenParallel(dst, big, b0, w); err != nil {
 			return err
 		}
-		failed = s.openParallel(dst, big, b0, w)
 	} else {
 		bp := getBuf(1)
 		defer putBuf(bp)
@@ -177,16 +178,22 @@ func (s *Store) readRuns(dst []byte, entries []leafEntry, b0 uint64) error {
 	return nil
 }
 
-// openParallel is openBlocks over all of entries, split between w
-// goroutines (this one included); it returns the failed block indexes in
-// order.
-func (s *Store) openParallel(dst []byte, entries []leafEntry, b0 uint64, w int) []int {
+// readOpenParallel is readRuns then openBlocks over all of entries, split
+// between w goroutines (this one included), each reading and decrypting
+// its own share, so that the page-cache copies run in parallel too and
+// overlap with decryption. It returns the failed block indexes in order.
+func (s *Store) readOpenParallel(dst []byte, entries []leafEntry, b0 uint64, w int) ([]int, error) {
 	nb := len(entries)
 	per := (nb + w - 1) / w
 	res := make([][]int, w)
+	errs := make([]error, w)
 	work := func(i int) {
+		k0, k1 := min(i*per, nb), min((i+1)*per, nb)
+		if errs[i] = s.readRuns(dst[k0*BlockSize:k1*BlockSize], entries[k0:k1], b0+uint64(k0)); errs[i] != nil {
+			return
+		}
 		bp := getBuf(1)
-		res[i] = s.openBlocks(dst, entries, b0, min(i*per, nb), min((i+1)*per, nb), *bp, false, nil)
+		res[i] = s.openBlocks(dst, entries, b0, k0, k1, *bp, false, nil)
 		putBuf(bp)
 	}
 	var wg sync.WaitGroup
@@ -200,10 +207,13 @@ func (s *Store) openParallel(dst []byte, entries []leafEntry, b0 uint64, w int) 
 	work(0)
 	wg.Wait()
 	var failed []int
-	for _, r := range res {
+	for i, r := range res {
+		if errs[i] != nil {
+			return nil, errs[i]
+		}
 		failed = append(failed, r...)
 	}
-	return failed
+	return failed, nil
 }
 
 // openBlocks decrypts blocks [k0, k1) of dst in place and appends the
@@ -483,27 +493,28 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 	bp := getBuf(nb)
 	defer putBuf(bp)
 	ct := *bp
+	// Large requests seal and write on several cores, each its own share.
+	var err error
 	if w := gcmWorkers(nb); w >= 2 {
+		var errMu sync.Mutex
 		parallelBlocks(nb, func(k0, k1 int) {
 			sp := getBuf(1)
 			s.sealBlocks(ct, plain, bigNews, bigSlots, b0, n0, k0, k1, *sp)
 			putBuf(sp)
+			if e := s.writeRuns(ct, bigSlots, b0, k0, k1); e != nil {
+				errMu.Lock()
+				err = cmp.Or(err, e)
+				errMu.Unlock()
+			}
 		})
 	} else {
 		sp := getBuf(1)
 		s.sealBlocks(ct, plain, news, slots, b0, n0, 0, nb, *sp)
 		putBuf(sp)
+		err = s.writeRuns(ct, slots, b0, 0, nb)
 	}
-	for k := 0; k < nb; {
-		j := k + 1
-		for j < nb && slots[j] == slots[k] {
-			j++
-		}
-		off := int64(s.geom.dataBlock(b0+uint64(k), slots[k])) * BlockSize
-		if _, err := s.dev.WriteAt(ct[k*BlockSize:j*BlockSize], off); err != nil {
-			return 0, fmt.Errorf("storage: write data: %w", err)
-		}
-		k = j
+	if err != nil {
+		return 0, err
 	}
 	for k := 0; k < nb; k++ {
 		l := leaves[k]
@@ -512,6 +523,23 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 		l.mu.Unlock()
 	}
 	return m, nil
+}
+
+// writeRuns writes the ciphertext of blocks [k0, k1) from ct, one pwrite
+// per run of blocks contiguous on disk.
+func (s *Store) writeRuns(ct []byte, slots []int, b0 uint64, k0, k1 int) error {
+	for k := k0; k < k1; {
+		j := k + 1
+		for j < k1 && slots[j] == slots[k] {
+			j++
+		}
+		off := int64(s.geom.dataBlock(b0+uint64(k), slots[k])) * BlockSize
+		if _, err := s.dev.WriteAt(ct[k*BlockSize:j*BlockSize], off); err != nil {
+			return fmt.Errorf("storage: write data: %w", err)
+		}
+		k = j
+	}
+	return nil
 }
 
 // sealBlocks encrypts blocks [k0, k1) of plain into ct (same offsets)
