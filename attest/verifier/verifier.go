@@ -202,6 +202,18 @@ func (s *Server) loadAppliance(ctx context.Context, id string) (*appliance, erro
 	return &a, nil
 }
 
+// loadActive loads an appliance and refuses a revoked one.
+func (s *Server) loadActive(ctx context.Context, id string) (*appliance, error) {
+	a, err := s.loadAppliance(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if a.revoked {
+		return nil, revoked(a.id)
+	}
+	return a, nil
+}
+
 // auditRefusal writes a refusal to the audit log and stamps its seq.
 func (s *Server) auditRefusal(ctx context.Context, id, action string, ref *Refusal) {
 	s.auditRefusalNonce(ctx, id, action, ref, nil)
@@ -238,12 +250,9 @@ const akAttrs = tpm2.FlagFixedTPM | tpm2.FlagFixedParent | tpm2.FlagSensitiveDat
 
 func (s *Server) enrollChallenge(ctx context.Context, req *protocol.EnrollChallengeRequest) (resp *protocol.EnrollChallengeResponse, err error) {
 	defer s.auditOnRefusal(ctx, req.ApplianceID, "enroll-challenge", &err)
-	a, err := s.loadAppliance(ctx, req.ApplianceID)
+	a, err := s.loadActive(ctx, req.ApplianceID)
 	if err != nil {
 		return nil, err
-	}
-	if a.revoked {
-		return nil, revoked(a.id)
 	}
 	if a.akPublic != nil {
 		return nil, refuse("ak", -1, "appliance %q already has an activated AK", a.id)
@@ -296,12 +305,9 @@ func revoked(id string) *Refusal {
 
 func (s *Server) enrollActivate(ctx context.Context, req *protocol.EnrollActivateRequest) (resp *protocol.EnrollActivateResponse, err error) {
 	defer s.auditOnRefusal(ctx, req.ApplianceID, "enroll-activate", &err)
-	a, err := s.loadAppliance(ctx, req.ApplianceID)
+	a, err := s.loadActive(ctx, req.ApplianceID)
 	if err != nil {
 		return nil, err
-	}
-	if a.revoked {
-		return nil, revoked(a.id)
 	}
 	var akPublic, secret []byte
 	var expires int64
@@ -402,12 +408,9 @@ func sha256Quote(raw []byte) (*tpmpb.Quote, error) {
 // --- nonces -------------------------------------------------------------
 
 func (s *Server) nonce(ctx context.Context, req *protocol.NonceRequest) (*protocol.NonceResponse, error) {
-	a, err := s.loadAppliance(ctx, req.ApplianceID)
+	a, err := s.loadActive(ctx, req.ApplianceID)
 	if err != nil {
 		return nil, err
-	}
-	if a.revoked {
-		return nil, revoked(a.id)
 	}
 	n := make([]byte, protocol.NonceSize)
 	rand.Read(n)
