@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"slices"
 	"strconv"
@@ -132,4 +133,42 @@ func BenchmarkVerifierLoad(b *testing.B) {
 	if ok != total {
 		b.Fatalf("%d audit records of successful attestations, want %d", ok, total)
 	}
+}
+
+// BenchmarkAttestHandler is the server's own share of one full verification
+// (the same checks and write transaction as BenchmarkVerifierLoad, without
+// TLS, the HTTP transport or the load clients): quotes made ahead (not
+// timed) are presented one at a time to the server's http.Handler. Quotes
+// are single-use, so b.N of them are made: run with -benchtime=Nx.
+// Reported: wall time and process CPU time per attestation.
+func BenchmarkAttestHandler(b *testing.B) {
+	purpose := protocol.Purpose(os.Getenv("EMBASSY_BENCH_PURPOSE"))
+	if purpose == "" {
+		purpose = protocol.PurposeUnlock
+	}
+	f := newFixture(b)
+	f.opts.NonceTTL = time.Hour
+	f.restart()
+	c := f.raw()
+	apps := []*appliance{f.enrolled("rack0"), f.enrolled("rack1")}
+	bodies := make([][]byte, b.N)
+	for i := range bodies {
+		ap := apps[i%len(apps)]
+		bodies[i], _ = json.Marshal(quote(b, ap, c.nonce(ap.id), purpose, 0))
+	}
+	h := f.srv.Config.Handler
+	var ru0, ru1 syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	b.ResetTimer()
+	for i := range b.N {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, protocol.PathAttest, bytes.NewReader(bodies[i])))
+		if rec.Code != http.StatusOK {
+			b.Fatalf("attestation %d: HTTP %d: %s", i, rec.Code, rec.Body)
+		}
+	}
+	b.StopTimer()
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	cpu := time.Duration(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano()) / time.Duration(b.N)
+	b.ReportMetric(float64(cpu.Microseconds())/1000, "cpu-ms/attest")
 }
