@@ -1,5 +1,5 @@
 # Attestation and key release (attest/, cmd/embassy-verifier).
-.PHONY: test-attest bench-verifier
+.PHONY: test-attest bench-verifier bench-verifier-handler
 
 RACE_PKGS += ./attest/verifier/ ./attest/agent/ ./attest/tpm/
 
@@ -19,4 +19,10 @@ bench-verifier:
 	  EMBASSY_BENCH_PURPOSE=$$p EMBASSY_BENCH_ATTESTATIONS=$(BENCH_ATTESTATIONS) \
 	  EMBASSY_BENCH_CLIENTS=$(BENCH_CLIENTS) EMBASSY_BENCH_APPLIANCES=$(BENCH_APPLIANCES) \
 	  $(GO) test -run '^$$' -bench BenchmarkVerifierLoad -benchtime=1x -count=1 ./attest/verifier/ | grep -E 'Benchmark|attestations|FAIL' || exit 1; \
+	done
+
+## bench-verifier-handler: the server's own CPU per full verification (no TLS/HTTP/clients), quotes made ahead
+bench-verifier-handler:
+	@for p in unlock heartbeat; do \
+	  EMBASSY_BENCH_PURPOSE=$$p $(GO) test -run '^$$' -bench BenchmarkAttestHandler -benchtime=300x -count=1 ./attest/verifier/ | grep -E 'Benchmark|FAIL' || exit 1; \
 	done

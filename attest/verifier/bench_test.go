@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"slices"
 	"strconv"
@@ -26,6 +27,36 @@ func envInt(name string, def int) int {
 	return def
 }
 
+func benchPurpose() protocol.Purpose {
+	if p := protocol.Purpose(os.Getenv("EMBASSY_BENCH_PURPOSE")); p != "" {
+		return p
+	}
+	return protocol.PurposeUnlock
+}
+
+// prepareAttestations starts a verifier with nApp enrolled swtpm appliances
+// and makes n attestation request bodies ahead (round-robin over the
+// appliances), each over its own single-use nonce.
+func prepareAttestations(b *testing.B, nApp, n int, purpose protocol.Purpose) (*fixture, [][]byte) {
+	b.Helper()
+	f := newFixture(b)
+	f.opts.NonceTTL = time.Hour
+	f.restart()
+	c := f.raw()
+	apps := make([]*appliance, nApp)
+	for i := range apps {
+		apps[i] = f.enrolled(fmt.Sprintf("rack%d", i))
+	}
+	bodies := make([][]byte, n)
+	start := time.Now()
+	for i := range bodies {
+		ap := apps[i%nApp]
+		bodies[i], _ = json.Marshal(quote(b, ap, c.nonce(ap.id), purpose, 0))
+	}
+	b.Logf("prepared %d quotes on %d swtpm in %s", n, nApp, time.Since(start).Round(time.Millisecond))
+	return f, bodies
+}
+
 // BenchmarkVerifierLoad is the verifier's load test: quotes are made ahead
 // on several swtpm instances (one per appliance, each over its own
 // single-use nonce), then many concurrent clients present them over HTTPS
@@ -39,28 +70,8 @@ func BenchmarkVerifierLoad(b *testing.B) {
 	nApp := envInt("EMBASSY_BENCH_APPLIANCES", 4)
 	total := envInt("EMBASSY_BENCH_ATTESTATIONS", 2000)
 	clients := envInt("EMBASSY_BENCH_CLIENTS", 32)
-	purpose := protocol.Purpose(os.Getenv("EMBASSY_BENCH_PURPOSE"))
-	if purpose == "" {
-		purpose = protocol.PurposeUnlock
-	}
-	f := newFixture(b)
-	f.opts.NonceTTL = time.Hour
-	f.restart()
-	c := f.raw()
-	apps := make([]*appliance, nApp)
-	for i := range apps {
-		apps[i] = f.enrolled(fmt.Sprintf("rack%d", i))
-	}
-	// Make the quotes ahead, each over its own nonce.
-	bodies := make([][]byte, 0, total)
-	start := time.Now()
-	for i := 0; i < total; i++ {
-		ap := apps[i%nApp]
-		req := quote(b, ap, c.nonce(ap.id), purpose, 0)
-		body, _ := json.Marshal(req)
-		bodies = append(bodies, body)
-	}
-	b.Logf("prepared %d quotes on %d swtpm in %s", total, nApp, time.Since(start).Round(time.Millisecond))
+	purpose := benchPurpose()
+	f, bodies := prepareAttestations(b, nApp, total, purpose)
 
 	tr := f.srv.Client().Transport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = clients
@@ -132,4 +143,29 @@ func BenchmarkVerifierLoad(b *testing.B) {
 	if ok != total {
 		b.Fatalf("%d audit records of successful attestations, want %d", ok, total)
 	}
+}
+
+// BenchmarkAttestHandler is the server's own share of one full verification
+// (the same checks and write transaction as BenchmarkVerifierLoad, without
+// TLS, the HTTP transport or the load clients): quotes made ahead (not
+// timed) are presented one at a time to the server's http.Handler. Quotes
+// are single-use, so b.N of them are made: run with -benchtime=Nx.
+// Reported: wall time and process CPU time per attestation.
+func BenchmarkAttestHandler(b *testing.B) {
+	f, bodies := prepareAttestations(b, 2, b.N, benchPurpose())
+	h := f.srv.Config.Handler
+	var ru0, ru1 syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
+	b.ResetTimer()
+	for i := range b.N {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, protocol.PathAttest, bytes.NewReader(bodies[i])))
+		if rec.Code != http.StatusOK {
+			b.Fatalf("attestation %d: HTTP %d: %s", i, rec.Code, rec.Body)
+		}
+	}
+	b.StopTimer()
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
+	cpu := time.Duration(ru1.Utime.Nano()+ru1.Stime.Nano()-ru0.Utime.Nano()-ru0.Stime.Nano()) / time.Duration(b.N)
+	b.ReportMetric(float64(cpu.Microseconds())/1000, "cpu-ms/attest")
 }

@@ -128,6 +128,9 @@ type DB struct {
 	stmts   sync.Map // SQL text -> *sql.Stmt
 }
 
+// maxIdleConns is how many SQLite connections stay open between requests.
+const maxIdleConns = 32
+
 // OpenDB opens (creating if needed) and migrates the database at path.
 func OpenDB(ctx context.Context, path string) (*DB, error) {
 	q := url.Values{}
@@ -140,6 +143,11 @@ func OpenDB(ctx context.Context, path string) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("verifier: open %s: %w", path, err)
 	}
+	// database/sql keeps only two idle connections by default: under
+	// concurrent requests the others are closed after each use and
+	// reopened, paying for the pragmas, the schema parse and re-preparing
+	// the hot statements every time.
+	sdb.SetMaxIdleConns(maxIdleConns)
 	d := &DB{db: sdb, now: time.Now}
 	if err := d.migrate(ctx); err != nil {
 		sdb.Close()

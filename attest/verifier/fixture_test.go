@@ -211,3 +211,15 @@ func ekPublicOf(t *testing.T, sw *swtpmtest.TPM) any {
 }
 
 func sameKEK(a, b []byte) bool { return len(a) == 32 && bytes.Equal(a, b) }
+
+// unlocked returns an enrolled appliance after its first unlock (store
+// epoch 0, provisioning).
+func (f *fixture) unlocked(id string) (*appliance, *agent.Unlocked) {
+	f.t.Helper()
+	ap := f.enrolled(id)
+	u, err := ap.a.Unlock(context.Background(), 0, nil)
+	if err != nil {
+		f.t.Fatalf("first Unlock: %v", err)
+	}
+	return ap, u
+}

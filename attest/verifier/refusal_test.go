@@ -62,6 +62,16 @@ func (c *rawClient) nonce(id string) []byte {
 	return n.Nonce
 }
 
+// attest presents req; it returns the response or the refusal.
+func (c *rawClient) attest(req *protocol.AttestRequest) (*protocol.AttestResponse, *protocol.ErrorResponse) {
+	c.t.Helper()
+	var resp protocol.AttestResponse
+	if e := c.post(protocol.PathAttest, req, &resp); e != nil {
+		return nil, e
+	}
+	return &resp, nil
+}
+
 // quote makes an attestation with the AK of rw over the request's binding.
 func quote(t testing.TB, ap *appliance, nonce []byte, purpose protocol.Purpose, epoch uint64) *protocol.AttestRequest {
 	t.Helper()
@@ -98,11 +108,10 @@ func TestReplayedNonce(t *testing.T) {
 	ap := f.enrolled("rack1")
 	c := f.raw()
 	req := quote(t, ap, c.nonce(ap.id), protocol.PurposeHeartbeat, 0)
-	var ok protocol.AttestResponse
-	if e := c.post(protocol.PathAttest, req, &ok); e != nil {
+	if _, e := c.attest(req); e != nil {
 		t.Fatalf("first use refused: %+v", e)
 	}
-	e := c.post(protocol.PathAttest, req, &ok)
+	_, e := c.attest(req)
 	expectRefusal(t, e, protocol.CodeRefused, "nonce", -1)
 	if rec := f.lastAudit(); rec.Outcome != "refused" || rec.Check != "nonce" || rec.Seq != e.AuditSeq {
 		t.Fatalf("refusal not audited: %+v (response seq %d)", rec, e.AuditSeq)
@@ -115,19 +124,76 @@ func TestStaleNonce(t *testing.T) {
 	c := f.raw()
 	n := c.nonce(ap.id)
 	f.now = f.now.Add(2 * time.Minute) // default TTL is one minute
-	var ok protocol.AttestResponse
-	expectRefusal(t, c.post(protocol.PathAttest, quote(t, ap, n, protocol.PurposeHeartbeat, 0), &ok), protocol.CodeRefused, "nonce", -1)
+	_, e := c.attest(quote(t, ap, n, protocol.PurposeHeartbeat, 0))
+	expectRefusal(t, e, protocol.CodeRefused, "nonce", -1)
 }
 
-func TestNonceOfAnotherApplianceOrRequestFieldChanged(t *testing.T) {
-	f := newFixture(t)
-	ap := f.enrolled("rack1")
-	c := f.raw()
-	// The epoch is bound into the quote: changing it in transit breaks it.
-	req := quote(t, ap, c.nonce(ap.id), protocol.PurposeHeartbeat, 5)
-	req.StoreEpoch = 6
-	var ok protocol.AttestResponse
-	expectRefusal(t, c.post(protocol.PathAttest, req, &ok), protocol.CodeRefused, "quote", -1)
+// TestTamperedRequest changes a genuine attestation in transit: each change
+// is refused by the check named.
+func TestTamperedRequest(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		purpose protocol.Purpose
+		epoch   uint64
+		tamper  func(*testing.T, *protocol.AttestRequest)
+		check   string
+		pcr     int
+	}{{
+		// The epoch is bound into the quote: changing it in transit breaks it.
+		name: "store epoch", purpose: protocol.PurposeHeartbeat, epoch: 5,
+		tamper: func(_ *testing.T, req *protocol.AttestRequest) { req.StoreEpoch = 6 },
+		check:  "quote", pcr: -1,
+	}, {
+		// Claim the released binary while PCR 15 holds something else.
+		name: "appliance log", purpose: protocol.PurposeUnlock,
+		tamper: func(_ *testing.T, req *protocol.AttestRequest) {
+			evil := measure.NewEvent("binary", "/bbin/embassy-appliance", []byte("evil"))
+			req.ApplianceLog, _ = json.Marshal(map[string]any{"version": 1, "events": []measure.Event{evil, bootEvents[1]}})
+		},
+		check: "appliance_log", pcr: tpm.PCRAppliance,
+	}, {
+		name: "firmware event log", purpose: protocol.PurposeUnlock,
+		tamper: func(t *testing.T, req *protocol.AttestRequest) {
+			editAttestation(t, req, func(att *pb.Attestation) {
+				att.EventLog = []byte("not a TCG event log at all, but claims to be one....")
+			})
+		},
+		check: "eventlog", pcr: -1,
+	}, {
+		// Present PCR values other than those the TPM signed.
+		name: "quoted PCR value", purpose: protocol.PurposeUnlock,
+		tamper: func(t *testing.T, req *protocol.AttestRequest) {
+			editAttestation(t, req, func(att *pb.Attestation) {
+				att.Quotes[0].Pcrs.Pcrs[9] = bytes.Repeat([]byte{1}, 32)
+			})
+		},
+		check: "quote", pcr: -1,
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t)
+			ap := f.enrolled("rack1")
+			c := f.raw()
+			req := quote(t, ap, c.nonce(ap.id), tc.purpose, tc.epoch)
+			tc.tamper(t, req)
+			_, e := c.attest(req)
+			expectRefusal(t, e, protocol.CodeRefused, tc.check, tc.pcr)
+		})
+	}
+}
+
+// editAttestation decodes req's attestation, lets edit change it and
+// encodes it back.
+func editAttestation(t *testing.T, req *protocol.AttestRequest, edit func(*pb.Attestation)) {
+	t.Helper()
+	var att pb.Attestation
+	if err := proto.Unmarshal(req.Attestation, &att); err != nil {
+		t.Fatal(err)
+	}
+	edit(&att)
+	var err error
+	if req.Attestation, err = proto.Marshal(&att); err != nil {
+		t.Fatal(err)
+	}
 }
 
 func TestPCRExtendedAfterBoot(t *testing.T) {
@@ -159,16 +225,12 @@ func TestFirmwareBaselineChanged(t *testing.T) {
 
 func TestModifiedBootImage(t *testing.T) {
 	f := newFixture(t)
-	ap := f.enrolled("rack1")
+	ap, u := f.unlocked("rack1")
 	ctx := context.Background()
-	u, err := ap.a.Unlock(ctx, 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Reboot into a modified appliance binary: PCR 15 differs.
 	evil := []measure.Event{measure.NewEvent("binary", "/bbin/embassy-appliance", []byte("appliance v1 + backdoor")), bootEvents[1]}
 	ap.reboot(evil)
-	_, err = ap.a.Unlock(ctx, 0, u.SealedLocal)
+	_, err := ap.a.Unlock(ctx, 0, u.SealedLocal)
 	wantRefused(t, err, agent.ErrRefused, "release", tpm.PCRAppliance)
 	// Nor can the modified image unseal the local share itself.
 	if _, err := keys.UnsealLocal(ap.sw.RW(), u.SealedLocal); !errors.Is(err, keys.ErrUnseal) {
@@ -176,56 +238,13 @@ func TestModifiedBootImage(t *testing.T) {
 	}
 }
 
-func TestTamperedApplianceLog(t *testing.T) {
-	f := newFixture(t)
-	ap := f.enrolled("rack1")
-	c := f.raw()
-	req := quote(t, ap, c.nonce(ap.id), protocol.PurposeUnlock, 0)
-	// Claim the released binary while PCR 15 holds something else.
-	evil := measure.NewEvent("binary", "/bbin/embassy-appliance", []byte("evil"))
-	raw, _ := json.Marshal(map[string]any{"version": 1, "events": []measure.Event{evil, bootEvents[1]}})
-	req.ApplianceLog = raw
-	var ok protocol.AttestResponse
-	expectRefusal(t, c.post(protocol.PathAttest, req, &ok), protocol.CodeRefused, "appliance_log", tpm.PCRAppliance)
-}
-
-func TestTamperedFirmwareEventLog(t *testing.T) {
-	f := newFixture(t)
-	ap := f.enrolled("rack1")
-	c := f.raw()
-	req := quote(t, ap, c.nonce(ap.id), protocol.PurposeUnlock, 0)
-	var att pb.Attestation
-	if err := proto.Unmarshal(req.Attestation, &att); err != nil {
-		t.Fatal(err)
-	}
-	att.EventLog = []byte("not a TCG event log at all, but claims to be one....")
-	req.Attestation, _ = proto.Marshal(&att)
-	var ok protocol.AttestResponse
-	expectRefusal(t, c.post(protocol.PathAttest, req, &ok), protocol.CodeRefused, "eventlog", -1)
-}
-
-func TestTamperedQuotedPCRValue(t *testing.T) {
-	f := newFixture(t)
-	ap := f.enrolled("rack1")
-	c := f.raw()
-	req := quote(t, ap, c.nonce(ap.id), protocol.PurposeUnlock, 0)
-	var att pb.Attestation
-	proto.Unmarshal(req.Attestation, &att)
-	// Present PCR values other than those the TPM signed.
-	att.Quotes[0].Pcrs.Pcrs[9] = bytes.Repeat([]byte{1}, 32)
-	req.Attestation, _ = proto.Marshal(&att)
-	var ok protocol.AttestResponse
-	expectRefusal(t, c.post(protocol.PathAttest, req, &ok), protocol.CodeRefused, "quote", -1)
-}
-
 func TestAKFromAnotherTPM(t *testing.T) {
 	f := newFixture(t)
 	ap := f.enrolled("rack1")
 	other := f.newAppliance("rack1", bootEvents) // same id, another TPM
 	c := f.raw()
-	req := quote(t, other, c.nonce(ap.id), protocol.PurposeUnlock, 0)
-	var ok protocol.AttestResponse
-	expectRefusal(t, c.post(protocol.PathAttest, req, &ok), protocol.CodeRefused, "ak", -1)
+	_, e := c.attest(quote(t, other, c.nonce(ap.id), protocol.PurposeUnlock, 0))
+	expectRefusal(t, e, protocol.CodeRefused, "ak", -1)
 
 	// Nor can another TPM's AK be enrolled for a registered EK: the
 	// credential is encrypted to the enrolled EK.
@@ -273,19 +292,15 @@ func TestEKCertFromUntrustedCA(t *testing.T) {
 
 func TestRevokedAppliance(t *testing.T) {
 	f := newFixture(t)
-	ap := f.enrolled("rack1")
+	ap, u := f.unlocked("rack1")
 	ctx := context.Background()
-	u, err := ap.a.Unlock(ctx, 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if _, err := ap.a.Heartbeat(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.db.Revoke(ctx, "rack1", "decommissioned", "test"); err != nil {
 		t.Fatal(err)
 	}
-	_, err = ap.a.Heartbeat(ctx, 1)
+	_, err := ap.a.Heartbeat(ctx, 1)
 	wantRefused(t, err, agent.ErrRevoked, "revocation", -1)
 	ap.reboot(bootEvents)
 	_, err = ap.a.Unlock(ctx, 1, u.SealedLocal)
@@ -298,8 +313,8 @@ func TestImportBlobOnAnotherTPM(t *testing.T) {
 	f := newFixture(t)
 	ap := f.enrolled("rack1")
 	c := f.raw()
-	var resp protocol.AttestResponse
-	if e := c.post(protocol.PathAttest, quote(t, ap, c.nonce(ap.id), protocol.PurposeUnlock, 0), &resp); e != nil {
+	resp, e := c.attest(quote(t, ap, c.nonce(ap.id), protocol.PurposeUnlock, 0))
+	if e != nil {
 		t.Fatalf("refused: %+v", e)
 	}
 	var blob tpmpb.ImportBlob
@@ -343,12 +358,8 @@ func importWith(t *testing.T, rw interface {
 
 func TestLocalShareAfterPhaseExtend(t *testing.T) {
 	f := newFixture(t)
-	ap := f.enrolled("rack1")
+	ap, u := f.unlocked("rack1")
 	ctx := context.Background()
-	u, err := ap.a.Unlock(ctx, 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Unlock extended the phase PCR: the local share is gone for this boot.
 	if _, err := keys.UnsealLocal(ap.sw.RW(), u.SealedLocal); !errors.Is(err, keys.ErrUnseal) {
 		t.Fatalf("local share unsealed after the phase extend: %v", err)
@@ -357,7 +368,7 @@ func TestLocalShareAfterPhaseExtend(t *testing.T) {
 	if _, err := ap.a.Heartbeat(ctx, 1); err != nil {
 		t.Fatal(err)
 	}
-	_, err = ap.a.Unlock(ctx, 1, u.SealedLocal)
+	_, err := ap.a.Unlock(ctx, 1, u.SealedLocal)
 	wantRefused(t, err, agent.ErrRefused, "phase", tpm.PCRPhase)
 	// After a reboot it unseals again.
 	ap.reboot(bootEvents)
@@ -368,17 +379,13 @@ func TestLocalShareAfterPhaseExtend(t *testing.T) {
 
 func TestOlderStoreEpoch(t *testing.T) {
 	f := newFixture(t)
-	ap := f.enrolled("rack1")
+	ap, u := f.unlocked("rack1")
 	ctx := context.Background()
-	u, err := ap.a.Unlock(ctx, 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if _, err := ap.a.Heartbeat(ctx, 7); err != nil {
 		t.Fatal(err)
 	}
 	ap.reboot(bootEvents)
-	_, err = ap.a.Unlock(ctx, 6, u.SealedLocal) // a rolled-back disk
+	_, err := ap.a.Unlock(ctx, 6, u.SealedLocal) // a rolled-back disk
 	wantRefused(t, err, agent.ErrRefused, "epoch", -1)
 	// A wiped disk (epoch 0) gets no provisioning either.
 	ap.reboot(bootEvents)
@@ -394,8 +401,8 @@ func TestVerifierRestartMidSession(t *testing.T) {
 	req := quote(t, ap, n, protocol.PurposeUnlock, 0)
 	f.restart()
 	c = f.raw()
-	var resp protocol.AttestResponse
-	if e := c.post(protocol.PathAttest, req, &resp); e != nil {
+	resp, e := c.attest(req)
+	if e != nil {
 		t.Fatalf("nonce issued before the restart refused: %+v", e)
 	}
 	if resp.Decision != "released" || len(resp.ImportBlob) == 0 {
@@ -403,18 +410,13 @@ func TestVerifierRestartMidSession(t *testing.T) {
 	}
 	// Used state survives too.
 	f.restart()
-	c = f.raw()
-	expectRefusal(t, c.post(protocol.PathAttest, req, &resp), protocol.CodeRefused, "nonce", -1)
+	_, e = f.raw().attest(req)
+	expectRefusal(t, e, protocol.CodeRefused, "nonce", -1)
 }
 
 func TestStolenDatabaseAloneCannotMakeKEK(t *testing.T) {
 	f := newFixture(t)
-	ap := f.enrolled("rack1")
-	ctx := context.Background()
-	u, err := ap.a.Unlock(ctx, 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, u := f.unlocked("rack1")
 	// The thief has the database (the remote share) and the sealed blob
 	// from the disk, but not the TPM: the local share is sealed under the
 	// TPM's storage root key, which never leaves it. Another TPM fails.
@@ -436,12 +438,8 @@ func TestStolenDatabaseAloneCannotMakeKEK(t *testing.T) {
 
 func TestTPMAloneCannotMakeKEK(t *testing.T) {
 	f := newFixture(t)
-	ap := f.enrolled("rack1")
+	ap, u := f.unlocked("rack1")
 	ctx := context.Background()
-	u, err := ap.a.Unlock(ctx, 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// A stolen rack boots the right image and unseals the local share, but
 	// the verifier (revoked after the theft) withholds the remote share.
 	ap.reboot(bootEvents)

@@ -6,7 +6,6 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/dataembassy/embassy/attest/verifier"
@@ -39,38 +38,34 @@ func auditList(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	db, err := df.open()
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	recs, err := db.AuditRecords(context.Background(), verifier.AuditFilter{Appliance: *app, Limit: *limit})
-	if err != nil {
-		return err
-	}
-	if *df.json {
-		if recs == nil {
-			recs = []verifier.AuditRecord{}
+	return df.withDB(func(ctx context.Context, db *verifier.DB) error {
+		recs, err := db.AuditRecords(ctx, verifier.AuditFilter{Appliance: *app, Limit: *limit})
+		if err != nil {
+			return err
 		}
-		return printJSON(stdout, recs)
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SEQ\tTIME\tACTOR\tAPPLIANCE\tACTION\tOUTCOME\tCHECK\tPCR\tDETAIL")
-	for _, r := range recs {
-		pcr, check := "-", r.Check
-		if r.PCR >= 0 {
-			pcr = strconv.Itoa(r.PCR)
+		if *df.json {
+			if recs == nil {
+				recs = []verifier.AuditRecord{}
+			}
+			return printJSON(stdout, recs)
 		}
-		if check == "" {
-			check = "-"
+		tw := newTable(stdout, "SEQ\tTIME\tACTOR\tAPPLIANCE\tACTION\tOUTCOME\tCHECK\tPCR\tDETAIL")
+		for _, r := range recs {
+			pcr, check := "-", r.Check
+			if r.PCR >= 0 {
+				pcr = strconv.Itoa(r.PCR)
+			}
+			if check == "" {
+				check = "-"
+			}
+			appl := r.Appliance
+			if appl == "" {
+				appl = "-"
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.Time.Format(time.RFC3339), r.Actor, appl, r.Action, r.Outcome, check, pcr, r.Detail)
 		}
-		appl := r.Appliance
-		if appl == "" {
-			appl = "-"
-		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.Time.Format(time.RFC3339), r.Actor, appl, r.Action, r.Outcome, check, pcr, r.Detail)
-	}
-	return tw.Flush()
+		return tw.Flush()
+	})
 }
 
 func auditVerify(args []string, stdout, stderr io.Writer) error {
@@ -90,30 +85,27 @@ func auditVerify(args []string, stdout, stderr io.Writer) error {
 		}
 		seq, hash = n, strings.ToLower(h)
 	}
-	db, err := df.open()
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	rep, err := db.VerifyAudit(context.Background(), seq, hash)
-	if err != nil {
-		return err
-	}
-	if *df.json {
-		if err := printJSON(stdout, rep); err != nil {
+	return df.withDB(func(ctx context.Context, db *verifier.DB) error {
+		rep, err := db.VerifyAudit(ctx, seq, hash)
+		if err != nil {
 			return err
 		}
-	} else {
-		for _, p := range rep.Problems {
-			fmt.Fprintf(stdout, "record %d: %s: %s\n", p.Seq, strings.ToUpper(p.Kind), p.Detail)
+		if *df.json {
+			if err := printJSON(stdout, rep); err != nil {
+				return err
+			}
+		} else {
+			for _, p := range rep.Problems {
+				fmt.Fprintf(stdout, "record %d: %s: %s\n", p.Seq, strings.ToUpper(p.Kind), p.Detail)
+			}
+			fmt.Fprintf(stdout, "%d records, head %d:%s\n", rep.Records, rep.HeadSeq, rep.HeadHash)
 		}
-		fmt.Fprintf(stdout, "%d records, head %d:%s\n", rep.Records, rep.HeadSeq, rep.HeadHash)
-	}
-	if len(rep.Problems) > 0 {
-		return fmt.Errorf("audit log damaged: %d problem(s)", len(rep.Problems))
-	}
-	if !*df.json {
-		fmt.Fprintln(stdout, "OK: chain intact")
-	}
-	return nil
+		if len(rep.Problems) > 0 {
+			return fmt.Errorf("audit log damaged: %d problem(s)", len(rep.Problems))
+		}
+		if !*df.json {
+			fmt.Fprintln(stdout, "OK: chain intact")
+		}
+		return nil
+	})
 }

@@ -32,8 +32,7 @@ func runEnroll(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *id == "" || (*certPath == "") == (*pubPath == "") || fs.NArg() != 0 {
-		fs.Usage()
-		return fmt.Errorf("%w: --id and exactly one of --ek-cert or --ek-pub required", errUsage)
+		return usageError(fs, "--id and exactly one of --ek-cert or --ek-pub required")
 	}
 	p := verifier.EnrollParams{ID: *id, Actor: *df.actor}
 	if *certPath != "" {
@@ -54,24 +53,20 @@ func runEnroll(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("%s: %w", *pubPath, err)
 		}
 	}
-	db, err := df.open()
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	ctx := context.Background()
-	if err := db.Enroll(ctx, p); err != nil {
-		return err
-	}
-	a, err := db.Appliance(ctx, *id)
-	if err != nil {
-		return err
-	}
-	if *df.json {
-		return printJSON(stdout, a)
-	}
-	fmt.Fprintf(stdout, "enrolled %s (EK sha256 %s); the appliance completes enrollment on first contact\n", a.ID, a.EKSHA256)
-	return nil
+	return df.withDB(func(ctx context.Context, db *verifier.DB) error {
+		if err := db.Enroll(ctx, p); err != nil {
+			return err
+		}
+		a, err := db.Appliance(ctx, *id)
+		if err != nil {
+			return err
+		}
+		if *df.json {
+			return printJSON(stdout, a)
+		}
+		fmt.Fprintf(stdout, "enrolled %s (EK sha256 %s); the appliance completes enrollment on first contact\n", a.ID, a.EKSHA256)
+		return nil
+	})
 }
 
 func runEKRoot(args []string, stdout, stderr io.Writer) error {
@@ -84,25 +79,21 @@ func runEKRoot(args []string, stdout, stderr io.Writer) error {
 					return err
 				}
 				if fs.NArg() == 0 {
-					fs.Usage()
-					return fmt.Errorf("%w: certificate file required", errUsage)
+					return usageError(fs, "certificate file required")
 				}
-				db, err := df.open()
-				if err != nil {
-					return err
-				}
-				defer db.Close()
-				for _, p := range fs.Args() {
-					c, err := readCertFile(p)
-					if err != nil {
-						return err
+				return df.withDB(func(ctx context.Context, db *verifier.DB) error {
+					for _, p := range fs.Args() {
+						c, err := readCertFile(p)
+						if err != nil {
+							return err
+						}
+						if err := db.AddEKRoot(ctx, c, *df.actor); err != nil {
+							return err
+						}
+						fmt.Fprintf(stdout, "trusted %s\n", c.Subject)
 					}
-					if err := db.AddEKRoot(context.Background(), c, *df.actor); err != nil {
-						return err
-					}
-					fmt.Fprintf(stdout, "trusted %s\n", c.Subject)
-				}
-				return nil
+					return nil
+				})
 			},
 			"list": func(args []string, stdout, stderr io.Writer) error {
 				fs := newFlagSet("ekroot list", "ekroot list [--db D] [--json]", stderr)
@@ -110,24 +101,20 @@ func runEKRoot(args []string, stdout, stderr io.Writer) error {
 				if err := parseFlags(fs, args); err != nil {
 					return err
 				}
-				db, err := df.open()
-				if err != nil {
-					return err
-				}
-				defer db.Close()
-				roots, err := db.EKRoots(context.Background())
-				if err != nil {
-					return err
-				}
-				if *df.json {
-					return printJSON(stdout, roots)
-				}
-				tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "SHA-256\tSUBJECT")
-				for _, r := range roots {
-					fmt.Fprintf(tw, "%s\t%s\n", r.Fingerprint, r.Subject)
-				}
-				return tw.Flush()
+				return df.withDB(func(ctx context.Context, db *verifier.DB) error {
+					roots, err := db.EKRoots(ctx)
+					if err != nil {
+						return err
+					}
+					if *df.json {
+						return printJSON(stdout, roots)
+					}
+					tw := newTable(stdout, "SHA-256\tSUBJECT")
+					for _, r := range roots {
+						fmt.Fprintf(tw, "%s\t%s\n", r.Fingerprint, r.Subject)
+					}
+					return tw.Flush()
+				})
 			},
 		})
 }
@@ -148,31 +135,27 @@ func runAppliances(args []string, stdout, stderr io.Writer) error {
 			if err := parseFlags(fs, args); err != nil {
 				return err
 			}
-			db, err := df.open()
-			if err != nil {
-				return err
-			}
-			defer db.Close()
-			list, err := db.Appliances(context.Background())
-			if err != nil {
-				return err
-			}
-			if *df.json {
-				if list == nil {
-					list = []verifier.ApplianceInfo{}
+			return df.withDB(func(ctx context.Context, db *verifier.DB) error {
+				list, err := db.Appliances(ctx)
+				if err != nil {
+					return err
 				}
-				return printJSON(stdout, list)
-			}
-			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tSTATE\tRELEASE\tEPOCH\tLEASE UNTIL")
-			for _, a := range list {
-				rel := a.Release
-				if rel == "" {
-					rel = "-"
+				if *df.json {
+					if list == nil {
+						list = []verifier.ApplianceInfo{}
+					}
+					return printJSON(stdout, list)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", a.ID, a.State(), rel, a.LastEpoch, fmtTime(a.LeaseUntil))
-			}
-			return tw.Flush()
+				tw := newTable(stdout, "ID\tSTATE\tRELEASE\tEPOCH\tLEASE UNTIL")
+				for _, a := range list {
+					rel := a.Release
+					if rel == "" {
+						rel = "-"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", a.ID, a.State(), rel, a.LastEpoch, fmtTime(a.LeaseUntil))
+				}
+				return tw.Flush()
+			})
 		},
 		"show": func(args []string, stdout, stderr io.Writer) error {
 			fs := newFlagSet("appliances show", "appliances show [--db D] [--json] ID", stderr)
@@ -181,41 +164,37 @@ func runAppliances(args []string, stdout, stderr io.Writer) error {
 				return err
 			}
 			if fs.NArg() != 1 {
-				fs.Usage()
-				return fmt.Errorf("%w: one appliance id expected", errUsage)
+				return usageError(fs, "one appliance id expected")
 			}
-			db, err := df.open()
-			if err != nil {
-				return err
-			}
-			defer db.Close()
-			a, err := db.Appliance(context.Background(), fs.Arg(0))
-			if err != nil {
-				return err
-			}
-			if *df.json {
-				return printJSON(stdout, a)
-			}
-			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintf(tw, "id\t%s\nstate\t%s\nEK sha256\t%s\nEK certificate\t%v\ncreated\t%s\n", a.ID, a.State(), a.EKSHA256, a.HasEKCert, a.Created.Format(time.RFC3339))
-			ak := a.AKName
-			if ak == "" {
-				ak = "- (not activated)"
-			}
-			fmt.Fprintf(tw, "AK name\t%s\nactivated\t%s\nlast epoch\t%d\nrelease\t%s\nlease until\t%s\n", ak, fmtTime(a.Activated), a.LastEpoch, a.Release, fmtTime(a.LeaseUntil))
-			if a.Revoked != nil {
-				fmt.Fprintf(tw, "revoked\t%s by %s: %s\n", fmtTime(a.Revoked), a.RevokedBy, a.RevokReason)
-			}
-			tw.Flush()
-			if len(a.Baseline) > 0 {
-				fmt.Fprintln(stdout, "\nfirmware baseline\nPCR  SHA-256")
-				for i := 0; i < 24; i++ {
-					if v, ok := a.Baseline[strconv.Itoa(i)]; ok {
-						fmt.Fprintf(stdout, "%-4d %s\n", i, v)
+			return df.withDB(func(ctx context.Context, db *verifier.DB) error {
+				a, err := db.Appliance(ctx, fs.Arg(0))
+				if err != nil {
+					return err
+				}
+				if *df.json {
+					return printJSON(stdout, a)
+				}
+				tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintf(tw, "id\t%s\nstate\t%s\nEK sha256\t%s\nEK certificate\t%v\ncreated\t%s\n", a.ID, a.State(), a.EKSHA256, a.HasEKCert, a.Created.Format(time.RFC3339))
+				ak := a.AKName
+				if ak == "" {
+					ak = "- (not activated)"
+				}
+				fmt.Fprintf(tw, "AK name\t%s\nactivated\t%s\nlast epoch\t%d\nrelease\t%s\nlease until\t%s\n", ak, fmtTime(a.Activated), a.LastEpoch, a.Release, fmtTime(a.LeaseUntil))
+				if a.Revoked != nil {
+					fmt.Fprintf(tw, "revoked\t%s by %s: %s\n", fmtTime(a.Revoked), a.RevokedBy, a.RevokReason)
+				}
+				tw.Flush()
+				if len(a.Baseline) > 0 {
+					fmt.Fprintln(stdout, "\nfirmware baseline\nPCR  SHA-256")
+					for i := 0; i < 24; i++ {
+						if v, ok := a.Baseline[strconv.Itoa(i)]; ok {
+							fmt.Fprintf(stdout, "%-4d %s\n", i, v)
+						}
 					}
 				}
-			}
-			return nil
+				return nil
+			})
 		},
 	})
 }
@@ -228,17 +207,13 @@ func runRevoke(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if fs.NArg() != 1 || strings.TrimSpace(*reason) == "" {
-		fs.Usage()
-		return fmt.Errorf("%w: one appliance id and --reason required", errUsage)
+		return usageError(fs, "one appliance id and --reason required")
 	}
-	db, err := df.open()
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	if err := db.Revoke(context.Background(), fs.Arg(0), *reason, *df.actor); err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "revoked %s: refused at its next attestation (at the latest when its lease ends)\n", fs.Arg(0))
-	return nil
+	return df.withDB(func(ctx context.Context, db *verifier.DB) error {
+		if err := db.Revoke(ctx, fs.Arg(0), *reason, *df.actor); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "revoked %s: refused at its next attestation (at the latest when its lease ends)\n", fs.Arg(0))
+		return nil
+	})
 }

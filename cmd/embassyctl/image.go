@@ -4,7 +4,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -48,21 +47,10 @@ Run 'embassyctl image <subcommand> --help' for its flags.
 const defaultCmdline = "console=ttyS0,115200 panic=-1 quiet"
 
 func runImage(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, imageUsage)
-		return fmt.Errorf("%w: missing subcommand", errUsage)
-	}
-	switch args[0] {
-	case "-h", "--help", "help":
-		fmt.Fprint(stdout, imageUsage)
-		return flag.ErrHelp
-	case "build":
-		return imageBuild(args[1:], stdout, stderr)
-	case "predict":
-		return imagePredict(args[1:], stdout, stderr)
-	}
-	fmt.Fprint(stderr, imageUsage)
-	return fmt.Errorf("%w: unknown subcommand %q", errUsage, args[0])
+	return subcommands(args, stdout, stderr, imageUsage, map[string]func([]string, io.Writer, io.Writer) error{
+		"build":   imageBuild,
+		"predict": imagePredict,
+	})
 }
 
 func defaultKernelPath() string {
@@ -111,8 +99,7 @@ func imageBuild(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if *initrd == "" || *rel == "" || *out == "" || fs.NArg() != 0 || (sbFlags != 0 && sbFlags != 3) {
-		fs.Usage()
-		return fmt.Errorf("%w: -initrd, -release and -out are required; -sign-key, -sign-cert and -sb-vars go together", errUsage)
+		return usageError(fs, "-initrd, -release and -out are required; -sign-key, -sign-cert and -sb-vars go together")
 	}
 	read := func(p string) ([]byte, error) {
 		b, err := os.ReadFile(p)
@@ -219,8 +206,7 @@ func imagePredict(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *ukiPath == "" || fs.NArg() != 0 || (*manifest != "") != (*rel != "") || (*sbCert == "") != (*sbVars == "") {
-		fs.Usage()
-		return fmt.Errorf("%w: need -uki; -release with -manifest; -sb-cert with -sb-vars", errUsage)
+		return usageError(fs, "need -uki; -release with -manifest; -sb-cert with -sb-vars")
 	}
 	b, err := os.ReadFile(*ukiPath)
 	if err != nil {

@@ -45,35 +45,17 @@ verifier database (on the verifier host; --db, env EMBASSY_VERIFIER_DB):
 `
 
 func runRelease(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, releaseUsage)
-		return fmt.Errorf("%w: missing subcommand", errUsage)
-	}
-	switch args[0] {
-	case "-h", "--help", "help":
-		fmt.Fprint(stdout, releaseUsage)
-		return flag.ErrHelp
-	case "keygen":
-		return releaseKeygen(args[1:], stdout, stderr)
-	case "sign":
-		return releaseSign(args[1:], stdout, stderr)
-	case "inspect":
-		return releaseInspect(args[1:], stdout, stderr)
-	case "verify":
-		return releaseVerify(args[1:], stdout, stderr)
-	case "trust":
-		return releaseTrust(args[1:], stdout, stderr)
-	case "threshold":
-		return releaseThreshold(args[1:], stdout, stderr)
-	case "publish":
-		return releasePublish(args[1:], stdout, stderr)
-	case "list":
-		return releaseList(args[1:], stdout, stderr)
-	case "withdraw":
-		return releaseWithdraw(args[1:], stdout, stderr)
-	}
-	fmt.Fprint(stderr, releaseUsage)
-	return fmt.Errorf("%w: unknown subcommand %q", errUsage, args[0])
+	return subcommands(args, stdout, stderr, releaseUsage, map[string]func([]string, io.Writer, io.Writer) error{
+		"keygen":    releaseKeygen,
+		"sign":      releaseSign,
+		"inspect":   releaseInspect,
+		"verify":    releaseVerify,
+		"trust":     releaseTrust,
+		"threshold": releaseThreshold,
+		"publish":   releasePublish,
+		"list":      releaseList,
+		"withdraw":  releaseWithdraw,
+	})
 }
 
 // newFlagSet returns a flag set that prints its usage to stderr and reports
@@ -105,8 +87,7 @@ func releaseKeygen(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *out == "" || fs.NArg() != 0 {
-		fs.Usage()
-		return fmt.Errorf("%w: -out is required", errUsage)
+		return usageError(fs, "-out is required")
 	}
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -146,8 +127,7 @@ func releaseSign(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *keyPath == "" || *out == "" || (*manifestPath == "") == (*envPath == "") || fs.NArg() != 0 {
-		fs.Usage()
-		return fmt.Errorf("%w: need -key, -out and exactly one of -manifest or -envelope", errUsage)
+		return usageError(fs, "need -key, -out and exactly one of -manifest or -envelope")
 	}
 	kb, err := os.ReadFile(*keyPath)
 	if err != nil {
@@ -243,8 +223,7 @@ func releaseInspect(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if fs.NArg() != 1 {
-		fs.Usage()
-		return fmt.Errorf("%w: one envelope file expected", errUsage)
+		return usageError(fs, "one envelope file expected")
 	}
 	env, err := readEnvelope(fs.Arg(0))
 	if err != nil {
@@ -279,8 +258,7 @@ func releaseVerify(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *trust == "" || fs.NArg() != 1 {
-		fs.Usage()
-		return fmt.Errorf("%w: -trust and one envelope file required", errUsage)
+		return usageError(fs, "-trust and one envelope file required")
 	}
 	keys, err := readPublicKeys(strings.Split(*trust, ","))
 	if err != nil {

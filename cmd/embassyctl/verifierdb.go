@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/user"
+	"text/tabwriter"
 
 	"github.com/dataembassy/embassy/attest/verifier"
 )
@@ -92,3 +93,30 @@ func subcommands(args []string, stdout, stderr io.Writer, usage string, subs map
 }
 
 var errNoArgs = errors.New("unexpected arguments")
+
+// withDB opens the verifier database, runs f on it and closes it.
+func (d dbFlags) withDB(f func(context.Context, *verifier.DB) error) error {
+	db, err := d.open()
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return f(context.Background(), db)
+}
+
+// newTable returns a tab-aligned table writer with header (tab-separated
+// column names) written; the caller flushes it.
+func newTable(w io.Writer, header string) *tabwriter.Writer {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	if header != "" {
+		fmt.Fprintln(tw, header)
+	}
+	return tw
+}
+
+// usageError prints fs's usage and returns a usage error saying what is
+// missing or wrong.
+func usageError(fs *flag.FlagSet, what string) error {
+	fs.Usage()
+	return fmt.Errorf("%w: %s", errUsage, what)
+}
