@@ -1,7 +1,6 @@
 # Embassy build, test and demo entry points. Each area adds its targets in
 # mk/<area>.mk; this file holds what is shared.
 SHELL := /bin/bash
-export GOFLAGS ?= -mod=mod
 export CGO_ENABLED ?= 0
 GO ?= go
 BUILD := build

@@ -4,7 +4,9 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -73,13 +75,17 @@ func BenchmarkStore(b *testing.B) {
 		{"randread4K", 4096, true, false},
 	} {
 		for _, conc := range []int{1, 4, 16} {
-			for _, tgt := range []struct {
-				name string
-				t    benchTarget
-			}{{"plain", plain}, {"store", s}} {
-				b.Run(fmt.Sprintf("%s/conc=%d/%s", wl.name, conc, tgt.name), func(b *testing.B) {
-					runBench(b, tgt.t, wl.size, wl.rand, wl.write, conc)
-				})
+			// Rounds alternate plain and store so that both see the same
+			// machine load (go test -count would group the repeats).
+			for round := 0; round < benchRounds(b); round++ {
+				for _, tgt := range []struct {
+					name string
+					t    benchTarget
+				}{{"plain", plain}, {"store", s}} {
+					b.Run(fmt.Sprintf("%s/conc=%d/%s", wl.name, conc, tgt.name), func(b *testing.B) {
+						runBench(b, tgt.t, wl.size, wl.rand, wl.write, conc)
+					})
+				}
 			}
 		}
 	}
@@ -123,4 +129,76 @@ func runBench(b *testing.B, t benchTarget, size int, random, write bool, conc in
 		}(w)
 	}
 	wg.Wait()
+}
+
+// flusher is a target that can make its writes durable.
+type flusher interface {
+	benchTarget
+	Flush() error
+}
+
+type plainFile struct{ *storage.FileDevice }
+
+func (p plainFile) Flush() error { return p.Sync() }
+
+// BenchmarkStoreFlush measures 4 KiB random writes with a flush (store:
+// a commit; plain: fsync) after every 64 writes, single stream: the cost
+// of durability rather than of the page cache.
+func BenchmarkStoreFlush(b *testing.B) {
+	dir := b.TempDir()
+	dev, err := storage.CreateFileDevice(filepath.Join(dir, "backing"), 2*benchSize+8<<20)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer dev.Close()
+	s, err := storage.Format(dev, storage.FormatOptions{KEK: testKEK, Size: benchSize})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	plainDev, err := storage.CreateFileDevice(filepath.Join(dir, "plain"), benchSize)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer plainDev.Close()
+	for round := 0; round < benchRounds(b); round++ {
+		for _, tgt := range []struct {
+			name string
+			t    flusher
+		}{{"plain", plainFile{plainDev}}, {"store", s}} {
+			benchFlush(b, tgt.name, tgt.t)
+		}
+	}
+}
+
+func benchFlush(b *testing.B, name string, t flusher) {
+	b.Run("randwrite4K-flush64/"+name, func(b *testing.B) {
+		b.SetBytes(4096)
+		r := rand.New(rand.NewPCG(1, 2))
+		buf := make([]byte, 4096)
+		for i := 0; i < b.N; i++ {
+			if _, err := t.WriteAt(buf, r.Int64N(benchSize/4096)*4096); err != nil {
+				b.Fatal(err)
+			}
+			if i%64 == 63 {
+				if err := t.Flush(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+}
+
+// benchRounds is how many alternating plain/store rounds each benchmark
+// runs: STORAGE_BENCH_ROUNDS, default 1.
+func benchRounds(b *testing.B) int {
+	v := os.Getenv("STORAGE_BENCH_ROUNDS")
+	if v == "" {
+		return 1
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		b.Fatalf("bad STORAGE_BENCH_ROUNDS %q", v)
+	}
+	return n
 }

@@ -63,6 +63,20 @@ func TestCrashConsistency(t *testing.T) {
 	}
 }
 
+// TestCrashConsistencyShortNonceReserve repeats the schedules with a tiny
+// nonce reservation, so writes keep running out of reserved nonces and
+// commit in the middle of WriteAt.
+func TestCrashConsistencyShortNonceReserve(t *testing.T) {
+	defer storage.SetNonceReserve(600)()
+	n := crashSchedules(t) / 4
+	for i := 0; i < n; i++ {
+		seed := uint64(1_000_000 + i)
+		if err := crashSchedule(seed); err != nil {
+			t.Fatalf("schedule seed %d: %v", seed, err)
+		}
+	}
+}
+
 const crashBlocks = 520 // 5 leaves under a root, more than the tiny cache holds
 
 func crashSchedule(seed uint64) error {

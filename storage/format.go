@@ -158,8 +158,8 @@ func encodeLeaf(b []byte, es []leafEntry) {
 	}
 }
 
-// DecodeLeaf parses a leaf metadata block (exported for fuzzing and tools
-// through decodeLeaf's wrapper in tests).
+// decodeLeaf parses a leaf metadata block. Decoding is canonical: what
+// decodes re-encodes to the same bytes (FuzzDecodeLeaf checks it).
 func decodeLeaf(b []byte) ([]leafEntry, error) {
 	if len(b) != BlockSize {
 		return nil, fmt.Errorf("%w: leaf is %d bytes", ErrFormat, len(b))
@@ -243,8 +243,8 @@ type recoverySlot struct {
 
 func (r *recoverySlot) present() bool { return r.kem != 0 }
 
-// encode writes the superblock without its MAC into b (BlockSize bytes)
-// and returns it; the caller fills the MAC.
+// encode returns the superblock's BlockSize bytes, with sb.mac in the MAC
+// field (writeSuperblock computes the MAC over the rest and fills it in).
 func (sb *superblock) encode() ([]byte, error) {
 	b := make([]byte, BlockSize)
 	copy(b[0:8], sbMagic[:])

@@ -56,8 +56,8 @@ func (s *Store) Info() Info {
 }
 
 // Inspect decodes both superblock copies of dev without any key. Nothing
-// in the result is authenticated. Copies that do not decode are reported
-// in errs (nil entries for the ones that did).
+// in the result is authenticated. Copies that do not decode are left out
+// of infos and described in errs.
 func Inspect(dev Device) (infos []Info, errs []error, err error) {
 	buf := make([]byte, BlockSize)
 	for c := 0; c < sbCopies; c++ {

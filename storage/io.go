@@ -137,7 +137,7 @@ func (s *Store) readChunk(dst []byte, b0, b1 uint64, report func(uint64, error))
 	var failed []int
 	parallelBlocks(nb, func(k0, k1 int) {
 		var aad [24]byte
-		var tmp [BlockSize + 16]byte
+		var tmp []byte // only for a worker's last block; escapes, so made lazily
 		for k := k0; k < k1; k++ {
 			out := dst[k*BlockSize : (k+1)*BlockSize]
 			e := &entries[k]
@@ -149,9 +149,10 @@ func (s *Store) readChunk(dst []byte, b0, b1 uint64, report func(uint64, error))
 			var err error
 			if k == k1-1 && k1 < nb {
 				// The next block belongs to another worker: use a copy.
-				copy(tmp[:], scratch[k*BlockSize:ctEnd])
+				tmp = make([]byte, BlockSize+16)
+				copy(tmp, scratch[k*BlockSize:ctEnd])
 				copy(tmp[BlockSize:], e.tag[:])
-				_, err = s.keys.data.Open(out[:0], e.nonce[:], tmp[:], s.blockAAD(&aad, b0+uint64(k)))
+				_, err = s.keys.data.Open(out[:0], e.nonce[:], tmp, s.blockAAD(&aad, b0+uint64(k)))
 			} else {
 				// GCM wants ciphertext||tag contiguous: borrow the 16 bytes
 				// after this block in scratch (the next block's head, or
@@ -399,7 +400,6 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 	ct := *bp
 	parallelBlocks(nb, func(k0, k1 int) {
 		var aad [24]byte
-		var tmp [BlockSize + 16]byte
 		for k := k0; k < k1; k++ {
 			e := &news[k]
 			e.flags = flagMapped | byte(slots[k]<<1)
@@ -407,7 +407,7 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 			pt, ad := plain[k*BlockSize:(k+1)*BlockSize], s.blockAAD(&aad, b0+uint64(k))
 			if k == k1-1 && k1 < nb {
 				// The tag would land on the next worker's block.
-				out := s.keys.data.Seal(tmp[:0], e.nonce[:], pt, ad)
+				out := s.keys.data.Seal(make([]byte, 0, BlockSize+16), e.nonce[:], pt, ad)
 				copy(ct[k*BlockSize:], out[:BlockSize])
 				copy(e.tag[:], out[BlockSize:])
 				continue

@@ -15,7 +15,8 @@ import (
 
 // nonceReserve is how many nonces a commit reserves ahead in the
 // superblock. After a crash the store skips the whole reserved range.
-const nonceReserve = 1 << 24
+// A variable only so tests can shrink it (it must stay above maxChunk).
+var nonceReserve uint64 = 1 << 24
 
 // maxNonceCounter bounds the write counter: nonces carry its low 48 bits.
 // 2^48 block writes is 1 EiB written over the store's life.

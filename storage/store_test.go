@@ -296,6 +296,9 @@ func TestRecoveryKeyAndRewrap(t *testing.T) {
 // during the run and after a reopen.
 func TestConcurrentMixed(t *testing.T) {
 	const workers, region = 6, 300 * storage.BlockSize // regions span leaves
+	// A nonce reservation barely above one chunk: concurrent writers run
+	// out of reserved nonces and retry after a commit.
+	defer storage.SetNonceReserve(260)()
 	dev := newMemDevice(16 << 20)
 	opts := storage.OpenOptions{KEK: testKEK, CacheBytes: 1, Logger: discardLogger()}
 	s, err := storage.Format(dev, storage.FormatOptions{KEK: testKEK, Size: workers * region, Open: opts})

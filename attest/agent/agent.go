@@ -24,8 +24,12 @@
 //		// zeroize and stop
 //	}
 //	if u.Provision {
-//		// format the store with u.KEK; keep u.SealedLocal next to it
+//		// format the store with u.KEK; keep u.SealedLocal next to it,
+//		// keyed by u.Release
 //	}
+//	// keep u.Resealed too (the local share sealed for other published
+//	// releases) and unlock later boots with a.UnlockSealed(ctx, epoch, all)
+//	// so that an upgrade to a published release still unlocks.
 //	// open the store with u.KEK, serve; before u.Lease runs out:
 //	lease, err := a.Heartbeat(ctx, storeEpoch)
 //
@@ -38,11 +42,13 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -346,6 +352,11 @@ type Unlocked struct {
 	Lease time.Duration
 	// Release names the release the verifier matched.
 	Release string
+	// Resealed holds the local share sealed for each other published
+	// release (release name -> blob), made while the share was in hand:
+	// keep them with SealedLocal (keyed by Release) and pass them all to
+	// UnlockSealed, so the appliance still unlocks after an upgrade.
+	Resealed map[string][]byte
 }
 
 // Unlock attests the boot (purpose unlock, reporting the store's epoch),
@@ -355,6 +366,18 @@ type Unlocked struct {
 // this boot, the TPM no longer releases either share — even on error past
 // the verifier's answer, the phase PCR is extended.
 func (a *Agent) Unlock(ctx context.Context, epoch uint64, sealedLocal []byte) (*Unlocked, error) {
+	return a.unlock(ctx, epoch, func(string) []byte { return sealedLocal })
+}
+
+// UnlockSealed is Unlock with the local share sealed for several releases
+// (release name -> blob, as returned in Unlocked.SealedLocal/Release and
+// Unlocked.Resealed): it unseals the blob for the release the verifier
+// matched this boot.
+func (a *Agent) UnlockSealed(ctx context.Context, epoch uint64, sealed map[string][]byte) (*Unlocked, error) {
+	return a.unlock(ctx, epoch, func(rel string) []byte { return sealed[rel] })
+}
+
+func (a *Agent) unlock(ctx context.Context, epoch uint64, sealedFor func(release string) []byte) (*Unlocked, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	resp, err := a.attest(ctx, protocol.PurposeUnlock, epoch)
@@ -383,12 +406,27 @@ func (a *Agent) Unlock(ctx context.Context, epoch uint64, sealedLocal []byte) (*
 			return nil, err
 		}
 	} else {
+		sealedLocal := sealedFor(resp.Release)
 		if sealedLocal == nil {
-			return nil, errors.New("agent: the store exists but no sealed local share was given")
+			return nil, fmt.Errorf("agent: the store exists but no sealed local share was given for release %q", resp.Release)
 		}
 		if local, err = keys.UnsealLocal(a.cfg.TPM, sealedLocal); err != nil {
 			return nil, err
 		}
+	}
+	for _, st := range resp.SealTargets {
+		pcrs, err := decodePCRs(st.PCRs)
+		if err != nil {
+			return nil, err
+		}
+		blob, err := keys.SealLocalTo(a.cfg.TPM, local, pcrs)
+		if err != nil {
+			return nil, err
+		}
+		if u.Resealed == nil {
+			u.Resealed = map[string][]byte{}
+		}
+		u.Resealed[st.Release] = blob
 	}
 	u.KEK, err = keys.DeriveKEK(local, remote, a.cfg.ApplianceID)
 	clear(local)
@@ -397,6 +435,19 @@ func (a *Agent) Unlock(ctx context.Context, epoch uint64, sealedLocal []byte) (*
 		return nil, err
 	}
 	return u, nil
+}
+
+func decodePCRs(m map[string]string) (map[int][]byte, error) {
+	out := make(map[int][]byte, len(m))
+	for k, v := range m {
+		i, err := strconv.Atoi(k)
+		d, err2 := hex.DecodeString(v)
+		if err != nil || err2 != nil || i < 0 || i > 23 || len(d) != 32 {
+			return nil, fmt.Errorf("agent: seal target PCR %q=%q", k, v)
+		}
+		out[i] = d
+	}
+	return out, nil
 }
 
 // ErrImport reports that the TPM refused the remote share: another TPM's

@@ -84,6 +84,32 @@ func SealLocal(rw io.ReadWriter, share []byte, pcrs []int) ([]byte, error) {
 	return proto.Marshal(sealed)
 }
 
+// SealLocalTo seals share to predicted PCR values (SHA-256 bank, index ->
+// 32-byte value) rather than the current ones: the appliance uses it to
+// prepare for booting another release (AttestResponse.SealTargets).
+func SealLocalTo(rw io.ReadWriter, share []byte, pcrs map[int][]byte) ([]byte, error) {
+	if len(share) != ShareSize {
+		return nil, fmt.Errorf("keys: share of %d bytes", len(share))
+	}
+	target := &pb.PCRs{Hash: pb.HashAlgo_SHA256, Pcrs: map[uint32][]byte{}}
+	for i, v := range pcrs {
+		if i < 0 || i > 23 || len(v) != sha256.Size {
+			return nil, fmt.Errorf("keys: target PCR %d of %d bytes", i, len(v))
+		}
+		target.Pcrs[uint32(i)] = v
+	}
+	srk, err := client.StorageRootKeyRSA(rw)
+	if err != nil {
+		return nil, fmt.Errorf("keys: storage root key: %w", err)
+	}
+	defer srk.Close()
+	sealed, err := srk.Seal(share, client.SealOpts{Target: target})
+	if err != nil {
+		return nil, fmt.Errorf("keys: seal local share: %w", err)
+	}
+	return proto.Marshal(sealed)
+}
+
 // UnsealLocal unseals a blob made by SealLocal. It fails with ErrUnseal when
 // the TPM refuses.
 func UnsealLocal(rw io.ReadWriter, blob []byte) ([]byte, error) {

@@ -140,8 +140,19 @@ type AttestResponse struct {
 	PCRs []int `json:"pcrs,omitempty"`
 	// Release names the accepted release ("name release").
 	Release string `json:"release"`
+	// SealTargets (unlock only) lists the other published releases with
+	// the PCR values (SHA-256, hex, keyed by index) a boot of each will
+	// have, phase PCR at zero. The appliance seals its local share to each
+	// while it holds it, so it can still unlock after an upgrade.
+	SealTargets []SealTarget `json:"seal_targets,omitempty"`
 	// AuditSeq is the audit record of the decision.
 	AuditSeq int64 `json:"audit_seq"`
+}
+
+// SealTarget is the predicted PCR state of another release.
+type SealTarget struct {
+	Release string            `json:"release"`
+	PCRs    map[string]string `json:"pcrs"`
 }
 
 // Error codes in ErrorResponse.

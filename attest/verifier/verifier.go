@@ -693,6 +693,23 @@ func (s *Server) decide(ctx context.Context, a *appliance, req *protocol.AttestR
 			resp.PCRs = append(resp.PCRs, int(i))
 		}
 		slices.Sort(resp.PCRs)
+		pol, err := s.policy(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range pol {
+			if p.digest == rel.digest {
+				continue
+			}
+			st := protocol.SealTarget{Release: p.label, PCRs: map[string]string{fmt.Sprint(tpm.PCRPhase): hex.EncodeToString(make([]byte, sha256.Size))}}
+			for _, i := range tpm.FirmwarePCRs {
+				st.PCRs[fmt.Sprint(i)] = hex.EncodeToString(pcrs[i])
+			}
+			for i, v := range p.pcrs {
+				st.PCRs[fmt.Sprint(i)] = hex.EncodeToString(v)
+			}
+			resp.SealTargets = append(resp.SealTargets, st)
+		}
 	} else {
 		resp.Decision = "renewed"
 	}

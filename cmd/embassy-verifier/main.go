@@ -22,6 +22,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/big"
 	"net"
@@ -37,7 +38,9 @@ import (
 )
 
 func main() {
-	if err := run(); err != nil {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stderr, nil); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			os.Exit(0)
 		}
@@ -46,7 +49,8 @@ func main() {
 	}
 }
 
-func run() error {
+// run serves until ctx ends. ready, when set, gets the listening address.
+func run(ctx context.Context, args []string, logw io.Writer, ready func(addr string)) error {
 	fs := flag.NewFlagSet("embassy-verifier", flag.ContinueOnError)
 	dbPath := fs.String("db", "/var/lib/embassy/verifier.db", "SQLite database (created and migrated if needed)")
 	listen := fs.String("listen", "127.0.0.1:8443", "HTTPS listen address")
@@ -56,7 +60,7 @@ func run() error {
 	nonceTTL := fs.Duration("nonce-ttl", time.Minute, "nonce lifetime")
 	initTLS := fs.String("init-tls", "", "write a CA and server certificate into this directory and exit")
 	hosts := fs.String("hosts", "localhost,127.0.0.1", "with --init-tls: comma-separated server names and IPs")
-	if err := fs.Parse(os.Args[1:]); err != nil {
+	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *initTLS != "" {
@@ -65,9 +69,7 @@ func run() error {
 	if *certFile == "" || *keyFile == "" {
 		return errors.New("--cert and --key are required (see --init-tls)")
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	log := slog.New(slog.NewTextHandler(logw, nil))
 
 	db, err := verifier.OpenDB(ctx, *dbPath)
 	if err != nil {
@@ -104,6 +106,9 @@ func run() error {
 		return err
 	}
 	log.Info("serving", "addr", ln.Addr().String(), "db", *dbPath)
+	if ready != nil {
+		ready(ln.Addr().String())
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.ServeTLS(ln, "", "") }()
 	select {

@@ -202,7 +202,14 @@ func (c *client) sendOpt(opt uint32, data []byte) {
 	b := binary.BigEndian.AppendUint64(nil, 0x49484156454F5054)
 	b = binary.BigEndian.AppendUint32(b, opt)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
-	c.write(append(b, data...))
+	if len(data) == 0 {
+		c.write(b)
+		return
+	}
+	bufs := net.Buffers{b, data} // writev: no copy of the payload
+	if _, err := bufs.WriteTo(c.nc); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
 }
 
 // optReply reads one option reply.
@@ -310,7 +317,7 @@ func dialExport(t testing.TB, addr, export string, structured bool) *client {
 
 func (c *client) send(typ, flags uint16, cookie, off uint64, length uint32, data []byte) {
 	c.t.Helper()
-	b := make([]byte, 28, 28+len(data))
+	b := make([]byte, 28)
 	binary.BigEndian.PutUint32(b[0:], 0x25609513)
 	binary.BigEndian.PutUint16(b[4:], flags)
 	binary.BigEndian.PutUint16(b[6:], typ)
@@ -321,7 +328,14 @@ func (c *client) send(typ, flags uint16, cookie, off uint64, length uint32, data
 		c.lens[cookie] = length
 		c.offs[cookie] = off
 	}
-	c.write(append(b, data...))
+	if len(data) == 0 {
+		c.write(b)
+		return
+	}
+	bufs := net.Buffers{b, data} // writev: no copy of the payload
+	if _, err := bufs.WriteTo(c.nc); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
 }
 
 // result is one complete reply.

@@ -17,7 +17,7 @@ import (
 
 // plainServer serves mem as "mem" (rw for everyone) and "ro" (read-only)
 // without TLS.
-func plainServer(t *testing.T, mem *memBackend, depth int) *runningServer {
+func plainServer(t testing.TB, mem *memBackend, depth int) *runningServer {
 	t.Helper()
 	return startServer(t, nbd.ServerOptions{
 		Exports: []nbd.Export{

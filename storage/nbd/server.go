@@ -116,7 +116,8 @@ type ServerOptions struct {
 	TLSConfig *tls.Config
 	// Plaintext serves without TLS (NOTLS mode): every client is anonymous
 	// and only grants with Identity AnyIdentity apply. Only for local
-	// benchmarks and tests; it must be asked for explicitly.
+	// benchmarks and tests; it must be asked for explicitly. TLSConfig is
+	// then ignored and STARTTLS is answered with ERR_UNSUP.
 	Plaintext bool
 	// QueueDepth bounds the requests in flight per connection (being
 	// served or waiting for their reply to be sent). Zero means 32.
