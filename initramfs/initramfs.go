@@ -50,7 +50,6 @@ const (
 const (
 	ApplianceCmdPackage = "github.com/dataembassy/embassy/cmd/embassy-appliance"
 	InitCmdPackage      = "github.com/u-root/u-root/cmds/core/init"
-	ShellCmdPackage     = "github.com/u-root/u-root/cmds/core/gosh"
 )
 
 // Options describe one initramfs. Every path is a file on the build host.
@@ -65,8 +64,10 @@ type Options struct {
 	// Modules are the kernel modules to include, in load order (see
 	// ResolveModules). Optional.
 	Modules []Module
-	// Shell, if set, is a static shell binary included at ShellPath: a debug
-	// image. Production images leave it empty and carry no shell.
+	// Shell, if set, is a static shell binary (e.g. busybox-static's)
+	// included at ShellPath: a debug image. Production images leave it
+	// empty and carry no shell. (u-root's gosh is not used: its
+	// dependencies are not in Embassy's module graph.)
 	Shell string
 	// Extra maps more files to add (path inside the archive -> contents), for
 	// tests and tools. Mode 0644.
@@ -238,14 +239,11 @@ func goRoot() string {
 // Binaries are the programs an appliance image is made of.
 type Binaries struct {
 	Init, Appliance string
-	// Shell is set only when BuildBinaries was asked for a debug shell.
-	Shell string
 }
 
-// BuildBinaries compiles u-root's init and the appliance (and, if shell is
-// true, u-root's gosh for debug images) into outDir. moduleDir is the Embassy
-// module's root directory.
-func BuildBinaries(ctx context.Context, moduleDir, outDir string, shell bool) (Binaries, error) {
+// BuildBinaries compiles u-root's init and the appliance into outDir.
+// moduleDir is the Embassy module's root directory.
+func BuildBinaries(ctx context.Context, moduleDir, outDir string) (Binaries, error) {
 	b := Binaries{
 		Init:      filepath.Join(outDir, "init"),
 		Appliance: filepath.Join(outDir, "embassy-appliance"),
@@ -255,12 +253,6 @@ func BuildBinaries(ctx context.Context, moduleDir, outDir string, shell bool) (B
 	}
 	if err := GoBuild(ctx, moduleDir, ApplianceCmdPackage, b.Appliance); err != nil {
 		return Binaries{}, err
-	}
-	if shell {
-		b.Shell = filepath.Join(outDir, "gosh")
-		if err := GoBuild(ctx, moduleDir, ShellCmdPackage, b.Shell); err != nil {
-			return Binaries{}, err
-		}
 	}
 	return b, nil
 }

@@ -366,10 +366,16 @@ func TestE2ETamperedConfig(t *testing.T) {
 	}
 }
 
+// connectPy connects nbdsh's handle h to uri; libnbd refuses URIs naming
+// local files (tls-certificates) unless allowed.
+func connectPy(uri string) string {
+	return fmt.Sprintf("h.set_uri_allow_local_file(True)\nh.connect_uri(%q)\n", uri)
+}
+
 // nbdsh runs a Python snippet against the export; h is the connected handle.
 func nbdsh(t testing.TB, uri, code string) (string, error) {
 	t.Helper()
-	cmd := exec.Command(testenv.Tool(t, "nbdsh"), "-u", uri, "-c", code)
+	cmd := exec.Command(testenv.Tool(t, "nbdsh"), "-c", connectPy(uri)+code)
 	cmd.Env = testenv.SystemPathEnv()
 	out, err := cmd.CombinedOutput()
 	return string(out), err
@@ -400,7 +406,7 @@ func TestE2ECrashAndBitFlip(t *testing.T) {
 	if _, err := nbdcopy(t, "--flush", src, c.uri(m)); err != nil {
 		t.Fatal(err)
 	}
-	writer := exec.Command(testenv.Tool(t, "nbdsh"), "-u", c.uri(m), "-c", `
+	writer := exec.Command(testenv.Tool(t, "nbdsh"), "-c", connectPy(c.uri(m))+`
 import os
 off = 16 << 20
 while True:

@@ -38,8 +38,8 @@ type ImageOptions struct {
 	Config []byte
 	// Modules are kernel modules to resolve and include (default: none).
 	Modules []string
-	// Shell includes u-root's gosh: a debug image.
-	Shell bool
+	// Shell, if set, is a static shell binary to include: a debug image.
+	Shell string
 	// Name names the initrd file (default "initrd.gz").
 	Name string
 }
@@ -69,13 +69,7 @@ func BuildImage(ctx context.Context, o ImageOptions) (Image, error) {
 	if err := initramfs.GoBuild(ctx, o.ModuleDir, pkg, uinit); err != nil {
 		return Image{}, err
 	}
-	opts := initramfs.Options{Init: initBin, Appliance: uinit, Config: o.Config}
-	if o.Shell {
-		opts.Shell = filepath.Join(o.OutDir, "gosh")
-		if err := initramfs.GoBuild(ctx, o.ModuleDir, initramfs.ShellCmdPackage, opts.Shell); err != nil {
-			return Image{}, err
-		}
-	}
+	opts := initramfs.Options{Init: initBin, Appliance: uinit, Config: o.Config, Shell: o.Shell}
 	if len(o.Modules) > 0 {
 		mods, err := initramfs.ResolveModules(k.ModulesDir, o.Modules)
 		if err != nil {

@@ -191,7 +191,9 @@ func Start(ctx context.Context, cfg Config) (*Machine, error) {
 			m.forwards[f.GuestPort] = hp
 			netdev += fmt.Sprintf(",hostfwd=tcp:127.0.0.1:%d-:%d", hp, f.GuestPort)
 		}
-		args = append(args, "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0")
+		// No option ROM: the firmware never network-boots here, and loading
+		// iPXE under TCG costs seconds.
+		args = append(args, "-netdev", netdev, "-device", "virtio-net-pci,netdev=net0,romfile=")
 	}
 	if !cfg.NoTPM {
 		sock, err := m.startSWTPM(cfg)
