@@ -72,7 +72,25 @@ type Options struct {
 	// Extra maps more files to add (path inside the archive -> contents), for
 	// tests and tools. Mode 0644.
 	Extra map[string][]byte
+	// Compression is how the cpio archive is compressed: CompressGzip
+	// (default, "") or CompressNone. Both are deterministic, so PCR 9 stays
+	// predictable from the archive bytes either way.
+	Compression Compression
 }
+
+// Compression names an initramfs compression the kernel can unpack.
+type Compression string
+
+const (
+	// CompressGzip is gzip at best compression (the default).
+	CompressGzip Compression = "gzip"
+	// CompressNone is the plain newc cpio archive: larger to load and
+	// measure, nothing to inflate.
+	CompressNone Compression = "none"
+)
+
+// ErrCompression reports an unknown Options.Compression.
+var ErrCompression = errors.New("initramfs: unknown compression")
 
 // Result describes a built initramfs.
 type Result struct {
@@ -90,10 +108,16 @@ func (r Result) String() string {
 	return fmt.Sprintf("%d bytes (cpio %d), sha256 %s", r.Size, r.UncompressedSize, hex.EncodeToString(r.SHA256[:]))
 }
 
-// Build writes a gzip-compressed newc cpio archive for opts to out.
+// Build writes a newc cpio archive for opts to out, compressed as
+// opts.Compression says (gzip by default).
 func Build(opts Options, out io.Writer) (Result, error) {
 	if opts.Init == "" || opts.Appliance == "" {
 		return Result{}, errors.New("initramfs: Init and Appliance binaries are required")
+	}
+	switch opts.Compression {
+	case "", CompressGzip, CompressNone:
+	default:
+		return Result{}, fmt.Errorf("%w: %q", ErrCompression, opts.Compression)
 	}
 	stage, err := os.MkdirTemp("", "embassy-initramfs-")
 	if err != nil {
@@ -178,17 +202,24 @@ func Build(opts Options, out io.Writer) (Result, error) {
 		return Result{}, fmt.Errorf("initramfs: %w", err)
 	}
 
-	// gzip: the kernel always supports it; no name, no mtime, fixed level.
 	var buf bytes.Buffer
-	zw, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
-	if err != nil {
-		return Result{}, err
-	}
-	if _, err := zw.Write(raw); err != nil {
-		return Result{}, err
-	}
-	if err := zw.Close(); err != nil {
-		return Result{}, err
+	switch opts.Compression {
+	case "", CompressGzip:
+		// gzip: the kernel always supports it; no name, no mtime, fixed level.
+		zw, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+		if err != nil {
+			return Result{}, err
+		}
+		if _, err := zw.Write(raw); err != nil {
+			return Result{}, err
+		}
+		if err := zw.Close(); err != nil {
+			return Result{}, err
+		}
+	case CompressNone:
+		buf.Write(raw)
+	default:
+		return Result{}, fmt.Errorf("%w: %q", ErrCompression, opts.Compression)
 	}
 	res := Result{Size: int64(buf.Len()), SHA256: sha256.Sum256(buf.Bytes()), UncompressedSize: int64(len(raw))}
 	if _, err := out.Write(buf.Bytes()); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"crypto/sha256"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -186,5 +187,48 @@ func TestResolveModulesCachedKernel(t *testing.T) {
 	}
 	if _, err := initramfs.ResolveModules(k.ModulesDir, []string{"no_such_module"}); err == nil {
 		t.Error("unknown module resolved")
+	}
+}
+
+// TestInitramfsCompression: the uncompressed archive is exactly the cpio the
+// gzip archive inflates to, both are reproducible, and an unknown
+// compression is refused.
+func TestInitramfsCompression(t *testing.T) {
+	initPath, appPath := fakeBinaries(t)
+	build := func(c initramfs.Compression) ([]byte, initramfs.Result) {
+		t.Helper()
+		var buf bytes.Buffer
+		res, err := initramfs.Build(initramfs.Options{Init: initPath, Appliance: appPath, Compression: c}, &buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Size != int64(buf.Len()) || res.SHA256 != sha256.Sum256(buf.Bytes()) {
+			t.Fatalf("%s: result %v does not describe the %d written bytes", c, res, buf.Len())
+		}
+		return buf.Bytes(), res
+	}
+	gz, gzRes := build(initramfs.CompressGzip)
+	raw, rawRes := build(initramfs.CompressNone)
+	raw2, _ := build(initramfs.CompressNone)
+	if !bytes.Equal(raw, raw2) {
+		t.Fatal("uncompressed archive is not reproducible")
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(gz))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inflated, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(inflated, raw) {
+		t.Fatal("uncompressed archive differs from the inflated gzip archive")
+	}
+	if rawRes.UncompressedSize != rawRes.Size || gzRes.UncompressedSize != rawRes.Size {
+		t.Fatalf("sizes: gzip %v, none %v", gzRes, rawRes)
+	}
+	var buf bytes.Buffer
+	if _, err := initramfs.Build(initramfs.Options{Init: initPath, Appliance: appPath, Compression: "lz5"}, &buf); !errors.Is(err, initramfs.ErrCompression) {
+		t.Fatalf("unknown compression: got %v, want ErrCompression", err)
 	}
 }

@@ -42,6 +42,8 @@ type ImageOptions struct {
 	Shell string
 	// Name names the initrd file (default "initrd.gz").
 	Name string
+	// Compression is the initrd's compression (default gzip).
+	Compression initramfs.Compression
 }
 
 // BuildImage compiles u-root's init and the uinit program, resolves kernel
@@ -69,7 +71,7 @@ func BuildImage(ctx context.Context, o ImageOptions) (Image, error) {
 	if err := initramfs.GoBuild(ctx, o.ModuleDir, pkg, uinit); err != nil {
 		return Image{}, err
 	}
-	opts := initramfs.Options{Init: initBin, Appliance: uinit, Config: o.Config, Shell: o.Shell}
+	opts := initramfs.Options{Init: initBin, Appliance: uinit, Config: o.Config, Shell: o.Shell, Compression: o.Compression}
 	if len(o.Modules) > 0 {
 		mods, err := initramfs.ResolveModules(k.ModulesDir, o.Modules)
 		if err != nil {
