@@ -20,14 +20,12 @@ var (
 	bootWithin = 300 * time.Second
 )
 
-// bootTimes splits one boot as seen from the harness: At is when the marker
-// line reached the host (from QEMU start), Uptime the guest kernel's uptime
-// printed on that line. At-Uptime is the firmware's share (OVMF, loading
-// and measuring kernel and initrd), Uptime the kernel's (unpacking the
-// initrd, probing devices, starting init and the uinit).
+// bootTimes is one boot's marker line: At is when it reached the host
+// (from QEMU start), Uptime the guest kernel's uptime printed on it. Only At
+// is reported: under TCG the guest's early clock (jiffies before the TSC is
+// calibrated) runs slow, so At-Uptime is not the firmware's share; Uptime
+// is logged for the record.
 type bootTimes struct{ At, Uptime time.Duration }
-
-func (t bootTimes) firmware() time.Duration { return t.At - t.Uptime }
 
 func waitMarker(b *testing.B, m *qemu.Machine, re *regexp.Regexp) bootTimes {
 	b.Helper()
@@ -60,12 +58,12 @@ func waitMarker(b *testing.B, m *qemu.Machine, re *regexp.Regexp) bootTimes {
 //     unlocked appliance: appliance-nbd-s.
 //
 // extra-s is appliance-nbd-s - bare-hw-s (target: under 5 s); extra-min-s
-// is the same against the minimal bare boot. The breakdown metrics split
-// each boot by the kernel's uptime printed at the marker line: fw-* is QEMU
-// start to kernel start (firmware, loading and measuring kernel and initrd),
-// kernel-* the kernel's uptime when the uinit runs, app-serving-s the
-// appliance program's start to "serving NBD", nbd-answer-s "serving NBD" to
-// nbdinfo's first answer. initrd-MiB, initrd-raw-MiB and bare-initrd-MiB
+// is the same against the minimal bare boot. The appliance boot is split at
+// its program's first line: app-start-s (QEMU start to "appliance program
+// started": firmware, kernel, initrd, u-root init, reading the config),
+// app-serving-s (that line to "serving NBD": measure, modules, network,
+// attest, unlock, open the store) and nbd-answer-s ("serving NBD" to
+// nbdinfo's first answer). initrd-MiB, initrd-raw-MiB and bare-initrd-MiB
 // are the archives' sizes (target: under 15).
 //
 // A reference boot before the timed iterations provisions the disk and
@@ -147,6 +145,8 @@ func BenchmarkBoot(b *testing.B) {
 		m.Close()
 	}
 	b.StopTimer()
+	b.Logf("guest uptime at the marker (slow early clock, for the record): bare-min %v, bare-hw %v, appliance %v, appliance raw initrd %v",
+		bareMin.Uptime, bareHW.Uptime, appStart.Uptime, rawStart.Uptime)
 	n := float64(b.N)
 	sec := func(d time.Duration) float64 { return d.Seconds() / n }
 	b.ReportMetric(sec(bareMin.At), "bare-min-s")
@@ -154,15 +154,7 @@ func BenchmarkBoot(b *testing.B) {
 	b.ReportMetric(sec(nbd), "appliance-nbd-s")
 	b.ReportMetric(sec(nbd-bareHW.At), "extra-s")
 	b.ReportMetric(sec(nbd-bareMin.At), "extra-min-s")
-	b.ReportMetric(sec(bareMin.firmware()), "fw-bare-min-s")
-	b.ReportMetric(sec(bareMin.Uptime), "kernel-bare-min-s")
-	b.ReportMetric(sec(bareHW.firmware()), "fw-bare-hw-s")
-	b.ReportMetric(sec(bareHW.Uptime), "kernel-bare-hw-s")
-	b.ReportMetric(sec(appStart.firmware()), "fw-app-s")
-	b.ReportMetric(sec(appStart.Uptime), "kernel-app-s")
 	b.ReportMetric(sec(appStart.At), "app-start-s")
-	b.ReportMetric(sec(rawStart.firmware()), "fw-app-raw-s")
-	b.ReportMetric(sec(rawStart.Uptime), "kernel-app-raw-s")
 	b.ReportMetric(sec(rawStart.At), "app-start-raw-s")
 	b.ReportMetric(sec(serving), "app-serving-s")
 	b.ReportMetric(sec(appAnswer), "nbd-answer-s")
