@@ -91,6 +91,9 @@ func (c *conn) transmit(ctx context.Context) {
 	defer stop()
 
 	work := make(chan *request)
+	// sem bounds requests in flight, from reading its header to sending
+	// its reply, to QueueDepth (so also the write payloads held).
+	sem := make(chan struct{}, c.s.depth)
 	var workers sync.WaitGroup
 	for i := 0; i < c.s.depth; i++ {
 		workers.Add(1)
@@ -101,12 +104,15 @@ func (c *conn) transmit(ctx context.Context) {
 				c.handle(r, &rep, &t.dirty)
 				t.send(&rep)
 				t.busy.Add(-1)
+				<-sem
 			}
 		}()
 	}
 	for {
 		r := new(request)
+		sem <- struct{}{}
 		if !c.readRequest(r) {
+			<-sem
 			break
 		}
 		t.busy.Add(1)
