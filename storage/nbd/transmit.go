@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -103,7 +102,6 @@ func (c *conn) transmit(ctx context.Context) {
 			for r := range work {
 				c.handle(r, &rep, &t.dirty)
 				t.send(&rep)
-				t.busy.Add(-1)
 				<-sem
 			}
 		}()
@@ -115,7 +113,6 @@ func (c *conn) transmit(ctx context.Context) {
 			<-sem
 			break
 		}
-		t.busy.Add(1)
 		work <- r
 	}
 	close(work)
@@ -140,7 +137,6 @@ type transmitter struct {
 	c     *conn
 	dirty atomic.Bool // a write was done since the last flush
 
-	busy    atomic.Int32 // requests read and not yet replied to
 	waiting atomic.Int32 // finished replies waiting for (or holding) writeMu
 	writeMu sync.Mutex
 	out     *replyWriter // under writeMu
@@ -203,12 +199,6 @@ func (t *transmitter) send(rep *reply) {
 	if t.werr == nil {
 		t.c.writeReply(t.out, rep)
 		t.out.hold(rep.data)
-		if others == 0 && t.busy.Load() > 1 && t.out.size < flushAt {
-			// Other requests are being served: let them finish and queue
-			// behind writeMu, so their replies share this write.
-			runtime.Gosched()
-			others = t.waiting.Load()
-		}
 		var err error
 		if others == 0 || t.out.size >= flushAt {
 			err = t.out.flush()
