@@ -349,6 +349,13 @@ func (a *Appliance) session(ctx context.Context) error {
 			if store, err = a.o.Storage.Open(storeDev, u.KEK); err != nil {
 				return fmt.Errorf("%w: opening the store: %w", ErrHalted, err)
 			}
+			// The verifier checked the header's epoch, which is not
+			// authenticated; the store's is. A store older than the epoch
+			// just reported is a rolled-back store behind an edited header.
+			if store.Epoch() < epoch {
+				store.Close()
+				return fmt.Errorf("%w: store epoch %d is older than the %d reported to the verifier: rolled-back store", ErrHalted, store.Epoch(), epoch)
+			}
 			a.log.Info("store opened", "epoch", store.Epoch())
 		}
 		return nil

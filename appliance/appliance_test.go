@@ -277,6 +277,28 @@ func TestOtherTPMHalts(t *testing.T) {
 	}
 }
 
+// A header whose epoch was raised to pass the verifier's epoch check, over a
+// store older than that epoch, must not be served.
+func TestStoreOlderThanReportedEpochHalts(t *testing.T) {
+	disk := newMemDevice(64 << 10)
+	r := start(t, disk, &fakeAttester{tpm: "A", decide: grant(true, time.Hour), heartbeat: beats(time.Hour)})
+	r.waitServing(t)
+	r.stop(t)
+	if err := appliance.UpdateHeaderEpoch(disk, 8, 4096); err != nil { // the fake store's epoch is 7
+		t.Fatal(err)
+	}
+
+	att := &fakeAttester{tpm: "A", decide: grant(false, time.Hour), heartbeat: beats(time.Hour)}
+	r2 := start(t, disk, att)
+	r2.waitLog(t, "rolled-back store")
+	if r2.exporter.isServing() {
+		t.Error("served a store older than the epoch reported to the verifier")
+	}
+	if att.epochs[0] != 8 {
+		t.Errorf("reported epoch %d, want the header's 8", att.epochs[0])
+	}
+}
+
 func TestStoreOpenFailureHalts(t *testing.T) {
 	disk := newMemDevice(64 << 10)
 	r := start(t, disk, &fakeAttester{tpm: "A", decide: grant(true, time.Hour), heartbeat: beats(time.Hour)})

@@ -172,12 +172,14 @@ import statistics
 NOTES = """
 Notes: `embassy-file` is `embassyctl serve --file`, `embassy-store` is
 `embassyctl serve --store` (AES-256-GCM per 4 KiB block, hash tree),
-both on the same loopback as fio. CPU profiles of the server show 60-90%
-of its time in system calls (pread/pwrite and socket I/O); the rest is
-mostly Go scheduler hand-offs between the per-connection reader, workers
-and writer. On this 2-core machine fio, the server and other jobs compete
-for the cores, so single runs swing by 2x; use ROUNDS=3 or more for
-decisions. Go benchmarks (in-process client, for regressions): `go test ./storage/nbd
+both on the same loopback as fio. Per connection, one reader goroutine
+hands each request to one of QueueDepth workers, which serves it and
+writes its own reply (gathered with other finished replies into one
+writev; large read payloads are not copied). CPU profiles of the server
+show most of its time in system calls (pread/pwrite and socket I/O). On
+this 2-core machine fio, the server and other jobs compete for the
+cores, so single runs swing by 2x; use ROUNDS=3 or more for decisions.
+Go benchmarks (in-process client, for regressions): `go test ./storage/nbd
 -run '^$' -bench .`.
 """
 vals = {}

@@ -131,12 +131,27 @@ type DB struct {
 // maxIdleConns is how many SQLite connections stay open between requests.
 const maxIdleConns = 32
 
-// OpenDB opens (creating if needed) and migrates the database at path.
+// OpenDB opens (creating if needed) and migrates the database at path, for
+// the verifier service: commits are ordered and crash-safe, but the newest
+// ones may be lost if the host loses power (WAL with synchronous=NORMAL; see
+// docs/performance-verifier.md for why).
 func OpenDB(ctx context.Context, path string) (*DB, error) {
+	return openDB(ctx, path, "NORMAL")
+}
+
+// OpenDurableDB is OpenDB for operators' writes (enrollment, revocation,
+// release publication): every commit is on disk before it returns
+// (synchronous=FULL on this connection), so a power cut right after
+// `embassyctl revoke` cannot undo the revocation.
+func OpenDurableDB(ctx context.Context, path string) (*DB, error) {
+	return openDB(ctx, path, "FULL")
+}
+
+func openDB(ctx context.Context, path, synchronous string) (*DB, error) {
 	q := url.Values{}
 	q.Add("_pragma", "busy_timeout(10000)")
 	q.Add("_pragma", "journal_mode(WAL)")
-	q.Add("_pragma", "synchronous(NORMAL)")
+	q.Add("_pragma", "synchronous("+synchronous+")")
 	q.Add("_pragma", "foreign_keys(ON)")
 	q.Set("_txlock", "immediate")
 	sdb, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())

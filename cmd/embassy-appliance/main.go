@@ -30,9 +30,12 @@ const (
 )
 
 func main() {
-	configPath := flag.String("config", defaultConfig, "appliance configuration (JSON)")
-	tpmPath := flag.String("tpm", tpm.DefaultDevice, "TPM device")
-	flag.Parse()
+	// An own flag set: dependencies register flags of theirs (SEV, TDX
+	// devices) on flag.CommandLine that mean nothing here.
+	fs := flag.NewFlagSet("embassy-appliance", flag.ExitOnError)
+	configPath := fs.String("config", defaultConfig, "appliance configuration (JSON)")
+	tpmPath := fs.String("tpm", tpm.DefaultDevice, "TPM device")
+	fs.Parse(os.Args[1:])
 
 	log := appliance.ConsoleLogger(os.Stdout)
 	slog.SetDefault(log)

@@ -49,7 +49,7 @@ func (d dbFlags) open() (*verifier.DB, error) {
 	if _, err := os.Stat(*d.path); err != nil {
 		return nil, fmt.Errorf("verifier database: %w", err)
 	}
-	return verifier.OpenDB(context.Background(), *d.path)
+	return verifier.OpenDurableDB(context.Background(), *d.path)
 }
 
 func printJSON(w io.Writer, v any) error {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -69,81 +68,62 @@ type cacher interface {
 	Cache(off, length int64) error
 }
 
+// transmit serves requests until the client disconnects or ctx ends.
+//
+// One reader goroutine (this one) reads requests and hands each to one of
+// QueueDepth workers, which serves it and writes its reply itself (under
+// writeMu): no separate writer goroutine, so one hand-off per request.
+// Replies go out in the order they finish, which the protocol allows;
+// they never interleave because each is appended whole under writeMu. A
+// worker flushes unless another finished reply waits for writeMu (that
+// worker flushes then), so replies that finish together share one write
+// system call. (Workers taking turns reading, as nbdkit's threads do,
+// cost more CPU per request here: every turn wakes a parked goroutine.)
 func (c *conn) transmit(ctx context.Context) {
-	depth := c.s.depth
-	work := make(chan *request)
-	replies := make(chan *reply, depth)
-	sem := make(chan struct{}, depth)
-	var dirty atomic.Bool
-
-	var workers sync.WaitGroup
-	for i := 0; i < depth; i++ {
-		workers.Add(1)
-		go func() {
-			defer workers.Done()
-			for r := range work {
-				replies <- c.handle(r, &dirty)
-			}
-		}()
+	t := &transmitter{c: c, out: newReplyWriter(c.nc, c.nc == c.raw)}
+	if err := c.bw.Flush(); err != nil { // the handshake flushes; be sure
+		c.log.Info("nbd: write failed", "err", err)
+		return
 	}
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		c.writeLoop(replies, sem)
-	}()
-
 	// On shutdown, stop reading new requests; what is in flight is drained.
 	stop := context.AfterFunc(ctx, func() { c.raw.SetReadDeadline(time.Now()) })
 	defer stop()
 
-	var hdr [requestHeaderLen]byte
+	work := make(chan *request)
+	// sem bounds requests in flight, from reading its header to sending
+	// its reply, to QueueDepth (so also the write payloads held).
+	sem := make(chan struct{}, c.s.depth)
+	var workers sync.WaitGroup
+	for i := 0; i < c.s.depth; i++ {
+		workers.Add(1)
+		go func() {
+			defer workers.Done()
+			var rep reply
+			for r := range work {
+				c.handle(r, &rep, &t.dirty)
+				t.send(&rep)
+				<-sem
+			}
+		}()
+	}
 	for {
-		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
-			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !isTimeout(err) {
-				c.log.Info("nbd: connection read failed", "err", err)
-			}
-			break
-		}
-		if binary.BigEndian.Uint32(hdr[0:]) != magicRequest {
-			c.log.Warn("nbd: bad request magic, disconnecting")
-			break
-		}
-		r := &request{
-			flags:  binary.BigEndian.Uint16(hdr[4:]),
-			typ:    binary.BigEndian.Uint16(hdr[6:]),
-			cookie: binary.BigEndian.Uint64(hdr[8:]),
-			off:    binary.BigEndian.Uint64(hdr[16:]),
-			length: binary.BigEndian.Uint32(hdr[24:]),
-		}
-		if r.typ == cmdDisc {
-			break
-		}
+		r := new(request)
 		sem <- struct{}{}
-		if r.typ == cmdWrite {
-			if r.length > c.s.maxPay {
-				// Consume the payload so the stream stays in step.
-				if _, err := io.CopyN(io.Discard, c.br, int64(r.length)); err != nil {
-					<-sem
-					break
-				}
-				r.errno = errInval
-			} else {
-				r.data = getBuf(int(r.length))
-				if _, err := io.ReadFull(c.br, r.data); err != nil {
-					putBuf(r.data)
-					<-sem
-					c.log.Info("nbd: connection lost in write payload", "err", err)
-					break
-				}
-			}
+		if !c.readRequest(r) {
+			<-sem
+			break
 		}
 		work <- r
 	}
 	close(work)
 	workers.Wait()
-	close(replies)
-	<-writerDone
-	if dirty.Load() {
+	if t.werr == nil {
+		if err := t.out.flush(); err != nil {
+			c.log.Info("nbd: write failed", "err", err)
+		}
+	}
+	t.out.release()
+	if t.dirty.Load() {
 		if err := c.exp.Backend.Flush(); err != nil {
 			c.log.Error("nbd: flush at disconnect failed", "err", err)
 		}
@@ -151,15 +131,105 @@ func (c *conn) transmit(ctx context.Context) {
 	c.log.Info("nbd: disconnected")
 }
 
+// transmitter is the transmission-phase state shared by a connection's
+// workers.
+type transmitter struct {
+	c     *conn
+	dirty atomic.Bool // a write was done since the last flush
+
+	waiting atomic.Int32 // finished replies waiting for (or holding) writeMu
+	writeMu sync.Mutex
+	out     *replyWriter // under writeMu
+	werr    error        // under writeMu: the connection failed
+}
+
+// readRequest reads one request header and any WRITE payload.
+func (c *conn) readRequest(r *request) bool {
+	var hdr [requestHeaderLen]byte
+	if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+		if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !isTimeout(err) {
+			c.log.Info("nbd: connection read failed", "err", err)
+		}
+		return false
+	}
+	if binary.BigEndian.Uint32(hdr[0:]) != magicRequest {
+		c.log.Warn("nbd: bad request magic, disconnecting")
+		return false
+	}
+	*r = request{
+		flags:  binary.BigEndian.Uint16(hdr[4:]),
+		typ:    binary.BigEndian.Uint16(hdr[6:]),
+		cookie: binary.BigEndian.Uint64(hdr[8:]),
+		off:    binary.BigEndian.Uint64(hdr[16:]),
+		length: binary.BigEndian.Uint32(hdr[24:]),
+	}
+	if r.typ == cmdDisc {
+		return false
+	}
+	if r.typ != cmdWrite {
+		return true
+	}
+	if r.length > c.s.maxPay {
+		// Consume the payload so the stream stays in step.
+		if _, err := io.CopyN(io.Discard, c.br, int64(r.length)); err != nil {
+			return false
+		}
+		r.errno = errInval
+		return true
+	}
+	// Large payloads bypass c.br's buffer: bufio reads straight into
+	// r.data once its buffer is empty.
+	r.data = getBuf(int(r.length))
+	if _, err := io.ReadFull(c.br, r.data); err != nil {
+		putBuf(r.data)
+		r.data = nil
+		c.log.Info("nbd: connection lost in write payload", "err", err)
+		return false
+	}
+	return true
+}
+
+// send writes rep and flushes unless another finished reply is about to
+// be written (that worker flushes then). The payload buffer goes back to
+// its pool once it has been sent.
+func (t *transmitter) send(rep *reply) {
+	t.waiting.Add(1)
+	t.writeMu.Lock()
+	others := t.waiting.Add(-1)
+	if t.werr == nil {
+		t.c.writeReply(t.out, rep)
+		t.out.hold(rep.data)
+		var err error
+		if others == 0 || t.out.size >= flushAt {
+			err = t.out.flush()
+		}
+		if err != nil {
+			t.werr = err
+			t.c.log.Info("nbd: write failed, closing", "err", err)
+			t.c.raw.Close() // unblocks the reader; the rest is dropped unsent
+			t.out.release()
+		}
+	} else {
+		putBuf(rep.data)
+	}
+	t.writeMu.Unlock()
+	rep.data = nil
+}
+
+// flushAt bounds how much reply data is gathered before it is written
+// even while more replies are queued.
+const flushAt = 1 << 20
+
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // handle serves one request; it runs on a worker goroutine.
-func (c *conn) handle(r *request, dirty *atomic.Bool) *reply {
+// It fills rep, which it also returns.
+func (c *conn) handle(r *request, rep *reply, dirty *atomic.Bool) *reply {
 	c.s.requests.Add(1)
-	rep := &reply{cookie: r.cookie}
+	*rep = reply{cookie: r.cookie}
 	if r.typ == cmdRead || r.typ == cmdBlockStatus {
 		rep.kind = kindRead // errors on these go in an error chunk
 	}
@@ -367,85 +437,52 @@ func descriptors(ext []storage.Extent, off, n int64, one bool) []uint32 {
 	return out
 }
 
-// writeLoop is the connection's single writer: it sends replies in the
-// order workers finish them and flushes when no more are queued.
-func (c *conn) writeLoop(replies <-chan *reply, sem <-chan struct{}) {
-	var werr error
-	for rep := range replies {
-		if werr == nil {
-			werr = c.writeReply(rep)
-			if werr == nil && len(replies) == 0 {
-				// Let workers about to finish queue their replies, so
-				// they share one write system call.
-				runtime.Gosched()
-				if len(replies) == 0 {
-					werr = c.bw.Flush()
-				}
-			}
-			if werr != nil {
-				c.log.Info("nbd: write failed, closing", "err", werr)
-				c.raw.Close() // unblocks the reader; the rest is drained unsent
-			}
-		}
-		putBuf(rep.data)
-		<-sem
-	}
-}
-
-func (c *conn) writeReply(rep *reply) error {
+// writeReply appends rep to w.
+func (c *conn) writeReply(w *replyWriter, rep *reply) {
 	var h [20]byte
 	if !c.structured || (rep.kind == kindPlain) {
 		binary.BigEndian.PutUint32(h[0:], magicSimple)
 		binary.BigEndian.PutUint32(h[4:], rep.errno)
 		binary.BigEndian.PutUint64(h[8:], rep.cookie)
-		if _, err := c.bw.Write(h[:16]); err != nil {
-			return err
-		}
+		w.copy(h[:16])
 		if rep.errno == 0 && rep.data != nil {
-			_, err := c.bw.Write(rep.data)
-			return err
+			w.ref(rep.data)
 		}
-		return nil
+		return
 	}
-	chunk := func(flags, typ uint16, length int) error {
+	chunk := func(flags, typ uint16, length int) {
 		binary.BigEndian.PutUint32(h[0:], magicStruct)
 		binary.BigEndian.PutUint16(h[4:], flags)
 		binary.BigEndian.PutUint16(h[6:], typ)
 		binary.BigEndian.PutUint64(h[8:], rep.cookie)
 		binary.BigEndian.PutUint32(h[16:], uint32(length))
-		_, err := c.bw.Write(h[:])
-		return err
+		w.copy(h[:])
 	}
 	if rep.errno != 0 {
 		msg := rep.msg
-		if err := chunk(replyFlagDone, chunkError, 6+len(msg)); err != nil {
-			return err
-		}
+		chunk(replyFlagDone, chunkError, 6+len(msg))
 		var b [6]byte
 		binary.BigEndian.PutUint32(b[0:], rep.errno)
 		binary.BigEndian.PutUint16(b[4:], uint16(len(msg)))
-		c.bw.Write(b[:])
-		_, err := c.bw.WriteString(msg)
-		return err
+		w.copy(b[:])
+		w.copy([]byte(msg))
+		return
 	}
 	if rep.kind == kindStatus {
-		if err := chunk(replyFlagDone, chunkBlockStatus, 4+4*len(rep.descs)); err != nil {
-			return err
-		}
+		chunk(replyFlagDone, chunkBlockStatus, 4+4*len(rep.descs))
 		var b [4]byte
 		binary.BigEndian.PutUint32(b[:], metaAllocationID)
-		c.bw.Write(b[:])
+		w.copy(b[:])
 		for _, d := range rep.descs {
 			binary.BigEndian.PutUint32(b[:], d)
-			if _, err := c.bw.Write(b[:]); err != nil {
-				return err
-			}
+			w.copy(b[:])
 		}
-		return nil
+		return
 	}
 	// A read: data and hole chunks, the last one flagged done.
 	if len(rep.data) == 0 {
-		return chunk(replyFlagDone, chunkNone, 0)
+		chunk(replyFlagDone, chunkNone, 0)
+		return
 	}
 	var segs [][2]int // [start, end) with sign of hole encoded by next slice
 	var holes []bool
@@ -462,24 +499,100 @@ func (c *conn) writeReply(rep *reply) error {
 		var b [12]byte
 		binary.BigEndian.PutUint64(b[:], rep.off+uint64(sg[0]))
 		if holes[i] {
-			if err := chunk(fl, chunkOffsetHole, 12); err != nil {
-				return err
-			}
+			chunk(fl, chunkOffsetHole, 12)
 			binary.BigEndian.PutUint32(b[8:], uint32(sg[1]-sg[0]))
-			if _, err := c.bw.Write(b[:12]); err != nil {
-				return err
-			}
+			w.copy(b[:12])
 			continue
 		}
-		if err := chunk(fl, chunkOffsetData, 8+sg[1]-sg[0]); err != nil {
-			return err
-		}
-		c.bw.Write(b[:8])
-		if _, err := c.bw.Write(rep.data[sg[0]:sg[1]]); err != nil {
-			return err
-		}
+		chunk(fl, chunkOffsetData, 8+sg[1]-sg[0])
+		w.copy(b[:8])
+		w.ref(rep.data[sg[0]:sg[1]])
 	}
-	return nil
+}
+
+// replyWriter gathers replies and writes them with as few system calls
+// as it can: on a plain TCP connection one writev per flush, large read
+// payloads referenced rather than copied. Over TLS, whose records are
+// encrypted copies anyway, it copies all but large payloads into one
+// buffer so small replies share records.
+type replyWriter struct {
+	w       io.Writer
+	refMin  int         // payloads at least this long are referenced
+	small   []byte      // headers and copied payloads
+	mark    int         // small[:mark] is already in bufs
+	bufs    net.Buffers // what the next flush writes, in order
+	held    [][]byte    // payload buffers to return to their pool after the flush
+	size    int         // bytes gathered
+	scratch net.Buffers
+}
+
+func newReplyWriter(w io.Writer, plainTCP bool) *replyWriter {
+	rw := &replyWriter{w: w, refMin: 64 << 10, small: make([]byte, 0, 256<<10)}
+	if plainTCP {
+		rw.refMin = 16 << 10
+	}
+	return rw
+}
+
+// copy appends a copy of b.
+func (w *replyWriter) copy(b []byte) {
+	w.small = append(w.small, b...)
+	w.size += len(b)
+}
+
+// ref appends b, by reference if it is large; b must stay unchanged
+// until the next flush (hold its buffer).
+func (w *replyWriter) ref(b []byte) {
+	if len(b) < w.refMin {
+		w.copy(b)
+		return
+	}
+	if len(w.small) > w.mark {
+		w.bufs = append(w.bufs, w.small[w.mark:len(w.small):len(w.small)])
+		w.mark = len(w.small)
+	}
+	w.bufs = append(w.bufs, b)
+	w.size += len(b)
+}
+
+// hold keeps the pooled buffer b until the next flush.
+func (w *replyWriter) hold(b []byte) {
+	if b != nil {
+		w.held = append(w.held, b)
+	}
+}
+
+// flush writes what was gathered and returns held buffers to their pool.
+func (w *replyWriter) flush() error {
+	var err error
+	switch {
+	case len(w.bufs) == 0:
+		if len(w.small) > 0 {
+			_, err = w.w.Write(w.small)
+		}
+	default:
+		if len(w.small) > w.mark {
+			w.bufs = append(w.bufs, w.small[w.mark:])
+		}
+		// WriteTo consumes its receiver; keep w.bufs' backing array.
+		w.scratch = w.bufs
+		_, err = w.scratch.WriteTo(w.w)
+	}
+	clear(w.bufs)
+	w.bufs = w.bufs[:0]
+	w.small = w.small[:0]
+	w.mark, w.size = 0, 0
+	w.release()
+	return err
+}
+
+// release returns held buffers to their pool.
+func (w *replyWriter) release() {
+	for i, b := range w.held {
+		putBuf(b)
+		w.held[i] = nil
+	}
+	w.held = w.held[:0]
 }
 
 // splitHoles cuts a read buffer into data and hole segments. Only whole
