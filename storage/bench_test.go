@@ -22,21 +22,29 @@ type benchTarget interface {
 	io.WriterAt
 }
 
+// newBenchStore formats a benchSize store on a file in dir, closed when the
+// benchmark ends.
+func newBenchStore(b *testing.B, dir string) *storage.Store {
+	b.Helper()
+	dev, err := storage.CreateFileDevice(filepath.Join(dir, "backing"), 2*benchSize+8<<20)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { dev.Close() })
+	s, err := storage.Format(dev, storage.FormatOptions{KEK: testKEK, Size: benchSize})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	return s
+}
+
 // BenchmarkStore compares the store with plain os.File I/O on a twin
 // file and with the pure AES-GCM ceiling (gcmCeiling), side by side in one
 // run: `make bench-store` turns the triples into ratios.
 func BenchmarkStore(b *testing.B) {
 	dir := b.TempDir()
-	dev, err := storage.CreateFileDevice(filepath.Join(dir, "backing"), 2*benchSize+8<<20)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer dev.Close()
-	s, err := storage.Format(dev, storage.FormatOptions{KEK: testKEK, Size: benchSize})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := newBenchStore(b, dir)
 	// Fill both so reads touch real data, not holes.
 	buf := make([]byte, 1<<20)
 	for i := range buf {
@@ -151,16 +159,7 @@ func (p plainFile) Flush() error { return p.Sync() }
 // of durability rather than of the page cache.
 func BenchmarkStoreFlush(b *testing.B) {
 	dir := b.TempDir()
-	dev, err := storage.CreateFileDevice(filepath.Join(dir, "backing"), 2*benchSize+8<<20)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer dev.Close()
-	s, err := storage.Format(dev, storage.FormatOptions{KEK: testKEK, Size: benchSize})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := newBenchStore(b, dir)
 	plainDev, err := storage.CreateFileDevice(filepath.Join(dir, "plain"), benchSize)
 	if err != nil {
 		b.Fatal(err)

@@ -297,6 +297,14 @@ func parallelBlocks(nb int, f func(k0, k1 int)) {
 	wg.Wait()
 }
 
+// chunkBlocks returns the blocks [b0, b1) covering the bytes from pos up to
+// end, at most maxChunk of them: ReadAt and WriteAt work in such chunks.
+func chunkBlocks(pos, end int64) (b0, b1 uint64) {
+	b0 = uint64(pos / BlockSize)
+	b1 = uint64((end + BlockSize - 1) / BlockSize)
+	return b0, min(b1, b0+maxChunk)
+}
+
 // ReadAt reads len(p) bytes at off. Reading past the end returns io.EOF
 // with the bytes before it. A block that fails authentication fails the
 // whole call with an error wrapping ErrIntegrity (an *IntegrityError).
@@ -318,11 +326,7 @@ func (s *Store) ReadAt(p []byte, off int64) (int, error) {
 	n := 0
 	for n < len(p) {
 		pos := off + int64(n)
-		b0 := uint64(pos / BlockSize)
-		b1 := uint64((off + int64(len(p)) + BlockSize - 1) / BlockSize)
-		if b1-b0 > maxChunk {
-			b1 = b0 + maxChunk
-		}
+		b0, b1 := chunkBlocks(pos, off+int64(len(p)))
 		m, err := s.readSpan(p[n:], pos, b0, b1)
 		n += m
 		if err != nil {
@@ -375,11 +379,7 @@ func (s *Store) WriteAt(p []byte, off int64) (int, error) {
 	n := 0
 	for n < len(p) {
 		pos := off + int64(n)
-		b0 := uint64(pos / BlockSize)
-		b1 := uint64((off + int64(len(p)) + BlockSize - 1) / BlockSize)
-		if b1-b0 > maxChunk {
-			b1 = b0 + maxChunk
-		}
+		b0, b1 := chunkBlocks(pos, off+int64(len(p)))
 		m, err := s.writeSpan(p[n:], pos, b0, b1)
 		n += m
 		if err != nil {
