@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dataembassy/embassy/initramfs"
 	"github.com/dataembassy/embassy/internal/testenv"
 	"github.com/dataembassy/embassy/qemu"
 	attestpb "github.com/google/go-tpm-tools/proto/attest"
@@ -36,15 +37,11 @@ import (
 // kernelPath returns the cached guest kernel fetched by scripts/fetch-kernel.sh.
 func kernelPath(t *testing.T) string {
 	t.Helper()
-	home, err := os.UserHomeDir()
+	k, err := initramfs.CachedKernel()
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := filepath.Join(home, ".cache/embassy/kernel/current/vmlinuz")
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("guest kernel missing (run scripts/fetch-kernel.sh): %v", err)
-	}
-	return p
+	return k.Vmlinuz
 }
 
 var (

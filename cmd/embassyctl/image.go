@@ -16,6 +16,7 @@ import (
 	"github.com/dataembassy/embassy/images/disk"
 	"github.com/dataembassy/embassy/images/predict"
 	"github.com/dataembassy/embassy/images/uki"
+	"github.com/dataembassy/embassy/initramfs"
 )
 
 func init() {
@@ -53,12 +54,14 @@ func runImage(args []string, stdout, stderr io.Writer) error {
 	})
 }
 
+// defaultKernelPath is the kernel scripts/fetch-kernel.sh cached, or "" if
+// there is none (then -kernel is required).
 func defaultKernelPath() string {
-	home, err := os.UserHomeDir()
+	k, err := initramfs.CachedKernel()
 	if err != nil {
 		return ""
 	}
-	return filepath.Join(home, ".cache/embassy/kernel/current/vmlinuz")
+	return k.Vmlinuz
 }
 
 // defaultEpoch honours SOURCE_DATE_EPOCH, the reproducible-builds

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/dataembassy/embassy/images/authenticode"
+	"github.com/dataembassy/embassy/initramfs"
 	"github.com/dataembassy/embassy/internal/testenv"
 )
 
@@ -76,12 +77,15 @@ func TestHashMatchesReferenceTools(t *testing.T) {
 	sbsign := testenv.Tool(t, "sbsign")
 	ossl := testenv.Tool(t, "osslsigncode")
 	cert, key := signingKey(t)
-	home, _ := os.UserHomeDir()
+	kernel, err := initramfs.CachedKernel()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct{ name, path string }{
 		// The stub has a COFF symbol table after its sections (trailing
 		// data); Debian's kernel is already signed (certificate table).
 		{"systemd-stub", stubPath},
-		{"signed-kernel", filepath.Join(home, ".cache/embassy/kernel/current/vmlinuz")},
+		{"signed-kernel", kernel.Vmlinuz},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			img := readFile(t, tc.path)
