@@ -9,7 +9,12 @@
 # It prints one table with ratios and writes it to docs/performance-nbd.md.
 #
 # Environment: RUNTIME (seconds per fio job, default 10), ROUNDS (default 1;
-# cells are medians over rounds), SIZE (default 1G),
+# cells are medians over rounds), SIZE (default 1G), SERVERS (space-separated
+# server names to run, e.g. "nbdkit-file embassy-file"; default all), FIO_JOBS
+# (space-separated fio rw names among write read randwrite randread; default
+# all), PROFILE_DIR (if set, each embassyctl writes a CPU profile there,
+# <server>.pprof, when it stops). With SERVERS or FIO_JOBS set the table is
+# only printed unless OUT is given.
 # BENCH_DIR (scratch directory, default a new one under /tmp), OUT (the
 # markdown file to write).
 set -euo pipefail
@@ -17,6 +22,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 RUNTIME=${RUNTIME:-10}
 SIZE=${SIZE:-1G}
+if [[ -n ${SERVERS:-}${FIO_JOBS:-} ]]; then OUT=${OUT:-/dev/null}; fi
 OUT=${OUT:-$ROOT/docs/performance-nbd.md}
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 PY=/usr/bin/python3
@@ -73,6 +79,8 @@ FIOPREFIX=()
 if [[ $(id -u) -eq 0 ]]; then FIOPREFIX=(setpriv --reuid=65534 --regid=65534 --clear-groups); fi
 
 port=10900
+# want NAME: whether server NAME was selected by SERVERS.
+want() { [[ -z ${SERVERS:-} || " $SERVERS " == *" $1 "* ]]; }
 wait_port() { # port pid
   for _ in $(seq 100); do
     if (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; then return 0; fi
@@ -91,11 +99,13 @@ NAMES=(); URIS=()
 start_embassy() {
   local name=$1 tls=$2; shift 2
   port=$((port+1))
+  want "$name" || return 1
   local tlsargs=(--plaintext) scheme=nbd
   if [[ $tls == 1 ]]; then
     tlsargs=(--tls-cert "$PKI/server-cert.pem" --tls-key "$PKI/server-key.pem" --client-ca "$PKI/ca-cert.pem" --grant "bench-client=disk:rw")
     scheme=nbds
   fi
+  [[ -n ${PROFILE_DIR:-} ]] && tlsargs+=(--cpuprofile "$PROFILE_DIR/$name.pprof")
   "$WORK/embassyctl" serve --listen 127.0.0.1:$port --export disk "${tlsargs[@]}" "$@" > "$WORK/$name.log" 2>&1 &
   PIDS+=("$!")
   wait_port $port $!
@@ -106,6 +116,7 @@ start_embassy() {
 start_nbdkit() {
   local name=$1 tls=$2; shift 2
   port=$((port+1))
+  want "$name" || return 0
   local tlsargs=(--tls=off) scheme=nbd
   if [[ $tls == 1 ]]; then
     tlsargs=(--tls=require --tls-certificates="$PKI/server" --tls-verify-peer)
@@ -122,16 +133,18 @@ for tls in 0 1; do
   sfx=""; [[ $tls == 1 ]] && sfx="-tls"
   start_nbdkit "nbdkit-file$sfx" $tls file "$WORK/nbdkit.img"
   start_nbdkit "nbdkit-luks$sfx" $tls --filter=luks file "$WORK/luks.img" passphrase=benchpass
-  start_embassy "embassy-file$sfx" $tls --file "$WORK/plain.img"
   # A store per server process (a store is opened by one process at a
   # time), filled with the same random data as the plain file so reads
   # decrypt and authenticate real blocks (unwritten blocks read as zeros
   # without touching ciphertext).
-  start_embassy "embassy-store$sfx" $tls --store "$WORK/store$sfx.img" --format "$SIZE" \
-    --kek-file "$WORK/kek" --counter-file "$WORK/counter$sfx"
-  echo "bench-nbd: filling embassy-store$sfx"
-  (cd "$FIOHOME" && "${FIOPREFIX[@]}" env HOME="$FIOHOME" nbdcopy "$WORK/plain.img" "${URIS[-1]}")
+  start_embassy "embassy-file$sfx" $tls --file "$WORK/plain.img" || true
+  if start_embassy "embassy-store$sfx" $tls --store "$WORK/store$sfx.img" --format "$SIZE" \
+    --kek-file "$WORK/kek" --counter-file "$WORK/counter$sfx"; then
+    echo "bench-nbd: filling embassy-store$sfx"
+    (cd "$FIOHOME" && "${FIOPREFIX[@]}" env HOME="$FIOHOME" nbdcopy "$WORK/plain.img" "${URIS[-1]}")
+  fi
 done
+[[ ${#NAMES[@]} -gt 0 ]] || { echo "bench-nbd: SERVERS selects no server" >&2; exit 1; }
 
 # fio_one URI JOB: prints MiB/s (1M jobs) or IOPS (4k jobs).
 fio_one() {
@@ -155,8 +168,10 @@ print("%.0f" % (side["bw"]/1024.0) if sys.argv[3]=="1M" else "%.0f" % side["iops
 # median over the rounds.
 ROUNDS=${ROUNDS:-1}
 JOBS=("write 1M 8" "read 1M 8" "randwrite 4k 32" "randread 4k 32")
+WANTJOBS=${FIO_JOBS:-}
 for ((r = 1; r <= ROUNDS; r++)); do
   for ((j = 0; j < ${#JOBS[@]}; j++)); do
+    if [[ -n $WANTJOBS && " $WANTJOBS " != *" ${JOBS[$j]%% *} "* ]]; then continue; fi
     for ((i = 0; i < ${#NAMES[@]}; i++)); do
       v=$(fio_one "${URIS[$i]}" "${JOBS[$j]}")
       printf '%s\t%d\t%s\n' "${NAMES[$i]}" "$j" "$v" >> "$RESULTS"
@@ -190,7 +205,7 @@ for line in open(res):
         vals[name] = [[], [], [], []]
         order.append(name)
     vals[name][int(job)].append(float(v))
-rows = {n: [statistics.median(x) if x else 0.0 for x in vals[n]] for n in order}
+rows = {n: [statistics.median(x) if x else float("nan") for x in vals[n]] for n in order}
 rounds = max(len(x) for n in order for x in vals[n])
 cols = ["seq write MiB/s", "seq read MiB/s", "4K randwrite IOPS", "4K randread IOPS"]
 lines = []
@@ -205,7 +220,7 @@ lines.append("")
 lines.append("| server | " + " | ".join(cols) + " |")
 lines.append("|---|" + "---:|" * len(cols))
 for n in order:
-    lines.append("| %s | %s |" % (n, " | ".join("%.0f" % v for v in rows[n])))
+    lines.append("| %s | %s |" % (n, " | ".join("%.0f" % v if v == v else "-" for v in rows[n])))
 lines.append("")
 lines.append("Ratios (higher is better for us):")
 lines.append("")
@@ -213,7 +228,7 @@ lines.append("| ratio | " + " | ".join(cols) + " |")
 lines.append("|---|" + "---:|" * len(cols))
 def ratio(a, b):
     if a in rows and b in rows:
-        lines.append("| %s / %s | %s |" % (a, b, " | ".join("%.2fx" % (x / y if y else 0) for x, y in zip(rows[a], rows[b]))))
+        lines.append("| %s / %s | %s |" % (a, b, " | ".join("%.2fx" % (x / y) if x == x and y == y and y else "-" for x, y in zip(rows[a], rows[b]))))
 for sfx in ["", "-tls"]:
     ratio("embassy-file" + sfx, "nbdkit-file" + sfx)
     ratio("embassy-store" + sfx, "nbdkit-file" + sfx)

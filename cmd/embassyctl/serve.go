@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 
@@ -80,6 +81,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	plaintext := fs.Bool("plaintext", false, "serve without TLS, to anyone (local benchmarks only)")
 	depth := fs.Int("queue-depth", 0, "requests in flight per connection (0: default)")
 	verbose := fs.Bool("v", false, "log every connection")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file (for benchmarks)")
 	var grants grantList
 	fs.Var(&grants, "grant", "identity=export:rw|ro; identity is a certificate CN or URI SAN, or * (repeatable)")
 	if err := fs.Parse(args); err != nil {
@@ -99,6 +101,20 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if *storePath == "" && (*kekFile != "" || *counterFile != "" || *formatSize != "") {
 		return fmt.Errorf("%w: --kek-file, --counter-file and --format go with --store", errUsage)
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
 	}
 	opts := nbd.ServerOptions{Plaintext: *plaintext, QueueDepth: *depth}
 	level := slog.LevelWarn
