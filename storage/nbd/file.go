@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -13,11 +14,15 @@ import (
 
 // File is a plain, unencrypted file or block device as a Backend: for
 // benchmarks and for comparison with the authenticated store. Reads and
-// writes of any offset and length go straight to pread/pwrite.
+// writes of any offset and length go straight to pread/pwrite. The server
+// serves reads of cached data and whole-page writes on the connection's
+// reader goroutine (see transmit.go), the rest on its workers.
 type File struct {
 	f    *os.File
 	fd   int
 	size int64
+
+	noNowait atomic.Bool // preadv2 lacks RWF_NOWAIT here: never serve inline
 }
 
 // OpenFile opens path as a backend. With readOnly the file is opened
@@ -50,6 +55,43 @@ func (b *File) ReadAt(p []byte, off int64) (int, error) { return b.f.ReadAt(p, o
 
 // WriteAt writes with pwrite.
 func (b *File) WriteAt(p []byte, off int64) (int, error) { return b.f.WriteAt(p, off) }
+
+// readAtNoWait reads like ReadAt if every page of the range is in the page
+// cache (preadv2 with RWF_NOWAIT); otherwise it returns errWouldBlock.
+func (b *File) readAtNoWait(p []byte, off int64) (int, error) {
+	if b.noNowait.Load() {
+		return 0, errWouldBlock
+	}
+	iov := [][]byte{nil}
+	done := 0
+	for done < len(p) {
+		iov[0] = p[done:]
+		k, err := unix.Preadv2(b.fd, iov, off+int64(done), unix.RWF_NOWAIT)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return 0, errWouldBlock
+		case errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL):
+			b.noNowait.Store(true)
+			return 0, errWouldBlock
+		case err != nil:
+			return done, &os.PathError{Op: "preadv2", Path: b.f.Name(), Err: err}
+		case k == 0:
+			return done, io.EOF
+		}
+		done += k
+	}
+	return done, nil
+}
+
+// writeInline reports whether a write is expected not to wait for the
+// device: one that covers whole pages only goes to the page cache (a
+// partial page may have to be read first).
+func (b *File) writeInline(off, n int64) bool {
+	page := int64(os.Getpagesize())
+	return off%page == 0 && n%page == 0
+}
 
 // Flush calls fdatasync: it covers writes from every connection.
 func (b *File) Flush() error { return unix.Fdatasync(b.fd) }

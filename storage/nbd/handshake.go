@@ -44,6 +44,7 @@ type conn struct {
 	exp      *Export
 	readOnly bool
 	size     int64
+	inline   inliner // the backend, if it is one: see transmit
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
