@@ -27,12 +27,13 @@ var errHangup = errors.New("nbd: handshake ended")
 
 // conn is one client connection.
 type conn struct {
-	s   *Server
-	raw net.Conn // the TCP connection
-	nc  net.Conn // raw, or the TLS connection on top of it
-	br  *bufio.Reader
-	bw  *bufio.Writer
-	log *slog.Logger
+	s    *Server
+	raw  net.Conn   // the TCP connection
+	nc   net.Conn   // raw, or the TLS connection on top of it
+	sock *tlsSocket // under nc when it is TLS, else nil
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	log  *slog.Logger
 
 	tlsDone    bool
 	ids        []string // client identities from its certificate
@@ -399,7 +400,8 @@ func (c *conn) startTLS(ctx context.Context) error {
 		c.refuse("data sent before TLS handshake")
 		return errHangup
 	}
-	tc := tls.Server(c.raw, c.s.tlsConfig)
+	sock := newTLSSocket(c.raw)
+	tc := tls.Server(sock, c.s.tlsConfig)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		c.refuse("TLS handshake failed", "err", err)
 		return errHangup
@@ -420,7 +422,7 @@ func (c *conn) startTLS(ctx context.Context) error {
 	c.tlsDone = true
 	// Nothing negotiated before TLS carries over.
 	c.structured, c.metaExport, c.metaAlloc = false, "", false
-	c.nc = tc
+	c.nc, c.sock = tc, sock
 	c.br = bufio.NewReaderSize(tc, 64<<10)
 	c.bw = bufio.NewWriterSize(tc, 256<<10)
 	c.log.Info("nbd: TLS established", "identity", c.ids)

@@ -85,7 +85,7 @@ type cacher interface {
 // system call. (Workers taking turns reading, as nbdkit's threads do,
 // cost more CPU per request here: every turn wakes a parked goroutine.)
 func (c *conn) transmit(ctx context.Context) {
-	t := &transmitter{c: c, out: newReplyWriter(c.nc, c.nc == c.raw)}
+	t := &transmitter{c: c, out: newReplyWriter(c.nc, c.nc == c.raw, c.sock)}
 	c.inline, _ = c.exp.Backend.(inliner)
 	if err := c.bw.Flush(); err != nil { // the handshake flushes; be sure
 		c.log.Info("nbd: write failed", "err", err)
@@ -585,10 +585,11 @@ type replyWriter struct {
 	held    [][]byte    // payload buffers to return to their pool after the flush
 	size    int         // bytes gathered
 	scratch net.Buffers
+	sock    *tlsSocket // under w when w is TLS: corked during a flush
 }
 
-func newReplyWriter(w io.Writer, plainTCP bool) *replyWriter {
-	rw := &replyWriter{w: w, refMin: 64 << 10, small: make([]byte, 0, 256<<10)}
+func newReplyWriter(w io.Writer, plainTCP bool, sock *tlsSocket) *replyWriter {
+	rw := &replyWriter{w: w, sock: sock, refMin: 64 << 10, small: make([]byte, 0, 256<<10)}
 	if plainTCP {
 		rw.refMin = 16 << 10
 	}
@@ -624,8 +625,16 @@ func (w *replyWriter) hold(b []byte) {
 }
 
 // flush writes what was gathered and returns held buffers to their pool.
-func (w *replyWriter) flush() error {
-	var err error
+func (w *replyWriter) flush() (err error) {
+	if w.sock != nil {
+		// One system call for all the records of this flush.
+		w.sock.cork()
+		defer func() {
+			if uerr := w.sock.uncork(); err == nil {
+				err = uerr
+			}
+		}()
+	}
 	switch {
 	case len(w.bufs) == 0:
 		if len(w.small) > 0 {

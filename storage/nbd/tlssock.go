@@ -1,0 +1,68 @@
+package nbd
+
+import (
+	"bufio"
+	"net"
+	"sync"
+)
+
+// tlsSocket is the TCP connection under a TLS connection. crypto/tls reads
+// a record or less per system call and writes each record (16 KiB at most)
+// with its own system call; on a loaded machine those calls, and the
+// goroutine wake-ups between partial reads, cost more than the
+// cryptography. So reads go through a large buffer (one system call brings
+// in many records), and while corked, writes are gathered and go out in
+// one system call when uncorked.
+type tlsSocket struct {
+	net.Conn
+	r *bufio.Reader
+
+	mu     sync.Mutex // writes may come from the reader (TLS alerts, key updates) as well
+	corked bool
+	wbuf   []byte
+}
+
+// tlsReadBuffer is the read buffer's size: 16 records.
+const tlsReadBuffer = 256 << 10
+
+func newTLSSocket(nc net.Conn) *tlsSocket {
+	return &tlsSocket{Conn: nc, r: bufio.NewReaderSize(nc, tlsReadBuffer)}
+}
+
+// Read reads through the buffer.
+func (s *tlsSocket) Read(p []byte) (int, error) { return s.r.Read(p) }
+
+// Write writes p, or while corked appends it to what uncork writes.
+func (s *tlsSocket) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.corked {
+		s.wbuf = append(s.wbuf, p...)
+		return len(p), nil
+	}
+	return s.Conn.Write(p)
+}
+
+// cork starts gathering writes.
+func (s *tlsSocket) cork() {
+	s.mu.Lock()
+	s.corked = true
+	s.mu.Unlock()
+}
+
+// uncork writes what was gathered and stops gathering.
+func (s *tlsSocket) uncork() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.corked = false
+	if len(s.wbuf) == 0 {
+		return nil
+	}
+	_, err := s.Conn.Write(s.wbuf)
+	if cap(s.wbuf) > 4<<20 {
+		s.wbuf = nil // do not keep a huge buffer after a huge reply
+	} else {
+		s.wbuf = s.wbuf[:0]
+	}
+	return err
+}
