@@ -3,15 +3,41 @@ package nbd_test
 import (
 	"testing"
 	"time"
+
+	"github.com/dataembassy/embassy/storage/nbd"
 )
 
 // benchQD keeps depth requests in flight over loopback against an
 // in-memory backend and reports the server's per-request cost (client
 // included: both run in this process).
 func benchQD(b *testing.B, typ uint16, size uint32, depth int, structured bool) {
-	mem := newMem(64 << 20)
-	srv := plainServer(b, mem, 32)
-	c := dialExport(b, srv.addr, "mem", structured)
+	srv := plainServer(b, newMem(64<<20), 32)
+	benchConn(b, dialExport(b, srv.addr, "mem", structured), typ, size, depth)
+}
+
+// benchFileQD is benchQD against a plain file (whose cached reads and
+// whole-page writes the connection's reader serves itself).
+func benchFileQD(b *testing.B, typ uint16, size uint32, depth int) {
+	disk, _ := tempFile(b, 64<<20)
+	srv := startServer(b, nbd.ServerOptions{
+		Exports:    []nbd.Export{{Name: "disk", Backend: disk}},
+		Grants:     []nbd.Grant{{Identity: nbd.AnyIdentity, Export: "disk", Access: nbd.ReadWrite}},
+		Plaintext:  true,
+		MaxPayload: 1 << 20,
+	})
+	c := dialExport(b, srv.addr, "disk", true)
+	if typ == cmdRead { // allocate and cache the whole file first
+		buf := make([]byte, 1<<20)
+		for off := uint64(0); off < 64<<20; off += 1 << 20 {
+			if r := c.do(cmdWrite, 0, off, 1<<20, buf); r.errno != 0 {
+				b.Fatalf("fill: errno %d", r.errno)
+			}
+		}
+	}
+	benchConn(b, c, typ, size, depth)
+}
+
+func benchConn(b *testing.B, c *client, typ uint16, size uint32, depth int) {
 	c.nc.SetDeadline(time.Time{})
 	var payload []byte
 	if typ == cmdWrite {
@@ -44,3 +70,6 @@ func BenchmarkRead4KQD32Struct(b *testing.B) { benchQD(b, cmdRead, 4096, 32, tru
 func BenchmarkWrite4KQD32(b *testing.B)      { benchQD(b, cmdWrite, 4096, 32, false) }
 func BenchmarkRead1MQD8Struct(b *testing.B)  { benchQD(b, cmdRead, 1<<20, 8, true) }
 func BenchmarkWrite1MQD8(b *testing.B)       { benchQD(b, cmdWrite, 1<<20, 8, false) }
+
+func BenchmarkFileRead1MQD8(b *testing.B)  { benchFileQD(b, cmdRead, 1<<20, 8) }
+func BenchmarkFileWrite1MQD8(b *testing.B) { benchFileQD(b, cmdWrite, 1<<20, 8) }
