@@ -93,7 +93,7 @@ stop_server() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 RESULTS=$WORK/results.tsv
 : > "$RESULTS"
-NAMES=(); URIS=()
+NAMES=(); URIS=(); SPIDS=()
 
 # start_embassy NAME TLS(0|1) SERVE-ARGS...: starts a server and records it.
 start_embassy() {
@@ -109,7 +109,7 @@ start_embassy() {
   "$WORK/embassyctl" serve --listen 127.0.0.1:$port --export disk "${tlsargs[@]}" "$@" > "$WORK/$name.log" 2>&1 &
   PIDS+=("$!")
   wait_port $port $!
-  NAMES+=("$name"); URIS+=("$scheme://127.0.0.1:$port/disk")
+  NAMES+=("$name"); URIS+=("$scheme://127.0.0.1:$port/disk"); SPIDS+=("$!")
 }
 
 # start_nbdkit NAME TLS(0|1) NBDKIT-ARGS...
@@ -125,7 +125,7 @@ start_nbdkit() {
   nbdkit -f -i 127.0.0.1 -p $port -e disk "${tlsargs[@]}" "$@" > "$WORK/$name.log" 2>&1 &
   PIDS+=("$!")
   wait_port $port $!
-  NAMES+=("$name"); URIS+=("$scheme://127.0.0.1:$port/disk")
+  NAMES+=("$name"); URIS+=("$scheme://127.0.0.1:$port/disk"); SPIDS+=("$!")
 }
 
 head -c 32 /dev/urandom > "$WORK/kek"
@@ -146,21 +146,33 @@ for tls in 0 1; do
 done
 [[ ${#NAMES[@]} -gt 0 ]] || { echo "bench-nbd: SERVERS selects no server" >&2; exit 1; }
 
-# fio_one URI JOB: prints MiB/s (1M jobs) or IOPS (4k jobs).
+# cpu_ticks PID: the process's user+system CPU time in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# fio_one URI JOB PID: prints MiB/s (1M jobs) or IOPS (4k jobs), then the
+# server's CPU time per request in microseconds. The CPU time spans ramp
+# and run; it is divided by the requests done in the run scaled up by
+# (ramp+run)/run, which assumes a steady rate.
 fio_one() {
-  local uri=$1; set -- $2
-  local json=$WORK/fio.json
+  local uri=$1 pid=$3; set -- $2
+  local json=$WORK/fio.json c0 c1
+  c0=$(cpu_ticks "$pid")
   (cd "$FIOHOME" && "${FIOPREFIX[@]}" env HOME="$FIOHOME" fio --name="$1" --ioengine=nbd --uri="$uri" \
     --rw="$1" --bs="$2" --iodepth="$3" --size="$SIZE" --time_based --runtime="$RUNTIME" \
     --ramp_time=1 --output-format=json > "$json")
+  c1=$(cpu_ticks "$pid")
   $PY -c '
-import json,sys
+import json,sys,os
 t=open(sys.argv[1]).read()
 j=json.loads(t[t.index("{"):])["jobs"][0]
 if j["error"]: sys.exit("fio error %d" % j["error"])
 side=j["read"] if "read" in sys.argv[2] else j["write"]
-print("%.0f" % (side["bw"]/1024.0) if sys.argv[3]=="1M" else "%.0f" % side["iops"])
-' "$json" "$1" "$2"
+v=side["bw"]/1024.0 if sys.argv[3]=="1M" else side["iops"]
+runtime=float(sys.argv[6])
+ios=side["total_ios"]*(runtime+1)/runtime
+cpu_us=(int(sys.argv[5])-int(sys.argv[4]))*1e6/os.sysconf("SC_CLK_TCK")
+print("%.0f\t%.1f" % (v, cpu_us/ios if ios else float("nan")))
+' "$json" "$1" "$2" "$c0" "$c1" "$RUNTIME"
 }
 
 # Job-major and round-robin over the servers, ROUNDS times: load from other
@@ -173,9 +185,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
   for ((j = 0; j < ${#JOBS[@]}; j++)); do
     if [[ -n $WANTJOBS && " $WANTJOBS " != *" ${JOBS[$j]%% *} "* ]]; then continue; fi
     for ((i = 0; i < ${#NAMES[@]}; i++)); do
-      v=$(fio_one "${URIS[$i]}" "${JOBS[$j]}")
+      v=$(fio_one "${URIS[$i]}" "${JOBS[$j]}" "${SPIDS[$i]}")
       printf '%s\t%d\t%s\n' "${NAMES[$i]}" "$j" "$v" >> "$RESULTS"
-      echo "bench-nbd: round $r ${JOBS[$j]%% *} ${NAMES[$i]}: $v"
+      echo "bench-nbd: round $r ${JOBS[$j]%% *} ${NAMES[$i]}: ${v//$'\t'/, CPU µs\/request }"
     done
   done
 done
@@ -188,24 +200,35 @@ NOTES = """
 Notes: `embassy-file` is `embassyctl serve --file`, `embassy-store` is
 `embassyctl serve --store` (AES-256-GCM per 4 KiB block, hash tree),
 both on the same loopback as fio. Per connection, one reader goroutine
-hands each request to one of QueueDepth workers, which serves it and
-writes its own reply (gathered with other finished replies into one
-writev; large read payloads are not copied). CPU profiles of the server
-show most of its time in system calls (pread/pwrite and socket I/O). On
-this 2-core machine fio, the server and other jobs compete for the
-cores, so single runs swing by 2x; use ROUNDS=3 or more for decisions.
-Go benchmarks (in-process client, for regressions): `go test ./storage/nbd
--run '^$' -bench .`.
+reads requests. On the plain file it serves cached reads (preadv2
+RWF_NOWAIT) and whole-page writes itself, with no goroutine hand-off;
+everything else, and every store request, goes to one of QueueDepth
+workers, which writes its own reply (gathered with other finished
+replies into one writev; large read payloads are not copied). Under TLS
+the socket is read through a 256 KiB buffer and the records of one flush
+leave in one write. Profiles (`PROFILE_DIR=dir` for Go CPU profiles;
+`perf record -g -p PID`) show the server's time in system calls and,
+in the kernel, in thread switches, which are costly on this VM: fewer
+goroutine hand-offs lowered CPU per byte far more than fewer copies did
+(sendfile for reads was tried and did not lower it). On this 2-core
+machine fio, the server and other jobs compete for the cores, so single
+runs swing by 2x; use ROUNDS=3 or more for decisions. Go benchmarks
+(in-process client, for regressions): `go test ./storage/nbd -run '^$'
+-bench .`.
 """
 vals = {}
+cpus = {}
 order = []
 for line in open(res):
-    name, job, v = line.rstrip("\n").split("\t")
+    name, job, v, cpu = line.rstrip("\n").split("\t")
     if name not in vals:
         vals[name] = [[], [], [], []]
+        cpus[name] = [[], [], [], []]
         order.append(name)
     vals[name][int(job)].append(float(v))
+    cpus[name][int(job)].append(float(cpu))
 rows = {n: [statistics.median(x) if x else float("nan") for x in vals[n]] for n in order}
+crows = {n: [statistics.median(x) if x else float("nan") for x in cpus[n]] for n in order}
 rounds = max(len(x) for n in order for x in vals[n])
 cols = ["seq write MiB/s", "seq read MiB/s", "4K randwrite IOPS", "4K randread IOPS"]
 lines = []
@@ -233,6 +256,26 @@ for sfx in ["", "-tls"]:
     ratio("embassy-file" + sfx, "nbdkit-file" + sfx)
     ratio("embassy-store" + sfx, "nbdkit-file" + sfx)
     ratio("embassy-store" + sfx, "nbdkit-luks" + sfx)
+lines.append("")
+lines.append("Server CPU time per request, microseconds (lower is better; medians; user+system of the "
+             "server process, so fio's own CPU is not in it). On a loaded machine this is steadier than "
+             "throughput:")
+lines.append("")
+lines.append("| server | " + " | ".join(["seq write", "seq read", "4K randwrite", "4K randread"]) + " |")
+lines.append("|---|" + "---:|" * len(cols))
+for n in order:
+    lines.append("| %s | %s |" % (n, " | ".join("%.1f" % v if v == v else "-" for v in crows[n])))
+lines.append("")
+lines.append("CPU per request relative to the peer (lower is better for us):")
+lines.append("")
+lines.append("| ratio | " + " | ".join(["seq write", "seq read", "4K randwrite", "4K randread"]) + " |")
+lines.append("|---|" + "---:|" * len(cols))
+def cratio(a, b):
+    if a in crows and b in crows:
+        lines.append("| %s / %s | %s |" % (a, b, " | ".join("%.2fx" % (x / y) if x == x and y == y and y else "-" for x, y in zip(crows[a], crows[b]))))
+for sfx in ["", "-tls"]:
+    cratio("embassy-file" + sfx, "nbdkit-file" + sfx)
+    cratio("embassy-store" + sfx, "nbdkit-luks" + sfx)
 lines.append("")
 lines.append("Targets: embassy-file >= 0.9x nbdkit-file; embassy-store 4K randread >= 0.7x nbdkit-file "
              "and sequential >= 3x nbdkit-luks.")
