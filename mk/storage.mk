@@ -27,7 +27,7 @@ bench-store:
 	    if (!(key in seen)) { seen[key] = 1; order[++m] = key } \
 	    if (t == "plain") { last[key] = v; delete gcm[key] } \
 	    else if (t == "gcm") gcm[key] = v; \
-	    else if (key in last) { c = ++cnt[key]; R[key, c] = v / last[key]; P[key, c] = last[key]; S[key, c] = v; \
+	    else if (t == "store" && key in last) { c = ++cnt[key]; R[key, c] = v / last[key]; P[key, c] = last[key]; S[key, c] = v; \
 	      if (key in gcm) { hasg[key] = 1; G[key, c] = gcm[key]; RG[key, c] = v / gcm[key] } } } \
 	  END { printf "\n%-28s %11s %11s %11s %11s %11s %5s\n", "workload", "plain MB/s", "gcm MB/s", "store MB/s", "store/plain", "store/gcm", "runs"; \
 	    for (i = 1; i <= m; i++) { k = order[i]; c = cnt[k]; delete r; delete pp; delete ss; delete gg; delete rg; \

@@ -22,16 +22,16 @@ type benchTarget interface {
 	io.WriterAt
 }
 
-// newBenchStore formats a benchSize store on a file in dir, closed when the
-// benchmark ends.
-func newBenchStore(b *testing.B, dir string) *storage.Store {
+// newBenchStore formats a benchSize store on file name in dir, closed when
+// the benchmark ends.
+func newBenchStore(b *testing.B, dir, name string, opts storage.OpenOptions) *storage.Store {
 	b.Helper()
-	dev, err := storage.CreateFileDevice(filepath.Join(dir, "backing"), 2*benchSize+8<<20)
+	dev, err := storage.CreateFileDevice(filepath.Join(dir, name), 2*benchSize+8<<20)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { dev.Close() })
-	s, err := storage.Format(dev, storage.FormatOptions{KEK: testKEK, Size: benchSize})
+	s, err := storage.Format(dev, storage.FormatOptions{KEK: testKEK, Size: benchSize, Open: opts})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -41,22 +41,32 @@ func newBenchStore(b *testing.B, dir string) *storage.Store {
 
 // BenchmarkStore compares the store with plain os.File I/O on a twin
 // file and with the pure AES-GCM ceiling (gcmCeiling), side by side in one
-// run: `make bench-store` turns the triples into ratios.
+// run: `make bench-store` turns the triples into ratios. With
+// STORAGE_BENCH_PREAD=1 a fourth target, store-pread, is a store opened
+// with NoMmap (reads with pread instead of through the file mapping).
 func BenchmarkStore(b *testing.B) {
 	dir := b.TempDir()
-	s := newBenchStore(b, dir)
+	s := newBenchStore(b, dir, "backing", storage.OpenOptions{})
+	stores := []*storage.Store{s}
+	var sp *storage.Store
+	if os.Getenv("STORAGE_BENCH_PREAD") == "1" {
+		sp = newBenchStore(b, dir, "backing-pread", storage.OpenOptions{NoMmap: true})
+		stores = append(stores, sp)
+	}
 	// Fill both so reads touch real data, not holes.
 	buf := make([]byte, 1<<20)
 	for i := range buf {
 		buf[i] = byte(i * 7)
 	}
-	for off := int64(0); off < benchSize; off += int64(len(buf)) {
-		if _, err := s.WriteAt(buf, off); err != nil {
+	for _, s := range stores {
+		for off := int64(0); off < benchSize; off += int64(len(buf)) {
+			if _, err := s.WriteAt(buf, off); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := s.Flush(); err != nil {
 			b.Fatal(err)
 		}
-	}
-	if err := s.Flush(); err != nil {
-		b.Fatal(err)
 	}
 	// Plain I/O goes to a twin file on the same filesystem: writing into the
 	// store's own file would destroy what the store benchmarks read.
@@ -91,10 +101,17 @@ func BenchmarkStore(b *testing.B) {
 			// see the same machine load (go test -count would group the
 			// repeats).
 			for round := 0; round < benchRounds(b); round++ {
-				for _, tgt := range []struct {
+				tgts := []struct {
 					name string
 					t    benchTarget
-				}{{"plain", plain}, {"gcm", ceiling}, {"store", s}} {
+				}{{"plain", plain}, {"gcm", ceiling}, {"store", s}}
+				if sp != nil {
+					tgts = append(tgts, struct {
+						name string
+						t    benchTarget
+					}{"store-pread", sp})
+				}
+				for _, tgt := range tgts {
 					b.Run(fmt.Sprintf("%s/conc=%d/%s", wl.name, conc, tgt.name), func(b *testing.B) {
 						runBench(b, tgt.t, wl.size, wl.rand, wl.write, conc)
 					})
@@ -159,7 +176,7 @@ func (p plainFile) Flush() error { return p.Sync() }
 // of durability rather than of the page cache.
 func BenchmarkStoreFlush(b *testing.B) {
 	dir := b.TempDir()
-	s := newBenchStore(b, dir)
+	s := newBenchStore(b, dir, "backing", storage.OpenOptions{})
 	plainDev, err := storage.CreateFileDevice(filepath.Join(dir, "plain"), benchSize)
 	if err != nil {
 		b.Fatal(err)

@@ -136,8 +136,8 @@ func (s *Store) readChunk(dst []byte, b0, b1 uint64, report func(uint64, error))
 		defer putBuf(bp)
 		lone := nb == 1
 		if lone {
-			if _, err := s.dev.ReadAt((*bp)[:BlockSize], int64(s.geom.dataBlock(b0, entries[0].slot()))*BlockSize); err != nil {
-				return fmt.Errorf("storage: read data: %w", err)
+			if err := s.readData((*bp)[:BlockSize], int64(s.geom.dataBlock(b0, entries[0].slot()))*BlockSize); err != nil {
+				return err
 			}
 		} else if err := s.readRuns(dst, entries, b0); err != nil {
 			return err
@@ -170,10 +170,35 @@ func (s *Store) readRuns(dst []byte, entries []leafEntry, b0 uint64) error {
 			j++
 		}
 		off := int64(s.geom.dataBlock(b0+uint64(k), slot)) * BlockSize
-		if _, err := s.dev.ReadAt(dst[k*BlockSize:j*BlockSize], off); err != nil {
-			return fmt.Errorf("storage: read data: %w", err)
+		if err := s.readData(dst[k*BlockSize:j*BlockSize], off); err != nil {
+			return err
 		}
 		k = j
+	}
+	return nil
+}
+
+// readData reads data-block ciphertext at off into p (private memory),
+// through the device mapping where there is one, else with pread.
+func (s *Store) readData(p []byte, off int64) error {
+	if s.dmap == nil {
+		if _, err := s.dev.ReadAt(p, off); err != nil {
+			return fmt.Errorf("storage: read data: %w", err)
+		}
+		return nil
+	}
+	for len(p) > 0 {
+		n := min(int64(len(p)), mapWindow-off%mapWindow)
+		ok, err := s.dmap.readAt(p[:n], off)
+		if err != nil {
+			return fmt.Errorf("storage: read data: %w", err)
+		}
+		if !ok {
+			if _, err := s.dev.ReadAt(p[:n], off); err != nil {
+				return fmt.Errorf("storage: read data: %w", err)
+			}
+		}
+		p, off = p[n:], off+n
 	}
 	return nil
 }

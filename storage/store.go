@@ -76,6 +76,10 @@ type OpenOptions struct {
 	// Logger receives integrity failures and commit errors. Nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// NoMmap makes a store on a *FileDevice read data with pread
+	// instead of through memory mappings of the file (see
+	// docs/storage-format.md, Memory-mapped reads).
+	NoMmap bool
 }
 
 // Stats are counters about a store since it was opened.
@@ -121,6 +125,7 @@ type Store struct {
 	stripes    [lockStripes]sync.RWMutex
 	cache      *nodeCache
 	maxDirty   int64
+	dmap       *devMap // nil: data reads use pread
 
 	integrityFailures atomic.Uint64
 	commits           atomic.Uint64
@@ -282,6 +287,12 @@ func Open(dev Device, opts OpenOptions) (*Store, error) {
 			return nil, fmt.Errorf("%w: superblock records counter %d, counter is %d", ErrRollback, best.counter, cval)
 		}
 	}
+	if !opts.NoMmap {
+		// Mapped address space is bounded by 256x the cache, so page tables
+		// (8 bytes per 4 KiB) stay within half the cache's size. Windows
+		// are mapped on first use, so a failed Open leaves none behind.
+		s.dmap = newDevMap(dev, int64(g.total)*BlockSize, cacheBytes*256)
+	}
 	if opts.ReadOnly {
 		return s, nil
 	}
@@ -428,6 +439,9 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	clear(s.dek)
+	if s.dmap != nil {
+		s.dmap.close() // no reader runs: they hold commitMu shared
+	}
 	return err
 }
 
