@@ -228,3 +228,50 @@ func TestMappedConcurrentReadWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestMappedLargeSparseFile runs a 4 TiB store on a sparse file with a
+// small cache: the mapping limit (256x the cache) lets one 256 MiB window
+// be mapped, so blocks scattered over the whole store are read through
+// that window or with pread, and all must read back.
+func TestMappedLargeSparseFile(t *testing.T) {
+	const logical = 4 << 40
+	path := filepath.Join(t.TempDir(), "big.img")
+	dev, err := storage.CreateFileDevice(path, 2*logical+logical/32)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	opts := storage.OpenOptions{KEK: testKEK, CacheBytes: 1 << 20, Logger: discardLogger()}
+	s, err := storage.Format(dev, storage.FormatOptions{KEK: testKEK, Size: logical, Open: opts})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var offs []int64
+	for i := int64(0); i < 64; i++ {
+		offs = append(offs, (i*7919*(1<<30)+i*4096)%logical/4096*4096)
+	}
+	offs = append(offs, logical-4096)
+	for i, off := range offs {
+		if _, err := s.WriteAt(fill(uint64(i), 4096), off); err != nil {
+			t.Fatalf("write at %d: %v", off, err)
+		}
+	}
+	for round := 0; round < 2; round++ {
+		for i, off := range offs {
+			got := make([]byte, 4096)
+			if _, err := s.ReadAt(got, off); err != nil {
+				t.Fatalf("read at %d: %v", off, err)
+			}
+			if !bytes.Equal(got, fill(uint64(i), 4096)) {
+				t.Fatalf("block at %d differs", off)
+			}
+		}
+		if err := s.Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if w := s.MappedWindows(); w != 1 {
+		t.Fatalf("%d windows mapped, want the limit of 1", w)
+	}
+}
