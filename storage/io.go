@@ -178,24 +178,31 @@ func (s *Store) readRuns(dst []byte, entries []leafEntry, b0 uint64) error {
 	return nil
 }
 
-// readData reads data-block ciphertext at off into p (private memory),
-// through the device mapping where there is one, else with pread.
+// readData reads data-block ciphertext at off into p (private memory).
 func (s *Store) readData(p []byte, off int64) error {
+	if err := s.readDevice(p, off); err != nil {
+		return fmt.Errorf("storage: read data: %w", err)
+	}
+	return nil
+}
+
+// readDevice reads the device at off into p (private memory), through
+// the device mapping where there is one, else with pread. Callers
+// authenticate p only after it returns: never the shared mapping itself.
+func (s *Store) readDevice(p []byte, off int64) error {
 	if s.dmap == nil {
-		if _, err := s.dev.ReadAt(p, off); err != nil {
-			return fmt.Errorf("storage: read data: %w", err)
-		}
-		return nil
+		_, err := s.dev.ReadAt(p, off)
+		return err
 	}
 	for len(p) > 0 {
 		n := min(int64(len(p)), mapWindow-off%mapWindow)
 		ok, err := s.dmap.readAt(p[:n], off)
 		if err != nil {
-			return fmt.Errorf("storage: read data: %w", err)
+			return err
 		}
 		if !ok {
 			if _, err := s.dev.ReadAt(p[:n], off); err != nil {
-				return fmt.Errorf("storage: read data: %w", err)
+				return err
 			}
 		}
 		p, off = p[n:], off+n

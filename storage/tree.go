@@ -182,8 +182,13 @@ func (s *Store) loadNode(level int, index uint64, dirty bool) (*node, error) {
 		}
 		return s.cache.insert(n, dirty), nil
 	}
-	buf := make([]byte, BlockSize)
-	if _, err := s.dev.ReadAt(buf, int64(s.geom.nodeBlock(level, index, e.slot()))*BlockSize); err != nil {
+	// Pooled: decoding copies what it keeps, and a fresh 4 KiB per miss
+	// kept the GC and scavenger busy when the cache is much smaller than
+	// the store.
+	bp := getBuf(1)
+	defer putBuf(bp)
+	buf := (*bp)[:BlockSize]
+	if err := s.readDevice(buf, int64(s.geom.nodeBlock(level, index, e.slot()))*BlockSize); err != nil {
 		return nil, fmt.Errorf("storage: read metadata level %d node %d: %w", level, index, err)
 	}
 	if nodeHash(level, index, buf) != e.hash {
