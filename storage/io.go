@@ -429,13 +429,23 @@ type errRetry struct{}
 
 func (errRetry) Error() string { return "retry" }
 
+// errCommitting asks writeSpan's or unmap's caller to retry once the
+// running commit has finished: the write touches a leaf it is committing.
+type errCommitting struct{}
+
+func (errCommitting) Error() string { return "leaf is being committed" }
+
 func (s *Store) writeSpan(p []byte, pos int64, b0, b1 uint64) (int, error) {
 	for {
 		m, err := s.writeSpanOnce(p, pos, b0, b1)
-		if _, retry := err.(errRetry); retry {
+		switch err.(type) {
+		case errRetry:
 			if err := s.Flush(); err != nil {
 				return 0, err
 			}
+			continue
+		case errCommitting:
+			s.waitCommit()
 			continue
 		}
 		return m, err
@@ -511,6 +521,10 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 			l, err := s.dirtyLeaf(i / leafEntries)
 			if err != nil {
 				return 0, err
+			}
+			if l.committing.Load() {
+				// Its free slots are the ones the commit now publishes.
+				return 0, errCommitting{}
 			}
 			leaves[k] = l
 		} else {
@@ -684,6 +698,10 @@ func (s *Store) checkRange(off, length int64) error {
 func (s *Store) unmap(b0, b1 uint64) error {
 	for li := b0 / leafEntries; li*leafEntries < b1; {
 		done, err := s.unmapLeaf(li, b0, b1)
+		if _, ok := err.(errCommitting); ok {
+			s.waitCommit()
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -729,6 +747,9 @@ func (s *Store) unmapLeaf(li, b0, b1 uint64) (uint64, error) {
 	defer s.unlockRange(lo, hi, true)
 	if leaf, err = s.dirtyLeaf(li); err != nil {
 		return 0, err
+	}
+	if leaf.committing.Load() {
+		return 0, errCommitting{}
 	}
 	leaf.mu.Lock()
 	for i := lo; i < hi; i++ {

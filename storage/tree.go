@@ -18,7 +18,10 @@ type node struct {
 	child []nodeEntry  // level > 0
 
 	dirty atomic.Bool // changed since the last commit; pinned in the cache
-	ref   atomic.Bool // recently used (CLOCK eviction)
+	// committing: the commit in progress writes this node; writes that
+	// would change it wait for the commit to finish.
+	committing atomic.Bool
+	ref        atomic.Bool // recently used (CLOCK eviction)
 }
 
 type nodeKey struct {
@@ -128,6 +131,20 @@ func (c *nodeCache) takeDirty() []*node {
 	c.dirty = nil
 	c.dirtyMu.Unlock()
 	return d
+}
+
+// dirtyNodes returns a copy of the list of dirty nodes.
+func (c *nodeCache) dirtyNodes() []*node {
+	c.dirtyMu.Lock()
+	defer c.dirtyMu.Unlock()
+	return append([]*node(nil), c.dirty...)
+}
+
+// recountDirty sets the dirty count to the length of the dirty list.
+func (c *nodeCache) recountDirty() {
+	c.dirtyMu.Lock()
+	defer c.dirtyMu.Unlock()
+	c.ndirty.Store(int64(len(c.dirty)))
 }
 
 func (c *nodeCache) len() int {
