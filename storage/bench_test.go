@@ -190,6 +190,61 @@ func BenchmarkStoreFlush(b *testing.B) {
 			benchFlush(b, tgt.name, tgt.t)
 		}
 	}
+	for round := 0; round < benchRounds(b); round++ {
+		for _, tgt := range []struct {
+			name string
+			t    flusher
+		}{{"plain", plainFile{plainDev}}, {"store", s}} {
+			benchFlushLoop(b, tgt.name, tgt.t)
+		}
+	}
+}
+
+// benchFlushLoop is 4 KiB random writes from 4 goroutines while a fifth
+// flushes back to back (store: commits; plain: fsync): how much writes
+// are held up by flushes.
+func benchFlushLoop(b *testing.B, name string, t flusher) {
+	b.Run("randwrite4K-conc4-flushloop/"+name, func(b *testing.B) {
+		b.SetBytes(4096)
+		var ops atomic.Int64
+		ops.Store(int64(b.N))
+		stop := make(chan struct{})
+		flushErr := make(chan error, 1)
+		go func() {
+			for {
+				select {
+				case <-stop:
+					flushErr <- nil
+					return
+				default:
+				}
+				if err := t.Flush(); err != nil {
+					flushErr <- err
+					return
+				}
+			}
+		}()
+		var wg sync.WaitGroup
+		for w := 0; w < 4; w++ {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				r := rand.New(rand.NewPCG(uint64(w), 5))
+				buf := make([]byte, 4096)
+				for ops.Add(-1) >= 0 {
+					if _, err := t.WriteAt(buf, r.Int64N(benchSize/4096)*4096); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}(w)
+		}
+		wg.Wait()
+		close(stop)
+		if err := <-flushErr; err != nil {
+			b.Fatal(err)
+		}
+	})
 }
 
 func benchFlush(b *testing.B, name string, t flusher) {
