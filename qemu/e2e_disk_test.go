@@ -1,0 +1,234 @@
+package qemu_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dataembassy/embassy/attest/release"
+	"github.com/dataembassy/embassy/attest/tpm"
+	"github.com/dataembassy/embassy/images"
+	"github.com/dataembassy/embassy/images/disk"
+	"github.com/dataembassy/embassy/qemu"
+)
+
+// diskRelease is the release name of the boot disk scenario.
+const diskRelease = "2026.11.e2e"
+
+// buildDisk builds a release disk image of the chain's appliance initrd
+// with cmdline: UKI on the ESP, the store partition (256 MiB: the store
+// keeps two slots per block) as the appliance's data disk.
+func buildDisk(t *testing.T, c *chain, cmdline, path string) *images.Release {
+	t.Helper()
+	kernel, err := os.ReadFile(c.img.Kernel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	r, err := images.Build(images.Options{
+		Kernel: kernel, Initrd: c.initrd, Cmdline: cmdline,
+		OSRelease: "ID=embassy\nNAME=Embassy\nVERSION_ID=" + diskRelease + "\n",
+		Disk:      disk.Options{DataSize: 256 << 20, Seed: "e2e-disk", Epoch: 1700000000},
+		DiskPath:  path,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("built %s (UKI %.1f MB, authenticode %.16s…) in %v", filepath.Base(path), float64(len(r.UKI))/1e6,
+		r.UKIAuthenticode, time.Since(start).Round(time.Millisecond))
+	return r
+}
+
+// bootDiskImage boots a release disk image through OVMF (no -kernel) on
+// the chain's enrolled TPM.
+func bootDiskImage(t *testing.T, c *chain, path string) *qemu.Machine {
+	t.Helper()
+	return startT(t, qemu.Config{
+		BootDisk: path, TPMState: c.tpm.StateDir,
+		Forwards: []qemu.Forward{{GuestPort: nbdPort}},
+	})
+}
+
+// TestE2EDiskImage is the release chain end to end with the real pieces:
+// the appliance initramfs (its data disk named by partition label) in a
+// UKI on a reproducible GPT disk image; the release PCRs predicted from the
+// files alone (PCR 15 from the appliance binary and configuration) in a
+// manifest signed by 2 of 3 release officers and published to the
+// verifier; the disk booted through OVMF on a TPM enrolled with the
+// verifier. The verifier admits the boot on the manifest, the appliance
+// formats the store on the image's store partition and serves it over NBD
+// with mutual TLS. The same image with one byte of its command line
+// changed is refused (the audit names the PCR) and never serves.
+func TestE2EDiskImage(t *testing.T) {
+	c := newChainDisk(t, 0, qemu.StorePartition)
+	ctx := context.Background()
+	dir := t.TempDir()
+
+	genuine := buildDisk(t, c, qemu.DefaultAppend, filepath.Join(dir, "genuine.img"))
+	p15, err := qemu.PredictPCR15(c.binary, c.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := genuine.Manifest(images.ManifestOptions{
+		Release: diskRelease, Created: time.Unix(1700000000, 0),
+		RuntimePCRs: map[int][]byte{tpm.PCRAppliance: p15},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pubs []ed25519.PublicKey
+	var officers []ed25519.PrivateKey
+	for range 3 {
+		pub, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pubs, officers = append(pubs, pub), append(officers, priv)
+	}
+	if err := c.v.AddReleaseOfficers(ctx, 2, pubs...); err != nil {
+		t.Fatal(err)
+	}
+	env, err := release.NewEnvelope(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.Sign(officers[0])
+	if _, err := c.v.PublishEnvelope(ctx, env); !errors.Is(err, release.ErrThreshold) {
+		t.Fatalf("release signed by 1 of 3 officers: error %v, want ErrThreshold", err)
+	}
+	env.Sign(officers[2])
+	digest, err := c.v.PublishEnvelope(ctx, env)
+	if err != nil {
+		t.Fatalf("release signed by 2 of 3 officers refused: %v", err)
+	}
+	wantPCRs := map[int]string{tpm.PCRAppliance: hex.EncodeToString(p15)}
+	for _, i := range images.ReleasePCRs {
+		wantPCRs[i] = genuine.PCRs[i]
+	}
+	t.Logf("published release %s (%.16s…), PCRs %v", diskRelease, digest, slices.Sorted(mapKeys(wantPCRs)))
+
+	t.Run("admitted", func(t *testing.T) {
+		mach := bootDiskImage(t, c, filepath.Join(dir, "genuine.img"))
+		c.waitServing(t, mach, 0)
+		// The appliance prints its PCRs after measuring itself; the
+		// verifier compared the quoted ones, this shows them side by side.
+		got := mach.MeasuredPCRs()
+		for _, i := range slices.Sorted(mapKeys(wantPCRs)) {
+			if hex.EncodeToString(got[i]) != wantPCRs[i] {
+				t.Errorf("PCR %d measured %x, predicted %s", i, got[i], wantPCRs[i])
+			}
+		}
+		if l, err := mach.WaitForLine(regexp.MustCompile(`msg="data disk"`), time.Second); err != nil {
+			t.Error(err)
+		} else if !strings.Contains(l.Text, "device=/dev/vda2") || !strings.Contains(l.Text, qemu.StorePartition) {
+			t.Errorf("data disk is not the image's store partition: %s", l.Text)
+		} else {
+			t.Logf("%s", l.Text)
+		}
+		if _, err := mach.WaitForLine(regexp.MustCompile(`msg="store formatted"`), time.Second); err != nil {
+			t.Error("first boot did not format the store:", err)
+		}
+		data := make([]byte, 8<<20)
+		rand.Read(data)
+		src := filepath.Join(t.TempDir(), "src")
+		if err := os.WriteFile(src, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		d, err := nbdcopy(t, "--flush", src, c.uri(mach))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("wrote 8 MiB over NBD/TLS in %v", d.Round(time.Millisecond))
+		if !bytes.Equal(readBack(t, c.uri(mach), len(data)), data) {
+			t.Fatal("data read back differs")
+		}
+		recs, err := c.v.Audit(ctx, applianceID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf("release %s %s (%s)", images.ManifestName, diskRelease, digest[:16])
+		var admitted bool
+		for _, r := range recs {
+			t.Logf("audit #%d %s %s check=%s pcr=%d %s", r.Seq, r.Action, r.Outcome, r.Check, r.PCR, r.Detail)
+			if r.Action == "attest-unlock" && r.Outcome == "ok" && strings.Contains(r.Detail, want) {
+				admitted = true
+			}
+		}
+		if !admitted {
+			t.Errorf("no audit record admits the unlock under %q", want)
+		}
+	})
+
+	t.Run("one byte different refused", func(t *testing.T) {
+		cmdline := strings.Replace(qemu.DefaultAppend, "panic=-1", "panic=-2", 1)
+		if len(cmdline) != len(qemu.DefaultAppend) || cmdline == qemu.DefaultAppend {
+			t.Fatal("could not change one byte of the command line")
+		}
+		path := filepath.Join(dir, "tampered.img")
+		tampered := buildDisk(t, c, cmdline, path)
+		// The UKIs differ in the command line byte and the PE checksum.
+		var diff []int
+		for i := range min(len(genuine.UKI), len(tampered.UKI)) {
+			if genuine.UKI[i] != tampered.UKI[i] {
+				diff = append(diff, i)
+			}
+		}
+		if len(genuine.UKI) != len(tampered.UKI) || len(diff) == 0 || len(diff) > 5 {
+			t.Fatalf("UKIs differ at %d offsets (%d vs %d bytes), want the command line byte and the checksum", len(diff), len(genuine.UKI), len(tampered.UKI))
+		}
+		t.Logf("UKI bytes differ at offsets %#x", diff)
+		mach := bootDiskImage(t, c, path)
+		l, err := mach.WaitForLine(regexp.MustCompile(`reason=refused`), 300*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("refused: %s", l.Text)
+		// It measured what its own files predict, and that is not the
+		// published release.
+		got := mach.MeasuredPCRs()
+		var differ []int
+		for _, i := range slices.Sorted(mapKeys(wantPCRs)) {
+			if i != tpm.PCRAppliance && hex.EncodeToString(got[i]) != tampered.PCRs[i] {
+				t.Errorf("PCR %d measured %x, the tampered image predicts %s", i, got[i], tampered.PCRs[i])
+			}
+			if hex.EncodeToString(got[i]) != wantPCRs[i] {
+				differ = append(differ, i)
+			}
+		}
+		if !slices.Equal(differ, []int{4, 9, 11}) {
+			t.Errorf("PCRs %v differ from the release, want [4 9 11]", differ)
+		}
+		c.noServing(t, mach)
+		recs, err := c.v.Audit(ctx, applianceID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last := recs[len(recs)-1]
+		t.Logf("audit #%d %s %s check=%s pcr=%d %s", last.Seq, last.Action, last.Outcome, last.Check, last.PCR, last.Detail)
+		if last.Outcome != "refused" || last.Check != "release" || !slices.Contains(differ, last.PCR) ||
+			!strings.Contains(last.Detail, fmt.Sprintf("(%d PCR(s) differ)", len(differ))) {
+			t.Errorf("audit record does not refuse on the differing release PCRs %v: %+v", differ, last)
+		}
+	})
+}
+
+func mapKeys[V any](m map[int]V) func(func(int) bool) {
+	return func(yield func(int) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
