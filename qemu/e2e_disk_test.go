@@ -63,7 +63,8 @@ func bootDiskImage(t *testing.T, c *chain, path string) *qemu.Machine {
 // TestE2EDiskImage is the release chain end to end with the real pieces:
 // the appliance initramfs (its data disk named by partition label) in a
 // UKI on a reproducible GPT disk image; the release PCRs predicted from the
-// files alone (PCR 15 from the appliance binary and configuration) in a
+// files alone (PCR 15 from the appliance binary and configuration in the
+// initrd) in a
 // manifest signed by 2 of 3 release officers and published to the
 // verifier; the disk booted through OVMF on a TPM enrolled with the
 // verifier. The verifier admits the boot on the manifest, the appliance
@@ -76,9 +77,14 @@ func TestE2EDiskImage(t *testing.T) {
 	dir := t.TempDir()
 
 	genuine := buildDisk(t, c, qemu.DefaultAppend, filepath.Join(dir, "genuine.img"))
-	p15, err := qemu.PredictPCR15(c.binary, c.config)
+	// PCR 15 from the initrd alone, as `embassyctl image build
+	// -appliance-pcr` does; it must agree with the build's own inputs.
+	p15, err := images.AppliancePCR(c.initrd)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if fromBuild, err := qemu.PredictPCR15(c.binary, c.config); err != nil || !bytes.Equal(p15, fromBuild) {
+		t.Fatalf("PCR 15 from the initrd %x, from the binary and config %x (%v)", p15, fromBuild, err)
 	}
 	m, err := genuine.Manifest(images.ManifestOptions{
 		Release: diskRelease, Created: time.Unix(1700000000, 0),
