@@ -5,7 +5,7 @@ IMAGE_INITRD ?= $(BUILD)/initrd.gz
 IMAGE_RELEASE ?= dev
 IMAGE_OUT ?= $(BUILD)/release-$(IMAGE_RELEASE)
 
-.PHONY: image test-images fuzz-images
+.PHONY: image test-images fuzz-images demo-disk
 
 ## image: build UKI, disk image and unsigned manifest from IMAGE_INITRD into IMAGE_OUT
 image: build
@@ -20,3 +20,7 @@ fuzz-images:
 	$(GO) test -run XXX -fuzz FuzzHash -fuzztime 30s ./images/authenticode/
 	$(GO) test -run XXX -fuzz FuzzUKIEvents -fuzztime 30s ./images/predict/
 	$(GO) test -run XXX -fuzz FuzzGPTEventData -fuzztime 30s ./images/predict/
+
+## demo-disk: the demo booting the appliance from a UKI disk image through OVMF (release predicted from the files, signed 2 of 3)
+demo-disk: deps
+	$(GO) run ./qemu/cmd/embassy-demo -dir $(BUILD)/demo-disk -disk-image
