@@ -69,8 +69,9 @@ func bootDiskImage(t *testing.T, c *chain, path string) *qemu.Machine {
 // verifier; the disk booted through OVMF on a TPM enrolled with the
 // verifier. The verifier admits the boot on the manifest, the appliance
 // formats the store on the image's store partition and serves it over NBD
-// with mutual TLS. The same image with one byte of its command line
-// changed is refused (the audit names the PCR) and never serves.
+// with mutual TLS, and again after a reboot from the same disk. The same
+// image with one byte of its command line changed is refused (the audit
+// names the PCR) and never serves.
 func TestE2EDiskImage(t *testing.T) {
 	c := newChainDisk(t, 0, qemu.StorePartition)
 	ctx := context.Background()
@@ -173,6 +174,18 @@ func TestE2EDiskImage(t *testing.T) {
 		}
 		if !admitted {
 			t.Errorf("no audit record admits the unlock under %q", want)
+		}
+
+		// Reboot from the same disk: the store on the partition opens
+		// with the sealed local share and serves the same data.
+		mach.Close()
+		mach = bootDiskImage(t, c, filepath.Join(dir, "genuine.img"))
+		c.waitServing(t, mach, 0)
+		if _, err := mach.WaitForLine(regexp.MustCompile(`msg="store opened"`), time.Second); err != nil {
+			t.Error("second boot did not open the existing store:", err)
+		}
+		if !bytes.Equal(readBack(t, c.uri(mach), len(data)), data) {
+			t.Fatal("data after reboot differs")
 		}
 	})
 
