@@ -5,10 +5,14 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -20,6 +24,8 @@ import (
 	"github.com/dataembassy/embassy/attest/tpm"
 	"github.com/dataembassy/embassy/images"
 	"github.com/dataembassy/embassy/images/disk"
+	"github.com/dataembassy/embassy/images/predict"
+	"github.com/dataembassy/embassy/internal/testenv"
 	"github.com/dataembassy/embassy/qemu"
 )
 
@@ -29,19 +35,23 @@ const diskRelease = "2026.11.e2e"
 // buildDisk builds a release disk image of the chain's appliance initrd
 // with cmdline: UKI on the ESP, the store partition (256 MiB: the store
 // keeps two slots per block) as the appliance's data disk.
-func buildDisk(t *testing.T, c *chain, cmdline, path string) *images.Release {
+func buildDisk(t *testing.T, c *chain, cmdline, path string, mod func(*images.Options)) *images.Release {
 	t.Helper()
 	kernel, err := os.ReadFile(c.img.Kernel)
 	if err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	r, err := images.Build(images.Options{
+	o := images.Options{
 		Kernel: kernel, Initrd: c.initrd, Cmdline: cmdline,
 		OSRelease: "ID=embassy\nNAME=Embassy\nVERSION_ID=" + diskRelease + "\n",
 		Disk:      disk.Options{DataSize: 256 << 20, Seed: "e2e-disk", Epoch: 1700000000},
 		DiskPath:  path,
-	})
+	}
+	if mod != nil {
+		mod(&o)
+	}
+	r, err := images.Build(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,40 +70,12 @@ func bootDiskImage(t *testing.T, c *chain, path string) *qemu.Machine {
 	})
 }
 
-// TestE2EDiskImage is the release chain end to end with the real pieces:
-// the appliance initramfs (its data disk named by partition label) in a
-// UKI on a reproducible GPT disk image; the release PCRs predicted from the
-// files alone (PCR 15 from the appliance binary and configuration in the
-// initrd) in a
-// manifest signed by 2 of 3 release officers and published to the
-// verifier; the disk booted through OVMF on a TPM enrolled with the
-// verifier. The verifier admits the boot on the manifest, the appliance
-// formats the store on the image's store partition and serves it over NBD
-// with mutual TLS, and again after a reboot from the same disk. The same
-// image with one byte of its command line changed is refused (the audit
-// names the PCR) and never serves.
-func TestE2EDiskImage(t *testing.T) {
-	c := newChainDisk(t, 0, qemu.StorePartition)
+// publishSigned has three release officers trusted with threshold 2,
+// checks that one signature does not publish m, and publishes it signed
+// by two. It returns the release digest (hex).
+func publishSigned(t *testing.T, c *chain, m *release.Manifest) string {
+	t.Helper()
 	ctx := context.Background()
-	dir := t.TempDir()
-
-	genuine := buildDisk(t, c, qemu.DefaultAppend, filepath.Join(dir, "genuine.img"))
-	// PCR 15 from the initrd alone, as `embassyctl image build
-	// -appliance-pcr` does; it must agree with the build's own inputs.
-	p15, err := images.AppliancePCR(c.initrd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fromBuild, err := qemu.PredictPCR15(c.binary, c.config); err != nil || !bytes.Equal(p15, fromBuild) {
-		t.Fatalf("PCR 15 from the initrd %x, from the binary and config %x (%v)", p15, fromBuild, err)
-	}
-	m, err := genuine.Manifest(images.ManifestOptions{
-		Release: diskRelease, Created: time.Unix(1700000000, 0),
-		RuntimePCRs: map[int][]byte{tpm.PCRAppliance: p15},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	var pubs []ed25519.PublicKey
 	var officers []ed25519.PrivateKey
 	for range 3 {
@@ -119,6 +101,62 @@ func TestE2EDiskImage(t *testing.T) {
 	if err != nil {
 		t.Fatalf("release signed by 2 of 3 officers refused: %v", err)
 	}
+	return digest
+}
+
+// admittedUnder fails t unless an audit record admits an unlock of the
+// chain's appliance under the release with digest.
+func admittedUnder(t *testing.T, c *chain, digest string) {
+	t.Helper()
+	recs, err := c.v.Audit(context.Background(), applianceID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("release %s %s (%s)", images.ManifestName, diskRelease, digest[:16])
+	for _, r := range recs {
+		t.Logf("audit #%d %s %s check=%s pcr=%d %s", r.Seq, r.Action, r.Outcome, r.Check, r.PCR, r.Detail)
+		if r.Action == "attest-unlock" && r.Outcome == "ok" && strings.Contains(r.Detail, want) {
+			return
+		}
+	}
+	t.Errorf("no audit record admits the unlock under %q", want)
+}
+
+// TestE2EDiskImage is the release chain end to end with the real pieces:
+// the appliance initramfs (its data disk named by partition label) in a
+// UKI on a reproducible GPT disk image; the release PCRs predicted from the
+// files alone (PCR 15 from the appliance binary and configuration in the
+// initrd) in a
+// manifest signed by 2 of 3 release officers and published to the
+// verifier; the disk booted through OVMF on a TPM enrolled with the
+// verifier. The verifier admits the boot on the manifest, the appliance
+// formats the store on the image's store partition and serves it over NBD
+// with mutual TLS, and again after a reboot from the same disk. The same
+// image with one byte of its command line changed is refused (the audit
+// names the PCR) and never serves.
+func TestE2EDiskImage(t *testing.T) {
+	c := newChainDisk(t, 0, qemu.StorePartition)
+	ctx := context.Background()
+	dir := t.TempDir()
+
+	genuine := buildDisk(t, c, qemu.DefaultAppend, filepath.Join(dir, "genuine.img"), nil)
+	// PCR 15 from the initrd alone, as `embassyctl image build
+	// -appliance-pcr` does; it must agree with the build's own inputs.
+	p15, err := images.AppliancePCR(c.initrd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fromBuild, err := qemu.PredictPCR15(c.binary, c.config); err != nil || !bytes.Equal(p15, fromBuild) {
+		t.Fatalf("PCR 15 from the initrd %x, from the binary and config %x (%v)", p15, fromBuild, err)
+	}
+	m, err := genuine.Manifest(images.ManifestOptions{
+		Release: diskRelease, Created: time.Unix(1700000000, 0),
+		RuntimePCRs: map[int][]byte{tpm.PCRAppliance: p15},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest := publishSigned(t, c, m)
 	wantPCRs := map[int]string{tpm.PCRAppliance: hex.EncodeToString(p15)}
 	for _, i := range images.ReleasePCRs {
 		wantPCRs[i] = genuine.PCRs[i]
@@ -160,21 +198,7 @@ func TestE2EDiskImage(t *testing.T) {
 		if !bytes.Equal(readBack(t, c.uri(mach), len(data)), data) {
 			t.Fatal("data read back differs")
 		}
-		recs, err := c.v.Audit(ctx, applianceID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		want := fmt.Sprintf("release %s %s (%s)", images.ManifestName, diskRelease, digest[:16])
-		var admitted bool
-		for _, r := range recs {
-			t.Logf("audit #%d %s %s check=%s pcr=%d %s", r.Seq, r.Action, r.Outcome, r.Check, r.PCR, r.Detail)
-			if r.Action == "attest-unlock" && r.Outcome == "ok" && strings.Contains(r.Detail, want) {
-				admitted = true
-			}
-		}
-		if !admitted {
-			t.Errorf("no audit record admits the unlock under %q", want)
-		}
+		admittedUnder(t, c, digest)
 
 		// Reboot from the same disk: the store on the partition opens
 		// with the sealed local share and serves the same data.
@@ -195,7 +219,7 @@ func TestE2EDiskImage(t *testing.T) {
 			t.Fatal("could not change one byte of the command line")
 		}
 		path := filepath.Join(dir, "tampered.img")
-		tampered := buildDisk(t, c, cmdline, path)
+		tampered := buildDisk(t, c, cmdline, path, nil)
 		// The UKIs differ in the command line byte and the PE checksum.
 		var diff []int
 		for i := range min(len(genuine.UKI), len(tampered.UKI)) {
@@ -249,5 +273,93 @@ func mapKeys[V any](m map[int]V) func(func(int) bool) {
 				return
 			}
 		}
+	}
+}
+
+// Debian's OVMF Secure Boot build with its "snakeoil" test keys enrolled
+// (PK = KEK = db = snakeoilCert); the key ships encrypted with the
+// passphrase "snakeoil".
+const (
+	snakeoilKey  = "/usr/share/ovmf/PkKek-1-snakeoil.key"
+	snakeoilCert = "/usr/share/ovmf/PkKek-1-snakeoil.pem"
+	snakeoilCode = "/usr/share/OVMF/OVMF_CODE_4M.snakeoil.fd"
+	snakeoilVars = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd"
+)
+
+// TestE2EDiskImageSecureBoot is TestE2EDiskImage's admitted path with
+// Secure Boot enforced: the UKI is signed with a key enrolled in the
+// firmware's db, the release also pins PCR 7 (Secure Boot state and the
+// db authority that verified the UKI) predicted from the firmware's
+// variables and the signing certificate, and the verifier admits the
+// appliance on that manifest.
+func TestE2EDiskImageSecureBoot(t *testing.T) {
+	openssl := testenv.Tool(t, "openssl")
+	testenv.Tool(t, "sbsign")
+	key := filepath.Join(t.TempDir(), "db.key")
+	if out, err := exec.Command(openssl, "pkey", "-in", snakeoilKey, "-passin", "pass:snakeoil", "-out", key).CombinedOutput(); err != nil {
+		t.Fatalf("decrypt snakeoil key: %v\n%s", err, out)
+	}
+	certPEM, err := os.ReadFile(snakeoilCert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(certPEM)
+	if blk == nil {
+		t.Fatal("snakeoil certificate is not PEM")
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars, err := os.ReadFile(snakeoilVars)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	c := newChainDisk(t, 0, qemu.StorePartition)
+	path := filepath.Join(t.TempDir(), "signed.img")
+	r := buildDisk(t, c, qemu.DefaultAppend, path, func(o *images.Options) {
+		o.Sign = images.SignWithSbsign(key, snakeoilCert)
+		o.Predict.SecureBoot = &predict.SecureBoot{VarStore: vars, Signer: cert}
+	})
+	p15, err := images.AppliancePCR(c.initrd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := r.Manifest(images.ManifestOptions{
+		Release: diskRelease, Created: time.Unix(1700000000, 0), IncludeSecureBoot: true,
+		RuntimePCRs: map[int][]byte{tpm.PCRAppliance: p15},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.PCRs["7"]; !ok || len(m.PCRs) != 7 {
+		t.Fatalf("manifest PCRs %v, want 4, 7, 9, 11, 12, 13, 15", slices.Sorted(maps.Keys(m.PCRs)))
+	}
+	digest := publishSigned(t, c, m)
+
+	mach := startT(t, qemu.Config{
+		BootDisk: path, TPMState: c.tpm.StateDir, Forwards: []qemu.Forward{{GuestPort: nbdPort}},
+		OVMFCode: snakeoilCode, OVMFVars: snakeoilVars,
+		ExtraArgs: []string{"-machine", "smm=on", "-global", "driver=cfi.pflash01,property=secure,value=on"},
+	})
+	c.waitServing(t, mach, 0)
+	got := mach.MeasuredPCRs()
+	for _, i := range []int{4, 9, 11, 12, 13, 15} {
+		if hex.EncodeToString(got[i]) != m.PCRs[fmt.Sprint(i)] {
+			t.Errorf("PCR %d measured %x, manifest %s", i, got[i], m.PCRs[fmt.Sprint(i)])
+		}
+	}
+	admittedUnder(t, c, digest)
+	data := bytes.Repeat([]byte("secure boot "), 1<<16)
+	src := filepath.Join(t.TempDir(), "src")
+	if err := os.WriteFile(src, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nbdcopy(t, "--flush", src, c.uri(mach)); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(readBack(t, c.uri(mach), len(data)), data) {
+		t.Fatal("data read back differs")
 	}
 }
