@@ -70,6 +70,46 @@ func bootDiskImage(t *testing.T, c *chain, path string) *qemu.Machine {
 	})
 }
 
+// cliBuildMatches runs `embassyctl image build -appliance-pcr` on the
+// chain's kernel and initrd with buildDisk's settings and checks that its
+// manifest is byte for byte m: the same UKI, disk image (the manifest
+// holds both digests) and PCRs, so what the tests boot is what the
+// operators' CLI builds.
+func cliBuildMatches(t *testing.T, c *chain, m *release.Manifest) {
+	t.Helper()
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "embassyctl")
+	build := exec.Command("go", "build", "-o", bin, "github.com/dataembassy/embassy/cmd/embassyctl")
+	build.Dir = moduleRoot(t)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build embassyctl: %v\n%s", err, out)
+	}
+	osrel := filepath.Join(dir, "os-release")
+	if err := os.WriteFile(osrel, []byte("ID=embassy\nNAME=Embassy\nVERSION_ID="+diskRelease+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "rel")
+	start := time.Now()
+	cmd := exec.Command(bin, "image", "build", "-kernel", c.img.Kernel, "-initrd", c.img.Initrd,
+		"-cmdline", qemu.DefaultAppend, "-osrel", osrel, "-release", diskRelease, "-out", out,
+		"-data-mib", "256", "-seed", "e2e-disk", "-epoch", "1700000000", "-appliance-pcr")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("embassyctl image build: %v\n%s", err, b)
+	}
+	got, err := os.ReadFile(filepath.Join(out, "manifest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := m.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(bytes.TrimSpace(got), want) {
+		t.Fatalf("embassyctl image build manifest differs from the test's:\n%s\nwant:\n%s", got, want)
+	}
+	t.Logf("embassyctl image build -appliance-pcr made the same UKI, disk image and manifest in %v", time.Since(start).Round(time.Millisecond))
+}
+
 // publishSigned has three release officers trusted with threshold 2,
 // checks that one signature does not publish m, and publishes it signed
 // by two. It returns the release digest (hex).
@@ -156,6 +196,7 @@ func TestE2EDiskImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cliBuildMatches(t, c, m)
 	digest := publishSigned(t, c, m)
 	wantPCRs := map[int]string{tpm.PCRAppliance: hex.EncodeToString(p15)}
 	for _, i := range images.ReleasePCRs {
