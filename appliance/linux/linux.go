@@ -267,7 +267,8 @@ func (p *Platform) OpenDisk(ctx context.Context, path string) (appliance.Device,
 		}
 		if !waitFor(ctx, p.timeout(), func() bool {
 			path, findErr = FindPartition(sys, label)
-			return findErr == nil || errors.Is(findErr, ErrAmbiguousPartition)
+			// Only a partition not there yet is worth waiting for.
+			return !errors.Is(findErr, os.ErrNotExist)
 		}) {
 			return nil, fmt.Errorf("linux: data disk %s did not appear: %w", name, findErr)
 		}
