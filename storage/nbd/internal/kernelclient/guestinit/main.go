@@ -1,0 +1,170 @@
+//go:build linux
+
+// Command guestinit is the /init of the storage/nbd kernel client test's
+// QEMU guest. It mounts proc, sys and dev, loads the NBD and virtio
+// network modules, brings up eth0 with a static address, and for each
+// export in kernelclient.ConfigPath negotiates TLS and NBD_OPT_GO itself,
+// attaches /dev/nbdN through the kernel client, runs the workload
+// (kernelclient.Run), disconnects, and prints machine-readable lines:
+//
+//	KCLIENT export=NAME attach size=N flags=0xF minblock=N prefblock=N maxblock=N
+//	KCLIENT export=NAME step=STEP ...
+//	KCLIENT export=NAME result=ok sha256=HEX | result=fail err="..."
+//	KCLIENT export=NAME disconnect=ok | disconnect=fail err="..."
+//	KCLIENT-ERROR err="..."      (set-up failures)
+//	KCLIENT-DONE
+//
+// then powers the machine off.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dataembassy/embassy/appliance"
+	"github.com/dataembassy/embassy/appliance/linux"
+	"github.com/dataembassy/embassy/storage/nbd/internal/kernelclient"
+)
+
+func main() {
+	if err := setup(); err != nil {
+		fmt.Printf("KCLIENT-ERROR err=%q\n", err.Error())
+	}
+	fmt.Println("KCLIENT-DONE")
+	// The serial console drops what is printed right before power-off.
+	linux.PowerOff()
+}
+
+func setup() error {
+	if err := linux.MountSystem(); err != nil {
+		return err
+	}
+	// Keep kernel messages off the console so they cannot split our lines.
+	os.WriteFile("/proc/sys/kernel/printk", []byte("1"), 0o644)
+
+	raw, err := os.ReadFile(kernelclient.ConfigPath)
+	if err != nil {
+		return err
+	}
+	var cfg kernelclient.GuestConfig
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if err := loadModules(cfg.ModuleParams); err != nil {
+		return err
+	}
+	ctx := context.Background()
+	p := &linux.Platform{}
+	if _, err := p.ConfigureNetwork(ctx, appliance.NetworkConfig{Interface: "eth0", Mode: "static", Address: cfg.Address}); err != nil {
+		return err
+	}
+	tlsCfg, err := clientTLS(&cfg)
+	if err != nil {
+		return err
+	}
+	for _, e := range cfg.Exports {
+		runExport(&cfg, tlsCfg, e)
+	}
+	return nil
+}
+
+// loadModules loads ModulesDir/order's modules in order with finit_module.
+func loadModules(params map[string]string) error {
+	f, err := os.Open(filepath.Join(kernelclient.ModulesDir, "order"))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		file := strings.TrimSpace(s.Text())
+		if file == "" {
+			continue
+		}
+		name := strings.TrimSuffix(file, ".ko")
+		m, err := os.Open(filepath.Join(kernelclient.ModulesDir, file))
+		if err != nil {
+			return err
+		}
+		err = unix.FinitModule(int(m.Fd()), params[name], 0)
+		m.Close()
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("loading module %s: %w", name, err)
+		}
+	}
+	return s.Err()
+}
+
+func clientTLS(cfg *kernelclient.GuestConfig) (*tls.Config, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM([]byte(cfg.CA)) {
+		return nil, errors.New("no CA certificate in config")
+	}
+	cert, err := tls.X509KeyPair([]byte(cfg.Cert), []byte(cfg.Key))
+	if err != nil {
+		return nil, fmt.Errorf("client certificate: %w", err)
+	}
+	return &tls.Config{RootCAs: pool, ServerName: cfg.ServerName, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+func runExport(cfg *kernelclient.GuestConfig, tlsCfg *tls.Config, e kernelclient.GuestExport) {
+	say := func(format string, args ...any) {
+		fmt.Printf("KCLIENT export=%s "+format+"\n", append([]any{e.Name}, args...)...)
+	}
+	// The network may take a moment after the link comes up.
+	var conn net.Conn
+	var err error
+	for i := 0; i < 20; i++ {
+		if conn, err = net.DialTimeout("tcp", cfg.Server, 5*time.Second); err == nil {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if err != nil {
+		say("result=fail err=%q", err.Error())
+		return
+	}
+	conn.SetDeadline(time.Now().Add(60 * time.Second))
+	ex, err := kernelclient.Negotiate(conn, tlsCfg, e.Name)
+	if err != nil {
+		conn.Close()
+		say("result=fail err=%q", err.Error())
+		return
+	}
+	conn.SetDeadline(time.Time{})
+	say("attach size=%d flags=%#x minblock=%d prefblock=%d maxblock=%d", ex.Size, ex.Flags, ex.MinBlock, ex.PrefBlock, ex.MaxBlock)
+	d, err := kernelclient.Attach(e.Device, ex, e.BlockSize)
+	if err != nil {
+		ex.Conn.Close()
+		say("result=fail err=%q", err.Error())
+		return
+	}
+	res, err := kernelclient.Run(d, kernelclient.Seed(e.Name), int64(ex.Size))
+	if res != nil {
+		for _, s := range res.Steps {
+			say("%s", s)
+		}
+	}
+	if err != nil {
+		say("result=fail err=%q", err.Error())
+	} else {
+		say("result=ok sha256=%s", res.SHA256)
+	}
+	if err := d.Disconnect(); err != nil {
+		say("disconnect=fail err=%q", err.Error())
+	} else {
+		say("disconnect=ok")
+	}
+}

@@ -1,0 +1,159 @@
+//go:build linux
+
+package kernelclient
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Result is what Run observed.
+type Result struct {
+	// SHA256 is the hex sha256 of the whole device read back through the
+	// page cache after dropping it (BLKFLSBUF), i.e. from the server.
+	SHA256 string
+	// Steps has one line per workload step and verification pass.
+	Steps []string
+}
+
+// ErrMismatch reports that the device read back differs from Expected.
+var ErrMismatch = errors.New("kernelclient: data read back differs")
+
+// Run executes Plan on the attached device, then reads the whole device
+// back (O_DIRECT in 1 MiB requests, the 512-byte region again in 512-byte
+// O_DIRECT requests, and buffered after dropping the page cache) and
+// compares it with Expected(seed, size). The device must start zero-filled.
+func Run(d *Device, seed uint64, size int64) (*Result, error) {
+	steps, err := Plan(size)
+	if err != nil {
+		return nil, err
+	}
+	want, err := Expected(seed, size)
+	if err != nil {
+		return nil, err
+	}
+	direct, err := os.OpenFile(d.Path, os.O_RDWR|unix.O_DIRECT, 0)
+	if err != nil {
+		return nil, fmt.Errorf("kernelclient: O_DIRECT open: %w", err)
+	}
+	defer direct.Close()
+	buffered := d.f
+	buf, err := alignedBuf(1 << 20)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Munmap(buf)
+
+	res := &Result{}
+	note := func(format string, args ...any) { res.Steps = append(res.Steps, fmt.Sprintf(format, args...)) }
+	for _, s := range steps {
+		start := time.Now()
+		n := 0
+		switch s.Kind {
+		case DirectWrite, BufferedWrite:
+			f := direct
+			if s.Kind == BufferedWrite {
+				f = buffered
+			}
+			for _, r := range s.Requests() {
+				p := buf[:r[1]]
+				Pattern(seed, r[0], p)
+				if _, err := f.WriteAt(p, r[0]); err != nil {
+					return res, fmt.Errorf("kernelclient: step %s: write %d@%d: %w", s.Name, r[1], r[0], err)
+				}
+				n++
+			}
+		case Sync:
+			if err := buffered.Sync(); err != nil {
+				return res, fmt.Errorf("kernelclient: step %s: fsync: %w", s.Name, err)
+			}
+			n = 1
+		case Discard:
+			rng := [2]uint64{uint64(s.Off), uint64(s.Len)}
+			if _, _, errno := unix.Syscall(unix.SYS_IOCTL, buffered.Fd(), unix.BLKDISCARD, uintptr(unsafe.Pointer(&rng))); errno != 0 {
+				return res, fmt.Errorf("kernelclient: step %s: BLKDISCARD %d@%d: %w", s.Name, s.Len, s.Off, errno)
+			}
+			n = 1
+		}
+		note("step=%s requests=%d bytes=%d ms=%d", s.Name, n, s.Len, time.Since(start).Milliseconds())
+	}
+
+	// Read back with O_DIRECT: every byte comes from the server.
+	start := time.Now()
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		p := buf[:min(int64(len(buf)), size-off)]
+		if _, err := direct.ReadAt(p, off); err != nil {
+			return res, fmt.Errorf("kernelclient: O_DIRECT read %d@%d: %w", len(p), off, err)
+		}
+		if i := firstDiff(p, want[off:]); i >= 0 {
+			return res, fmt.Errorf("%w: O_DIRECT 1 MiB read at byte %d", ErrMismatch, off+int64(i))
+		}
+	}
+	note("step=verify-direct1m bytes=%d ms=%d", size, time.Since(start).Milliseconds())
+
+	// Sub-block reads of the region written in 512-byte requests.
+	start = time.Now()
+	s0 := steps[0]
+	for off := s0.Off; off < s0.Off+s0.Len; off += 512 {
+		p := buf[:512]
+		if _, err := direct.ReadAt(p, off); err != nil {
+			return res, fmt.Errorf("kernelclient: O_DIRECT read 512@%d: %w", off, err)
+		}
+		if i := firstDiff(p, want[off:]); i >= 0 {
+			return res, fmt.Errorf("%w: O_DIRECT 512-byte read at byte %d", ErrMismatch, off+int64(i))
+		}
+	}
+	note("step=verify-direct512 bytes=%d ms=%d", s0.Len, time.Since(start).Milliseconds())
+
+	// Buffered, after dropping the device's page cache.
+	start = time.Now()
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, buffered.Fd(), unix.BLKFLSBUF, 0); errno != 0 {
+		return res, fmt.Errorf("kernelclient: BLKFLSBUF: %w", errno)
+	}
+	h := sha256.New()
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		p := buf[:min(int64(len(buf)), size-off)]
+		if _, err := buffered.ReadAt(p, off); err != nil {
+			return res, fmt.Errorf("kernelclient: buffered read %d@%d: %w", len(p), off, err)
+		}
+		if i := firstDiff(p, want[off:]); i >= 0 {
+			return res, fmt.Errorf("%w: buffered read at byte %d", ErrMismatch, off+int64(i))
+		}
+		h.Write(p)
+	}
+	res.SHA256 = hex.EncodeToString(h.Sum(nil))
+	note("step=verify-buffered bytes=%d ms=%d", size, time.Since(start).Milliseconds())
+	return res, nil
+}
+
+// firstDiff returns the first index where got differs from want's prefix
+// of the same length, or -1.
+func firstDiff(got, want []byte) int {
+	want = want[:len(got)]
+	if bytes.Equal(got, want) {
+		return -1
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			return i
+		}
+	}
+	return -1
+}
+
+// alignedBuf returns page-aligned memory, as O_DIRECT needs.
+func alignedBuf(n int) ([]byte, error) {
+	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		return nil, fmt.Errorf("kernelclient: mmap: %w", err)
+	}
+	return b, nil
+}
