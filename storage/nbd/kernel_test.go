@@ -152,15 +152,24 @@ func TestLinuxKernelClient(t *testing.T) {
 	p := newPKI(t)
 	st, _ := newStore(t, size)
 	file, _ := tempFile(t, size)
-	backends := map[string]*countingBackend{"store": newCounting(st), "file": newCounting(file)}
+	// "ro" holds known bytes and is granted read-only to the client.
+	roFile, roPath := tempFile(t, size)
+	roData := make([]byte, size)
+	kernelclient.Pattern(kernelclient.Seed("ro"), 0, roData)
+	if err := os.WriteFile(roPath, roData, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	backends := map[string]*countingBackend{"store": newCounting(st), "file": newCounting(file), "ro": newCounting(roFile)}
 	srv := startServer(t, nbd.ServerOptions{
 		Exports: []nbd.Export{
 			{Name: "store", Description: "authenticated store", Backend: backends["store"], MultiConn: true},
 			{Name: "file", Description: "plain file", Backend: backends["file"], MultiConn: true},
+			{Name: "ro", Backend: backends["ro"]},
 		},
 		Grants: []nbd.Grant{
 			{Identity: "kernel-client", Export: "store", Access: nbd.ReadWrite},
 			{Identity: "kernel-client", Export: "file", Access: nbd.ReadWrite},
+			{Identity: "kernel-client", Export: "ro", Access: nbd.ReadOnly},
 		},
 		TLSConfig: p.serverTLS,
 	})
@@ -172,10 +181,13 @@ func TestLinuxKernelClient(t *testing.T) {
 		Cert:         string(certPEM),
 		Key:          string(keyPEM),
 		Address:      "10.0.2.15/24",
-		ModuleParams: map[string]string{"nbd": "nbds_max=2 max_part=0"},
+		ModuleParams: map[string]string{"nbd": "nbds_max=3 max_part=0"},
 		Exports: []kernelclient.GuestExport{
-			{Name: "store", Device: "/dev/nbd0", BlockSize: 512},
+			// Two connections: the kernel spreads requests over both
+			// (the export advertises CAN_MULTI_CONN).
+			{Name: "store", Device: "/dev/nbd0", BlockSize: 512, Connections: 2},
 			{Name: "file", Device: "/dev/nbd1", BlockSize: 512},
+			{Name: "ro", Device: "/dev/nbd2", BlockSize: 4096, ReadOnly: true},
 		},
 	})
 	k, err := initramfs.CachedKernel()
@@ -229,7 +241,8 @@ func TestLinuxKernelClient(t *testing.T) {
 		}
 		got[mm[1]][key] = mm[2]
 	}
-	for name, b := range backends {
+	for _, name := range []string{"store", "file"} {
+		b := backends[name]
 		want, err := kernelclient.Expected(kernelclient.Seed(name), size)
 		if err != nil {
 			t.Fatal(err)
@@ -297,8 +310,24 @@ func TestLinuxKernelClient(t *testing.T) {
 			t.Errorf("store block status of the discarded range %d@%d: %+v, want one hole", s.Len, s.Off, ext)
 		}
 	}
-	if s := srv.Stats(); s.Refused != 0 || s.Connections != 2 {
-		t.Errorf("server stats %+v, want 2 connections and no refusals", s)
+	// The read-only grant: the kernel marked the disk read-only, refused
+	// the write itself, and read the export's bytes.
+	roSum := sha256.Sum256(roData)
+	ro := got["ro"]
+	if r, w := ro["result"], "result=ok sha256="+hex.EncodeToString(roSum[:])+" kernel_ro=true "; !strings.HasPrefix(r, w) {
+		t.Errorf("ro: guest says %q, want prefix %q", r, w)
+	}
+	if d := ro["disconnect"]; d != "disconnect=ok" {
+		t.Errorf("ro: guest says %q, want disconnect=ok", d)
+	}
+	if n := len(backends["ro"].writes); n != 0 {
+		t.Errorf("ro: backend saw writes %v", backends["ro"].writes)
+	}
+	if a := got["store"]["attach"]; !strings.Contains(a, "connections=2") {
+		t.Errorf("store: attach line %q, want connections=2", a)
+	}
+	if s := srv.Stats(); s.Refused != 0 || s.Connections != 4 {
+		t.Errorf("server stats %+v, want 4 connections (2 store, 1 file, 1 ro) and no refusals", s)
 	}
 	if err := m.Wait(time.Minute); err != nil {
 		t.Errorf("guest did not power off cleanly: %v", err)

@@ -39,4 +39,10 @@ type GuestExport struct {
 	// BlockSize is the logical block size given to the kernel
 	// (NBD_SET_BLKSIZE); 512 makes it send 512-byte requests.
 	BlockSize int `json:"block_size"`
+	// Connections is the number of connections handed to the kernel for
+	// this device (default 1; more needs NBD_FLAG_CAN_MULTI_CONN).
+	Connections int `json:"connections,omitempty"`
+	// ReadOnly runs CheckReadOnly instead of Run: the export is expected
+	// to be read-only.
+	ReadOnly bool `json:"read_only,omitempty"`
 }

@@ -95,6 +95,18 @@ type Export struct {
 // at the start of the transmission phase. The caller sets deadlines on conn
 // and closes it on error.
 func Negotiate(conn net.Conn, cfg *tls.Config, name string) (*Export, error) {
+	return negotiate(conn, func(c net.Conn) (net.Conn, error) {
+		tc := tls.Client(c, cfg)
+		if err := tc.Handshake(); err != nil {
+			return nil, fmt.Errorf("kernelclient: TLS handshake: %w", err)
+		}
+		return tc, nil
+	}, name)
+}
+
+// negotiate is Negotiate with the TLS upgrade as a function, so that the
+// fuzz test can reach the GO replies without a TLS peer.
+func negotiate(conn net.Conn, upgrade func(net.Conn) (net.Conn, error), name string) (*Export, error) {
 	var hello [18]byte
 	if _, err := io.ReadFull(conn, hello[:]); err != nil {
 		return nil, fmt.Errorf("kernelclient: reading greeting: %w", err)
@@ -123,9 +135,9 @@ func Negotiate(conn net.Conn, cfg *tls.Config, name string) (*Export, error) {
 	if typ != repAck || len(data) != 0 {
 		return nil, fmt.Errorf("%w: STARTTLS answered with reply %#x (%d bytes)", ErrProtocol, typ, len(data))
 	}
-	tc := tls.Client(conn, cfg)
-	if err := tc.Handshake(); err != nil {
-		return nil, fmt.Errorf("kernelclient: TLS handshake: %w", err)
+	tc, err := upgrade(conn)
+	if err != nil {
+		return nil, err
 	}
 
 	// NBD_OPT_GO: name length, name, one information request (block size).

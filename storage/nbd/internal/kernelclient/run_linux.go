@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 	"unsafe"
 
@@ -156,4 +158,54 @@ func alignedBuf(n int) ([]byte, error) {
 		return nil, fmt.Errorf("kernelclient: mmap: %w", err)
 	}
 	return b, nil
+}
+
+// ReadOnlyResult is what CheckReadOnly observed.
+type ReadOnlyResult struct {
+	// SHA256 is the hex sha256 of the whole device, read with O_DIRECT.
+	SHA256 string
+	// KernelRO is the kernel's read-only flag for the disk (sysfs "ro").
+	KernelRO bool
+	// WriteErr is how the kernel refused a 4 KiB O_DIRECT write (nil if it
+	// was accepted, which is a failure).
+	WriteErr error
+}
+
+// CheckReadOnly reads the whole attached device and tries to write to it:
+// on an export with NBD_FLAG_READ_ONLY the kernel must refuse.
+func CheckReadOnly(d *Device, size int64) (*ReadOnlyResult, error) {
+	res := &ReadOnlyResult{}
+	ro, err := os.ReadFile("/sys/block/" + filepath.Base(d.Path) + "/ro")
+	if err != nil {
+		return nil, fmt.Errorf("kernelclient: %w", err)
+	}
+	res.KernelRO = strings.TrimSpace(string(ro)) == "1"
+	r, err := os.OpenFile(d.Path, os.O_RDONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		return nil, fmt.Errorf("kernelclient: O_DIRECT open: %w", err)
+	}
+	defer r.Close()
+	buf, err := alignedBuf(1 << 20)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Munmap(buf)
+	h := sha256.New()
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		p := buf[:min(int64(len(buf)), size-off)]
+		if _, err := r.ReadAt(p, off); err != nil {
+			return nil, fmt.Errorf("kernelclient: O_DIRECT read %d@%d: %w", len(p), off, err)
+		}
+		h.Write(p)
+	}
+	res.SHA256 = hex.EncodeToString(h.Sum(nil))
+
+	w, err := os.OpenFile(d.Path, os.O_RDWR|unix.O_DIRECT, 0)
+	if err != nil {
+		res.WriteErr = err
+		return res, nil
+	}
+	defer w.Close()
+	_, res.WriteErr = w.WriteAt(buf[:4096], 0)
+	return res, nil
 }

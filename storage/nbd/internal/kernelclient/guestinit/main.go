@@ -123,48 +123,76 @@ func runExport(cfg *kernelclient.GuestConfig, tlsCfg *tls.Config, e kernelclient
 	say := func(format string, args ...any) {
 		fmt.Printf("KCLIENT export=%s "+format+"\n", append([]any{e.Name}, args...)...)
 	}
-	// The network may take a moment after the link comes up.
-	var conn net.Conn
-	var err error
-	for i := 0; i < 20; i++ {
-		if conn, err = net.DialTimeout("tcp", cfg.Server, 5*time.Second); err == nil {
-			break
+	var conns []*kernelclient.Export
+	for range max(e.Connections, 1) {
+		ex, err := connect(cfg, tlsCfg, e.Name)
+		if err != nil {
+			for _, c := range conns {
+				c.Conn.Close()
+			}
+			say("result=fail err=%q", err.Error())
+			return
 		}
-		time.Sleep(250 * time.Millisecond)
+		conns = append(conns, ex)
 	}
+	ex := conns[0]
+	say("attach size=%d flags=%#x minblock=%d prefblock=%d maxblock=%d connections=%d",
+		ex.Size, ex.Flags, ex.MinBlock, ex.PrefBlock, ex.MaxBlock, len(conns))
+	d, err := kernelclient.Attach(e.Device, conns, e.BlockSize)
 	if err != nil {
 		say("result=fail err=%q", err.Error())
 		return
 	}
-	conn.SetDeadline(time.Now().Add(60 * time.Second))
-	ex, err := kernelclient.Negotiate(conn, tlsCfg, e.Name)
-	if err != nil {
-		conn.Close()
-		say("result=fail err=%q", err.Error())
-		return
-	}
-	conn.SetDeadline(time.Time{})
-	say("attach size=%d flags=%#x minblock=%d prefblock=%d maxblock=%d", ex.Size, ex.Flags, ex.MinBlock, ex.PrefBlock, ex.MaxBlock)
-	d, err := kernelclient.Attach(e.Device, ex, e.BlockSize)
-	if err != nil {
-		ex.Conn.Close()
-		say("result=fail err=%q", err.Error())
-		return
-	}
-	res, err := kernelclient.Run(d, kernelclient.Seed(e.Name), int64(ex.Size))
-	if res != nil {
-		for _, s := range res.Steps {
-			say("%s", s)
+	if e.ReadOnly {
+		res, err := kernelclient.CheckReadOnly(d, int64(ex.Size))
+		switch {
+		case err != nil:
+			say("result=fail err=%q", err.Error())
+		case res.WriteErr == nil:
+			say("result=fail err=%q", "the kernel accepted a write on a read-only export")
+		default:
+			say("result=ok sha256=%s kernel_ro=%t write_err=%q", res.SHA256, res.KernelRO, res.WriteErr.Error())
 		}
-	}
-	if err != nil {
-		say("result=fail err=%q", err.Error())
 	} else {
-		say("result=ok sha256=%s", res.SHA256)
+		res, err := kernelclient.Run(d, kernelclient.Seed(e.Name), int64(ex.Size))
+		if res != nil {
+			for _, s := range res.Steps {
+				say("%s", s)
+			}
+		}
+		if err != nil {
+			say("result=fail err=%q", err.Error())
+		} else {
+			say("result=ok sha256=%s", res.SHA256)
+		}
 	}
 	if err := d.Disconnect(); err != nil {
 		say("disconnect=fail err=%q", err.Error())
 	} else {
 		say("disconnect=ok")
 	}
+}
+
+// connect dials the server and negotiates the export over TLS.
+func connect(cfg *kernelclient.GuestConfig, tlsCfg *tls.Config, name string) (*kernelclient.Export, error) {
+	// The network may take a moment after the link comes up.
+	var conn net.Conn
+	var err error
+	for range 20 {
+		if conn, err = net.DialTimeout("tcp", cfg.Server, 5*time.Second); err == nil {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if err != nil {
+		return nil, err
+	}
+	conn.SetDeadline(time.Now().Add(60 * time.Second))
+	ex, err := kernelclient.Negotiate(conn, tlsCfg, name)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	conn.SetDeadline(time.Time{})
+	return ex, nil
 }
