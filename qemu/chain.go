@@ -2,14 +2,11 @@ package qemu
 
 import (
 	"context"
-	"crypto/ecdsa"
 	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
@@ -17,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -35,6 +31,7 @@ import (
 	"github.com/dataembassy/embassy/attest/verifier"
 	"github.com/dataembassy/embassy/images/predict"
 	"github.com/dataembassy/embassy/initramfs"
+	"github.com/dataembassy/embassy/internal/pki"
 	"github.com/google/go-tpm/legacy/tpm2"
 )
 
@@ -195,7 +192,7 @@ func StartVerifier(ctx context.Context, o VerifierOptions) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	caPEM, cert, err := serverPKI([]net.IP{net.ParseIP(GuestHost), net.IPv4(127, 0, 0, 1)})
+	caPEM, cert, err := serverPKI(GuestHost, "127.0.0.1")
 	if err != nil {
 		return nil, err
 	}
@@ -319,81 +316,31 @@ func ApplianceConfig(o ConfigOptions) ([]byte, error) {
 // dir, in libnbd's tls-certificates layout (client-cert.pem,
 // client-key.pem), and returns the CA certificate PEM.
 func ClientPKI(dir, identity string) (string, error) {
-	caKey, caCert, caPEM, err := newCA("Embassy home clients CA")
+	ca, err := pki.NewCA("Embassy home clients CA", 30*24*time.Hour)
 	if err != nil {
 		return "", err
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leaf, err := ca.Issue(pki.LeafOptions{CommonName: identity, Usage: pki.Client, Validity: 30 * 24 * time.Hour})
 	if err != nil {
 		return "", err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: identity},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(30 * 24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-	if err != nil {
+	if err := leaf.WriteFiles(dir, "client"); err != nil {
 		return "", err
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return "", err
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "client-cert.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
-		return "", err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "client-key.pem"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		return "", err
-	}
-	return caPEM, nil
+	return string(ca.CertPEM()), nil
 }
 
-func newCA(cn string) (*ecdsa.PrivateKey, *x509.Certificate, string, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, "", err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(30 * 24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, nil, "", err
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, nil, "", err
-	}
-	return key, cert, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})), nil
-}
-
-// serverPKI makes a CA and a server certificate for ips.
-func serverPKI(ips []net.IP) (string, tls.Certificate, error) {
-	caKey, caCert, caPEM, err := newCA("Embassy verifier CA")
+// serverPKI makes a CA and a server certificate for hosts.
+func serverPKI(hosts ...string) (string, tls.Certificate, error) {
+	ca, err := pki.NewCA("Embassy verifier CA", 30*24*time.Hour)
 	if err != nil {
 		return "", tls.Certificate{}, err
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leaf, err := ca.Issue(pki.LeafOptions{CommonName: "verifier", Usage: pki.Server, Hosts: hosts, Validity: 30 * 24 * time.Hour})
 	if err != nil {
 		return "", tls.Certificate{}, err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "verifier"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(30 * 24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses: ips,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-	if err != nil {
-		return "", tls.Certificate{}, err
-	}
-	return caPEM, tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+	return string(ca.CertPEM()), leaf.TLSCertificate(), nil
 }
 
 // ErrNoIdentity reports a console without the appliance's server identity.

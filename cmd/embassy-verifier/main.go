@@ -12,19 +12,12 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -35,6 +28,7 @@ import (
 	"time"
 
 	"github.com/dataembassy/embassy/attest/verifier"
+	"github.com/dataembassy/embassy/internal/pki"
 )
 
 func main() {
@@ -123,67 +117,31 @@ func run(ctx context.Context, args []string, logw io.Writer, ready func(addr str
 
 // writeTLS makes a private CA and a server certificate for hosts.
 func writeTLS(dir string, hosts []string) error {
+	ca, err := pki.NewCA("Embassy verifier CA", 10*365*24*time.Hour)
+	if err != nil {
+		return err
+	}
+	leaf, err := ca.Issue(pki.LeafOptions{CommonName: hosts[0], Usage: pki.Server, Hosts: hosts, Validity: 2 * 365 * 24 * time.Hour})
+	if err != nil {
+		return err
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber: serial(), Subject: pkix.Name{CommonName: "Embassy verifier CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(10, 0, 0),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return err
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(), Subject: pkix.Name{CommonName: hosts[0]},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.AddDate(2, 0, 0),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else if h != "" {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		return err
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return err
-	}
 	files := []struct {
-		name, typ string
-		der       []byte
-		mode      os.FileMode
+		name string
+		pem  []byte
+		mode os.FileMode
 	}{
-		{"ca.pem", "CERTIFICATE", caDER, 0o644},
-		{"server.pem", "CERTIFICATE", der, 0o644},
-		{"server.key", "PRIVATE KEY", keyDER, 0o600},
+		{"ca.pem", ca.CertPEM(), 0o644},
+		{"server.pem", leaf.CertPEM(), 0o644},
+		{"server.key", leaf.KeyPEM(), 0o600},
 	}
 	for _, f := range files {
-		if err := os.WriteFile(filepath.Join(dir, f.name), pem.EncodeToMemory(&pem.Block{Type: f.typ, Bytes: f.der}), f.mode); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, f.name), f.pem, f.mode); err != nil {
 			return err
 		}
 	}
 	fmt.Printf("wrote %s/{ca.pem,server.pem,server.key}; appliances pin ca.pem\n", dir)
 	return nil
-}
-
-func serial() *big.Int {
-	n, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	return n
 }

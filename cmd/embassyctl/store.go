@@ -36,24 +36,10 @@ Flags go before DEVICE. Run 'embassyctl store <subcommand> --help'.
 `
 
 func runStore(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, storeUsage)
-		return fmt.Errorf("%w: missing subcommand", errUsage)
-	}
-	sub := map[string]func([]string, io.Writer, io.Writer) error{
+	return subcommands(args, stdout, stderr, storeUsage, map[string]func([]string, io.Writer, io.Writer) error{
 		"keygen": storeKeygen, "format": storeFormat, "show": storeShow,
 		"verify": storeVerify, "export": storeExport,
-	}
-	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stdout, storeUsage)
-		return flag.ErrHelp
-	}
-	f, ok := sub[args[0]]
-	if !ok {
-		fmt.Fprint(stderr, storeUsage)
-		return fmt.Errorf("%w: unknown subcommand %q", errUsage, args[0])
-	}
-	return f(args[1:], stdout, stderr)
+	})
 }
 
 // newStoreFlags returns a flag set whose errors are usage errors.

@@ -2,16 +2,9 @@ package nbd_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/url"
 	"os"
@@ -20,140 +13,75 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dataembassy/embassy/internal/pki"
 	"github.com/dataembassy/embassy/storage/nbd"
 )
 
-// testCA is a throwaway certificate authority.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-func newCA(t testing.TB, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-var serial int64 = 100
-var serialMu sync.Mutex
-
-// issue returns PEM certificate and key for a leaf.
-func (ca *testCA) issue(t testing.TB, cn string, uris []string, server bool) (certPEM, keyPEM []byte) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serialMu.Lock()
-	serial++
-	sn := serial
-	serialMu.Unlock()
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(sn),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
-		tmpl.DNSNames = []string{"localhost"}
-	} else {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	}
-	for _, u := range uris {
-		pu, err := url.Parse(u)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tmpl.URIs = append(tmpl.URIs, pu)
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})
-}
-
-// pki is the test's certificates: one CA for server and clients, and a
+// testPKI is the test's certificates: one CA for server and clients, and a
 // second CA nobody trusts.
-type pki struct {
-	ca, otherCA *testCA
+type testPKI struct {
+	ca, otherCA *pki.CA
 	serverTLS   *tls.Config
 }
 
-func newPKI(t testing.TB) *pki {
+func newPKI(t testing.TB) *testPKI {
 	t.Helper()
-	p := &pki{ca: newCA(t, "embassy test CA"), otherCA: newCA(t, "rogue CA")}
-	cp, kp := p.ca.issue(t, "server", nil, true)
-	cert, err := tls.X509KeyPair(cp, kp)
+	p := &testPKI{ca: newCA(t, "embassy test CA"), otherCA: newCA(t, "rogue CA")}
+	srv := issue(t, p.ca, pki.LeafOptions{CommonName: "server", Usage: pki.Server, Hosts: []string{"127.0.0.1", "localhost"}})
+	p.serverTLS = &tls.Config{Certificates: []tls.Certificate{srv.TLSCertificate()}, ClientCAs: p.ca.Pool()}
+	return p
+}
+
+func newCA(t testing.TB, name string) *pki.CA {
+	t.Helper()
+	ca, err := pki.NewCA(name, 24*time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := x509.NewCertPool()
-	pool.AddCert(p.ca.cert)
-	p.serverTLS = &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool}
-	return p
+	return ca
+}
+
+func issue(t testing.TB, ca *pki.CA, o pki.LeafOptions) *pki.Leaf {
+	t.Helper()
+	o.Validity = 24 * time.Hour
+	leaf, err := ca.Issue(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return leaf
 }
 
 // clientDir writes ca-cert.pem, client-cert.pem and client-key.pem (the
 // names GnuTLS-based clients, libnbd and qemu, look for) for a client
 // identity issued by ca (nil: no client certificate at all).
-func (p *pki) clientDir(t testing.TB, ca *testCA, cn string, uris ...string) string {
+func (p *testPKI) clientDir(t testing.TB, ca *pki.CA, cn string, uris ...string) string {
 	t.Helper()
 	dir := t.TempDir()
-	write := func(name string, b []byte) {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "ca-cert.pem"), p.ca.CertPEM(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if ca != nil {
+		o := pki.LeafOptions{CommonName: cn, Usage: pki.Client}
+		for _, u := range uris {
+			pu, err := url.Parse(u)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o.URIs = append(o.URIs, pu)
+		}
+		if err := issue(t, ca, o).WriteFiles(dir, "client"); err != nil {
 			t.Fatal(err)
 		}
-	}
-	write("ca-cert.pem", p.ca.pem)
-	if ca != nil {
-		c, k := ca.issue(t, cn, uris, false)
-		write("client-cert.pem", c)
-		write("client-key.pem", k)
 	}
 	return dir
 }
 
 // clientTLS returns a Go TLS client config for the identity.
-func (p *pki) clientTLS(t testing.TB, ca *testCA, cn string) *tls.Config {
+func (p *testPKI) clientTLS(t testing.TB, ca *pki.CA, cn string) *tls.Config {
 	t.Helper()
-	pool := x509.NewCertPool()
-	pool.AddCert(p.ca.cert)
-	cfg := &tls.Config{RootCAs: pool, ServerName: "localhost"}
+	cfg := &tls.Config{RootCAs: p.ca.Pool(), ServerName: "localhost"}
 	if ca != nil {
-		c, k := ca.issue(t, cn, nil, false)
-		cert, err := tls.X509KeyPair(c, k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.Certificates = []tls.Certificate{cert}
+		cfg.Certificates = []tls.Certificate{issue(t, ca, pki.LeafOptions{CommonName: cn, Usage: pki.Client}).TLSCertificate()}
 	}
 	return cfg
 }

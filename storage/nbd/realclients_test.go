@@ -21,7 +21,7 @@ import (
 // plus certificate directories for the clients.
 type tlsEnv struct {
 	srv   *runningServer
-	pki   *pki
+	pki   *testPKI
 	disk  *nbd.File
 	path  string
 	rwDir string // identity "backup-client": rw on disk, ro on ro
