@@ -25,6 +25,7 @@ import (
 	"github.com/u-root/u-root/pkg/cpio"
 
 	"github.com/dataembassy/embassy/initramfs"
+	"github.com/dataembassy/embassy/internal/pki"
 	"github.com/dataembassy/embassy/internal/testenv"
 	"github.com/dataembassy/embassy/qemu"
 	"github.com/dataembassy/embassy/storage/nbd"
@@ -173,13 +174,13 @@ func TestLinuxKernelClient(t *testing.T) {
 		},
 		TLSConfig: p.serverTLS,
 	})
-	certPEM, keyPEM := p.ca.issue(t, "kernel-client", nil, false)
+	client := issue(t, p.ca, pki.LeafOptions{CommonName: "kernel-client", Usage: pki.Client})
 	initrd := kernelInitrd(t, &kernelclient.GuestConfig{
 		Server:       "10.0.2.2:" + srv.port, // QEMU user networking: the host's loopback
 		ServerName:   "localhost",
-		CA:           string(p.ca.pem),
-		Cert:         string(certPEM),
-		Key:          string(keyPEM),
+		CA:           string(p.ca.CertPEM()),
+		Cert:         string(client.CertPEM()),
+		Key:          string(client.KeyPEM()),
 		Address:      "10.0.2.15/24",
 		ModuleParams: map[string]string{"nbd": "nbds_max=3 max_part=0"},
 		Exports: []kernelclient.GuestExport{

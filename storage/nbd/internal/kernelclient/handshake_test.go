@@ -2,88 +2,43 @@ package kernelclient_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/dataembassy/embassy/internal/pki"
 	"github.com/dataembassy/embassy/storage/nbd"
 	"github.com/dataembassy/embassy/storage/nbd/internal/kernelclient"
 )
 
-// ca is a throwaway certificate authority.
-type ca struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-}
-
-func newCA(t *testing.T) *ca {
+func newCA(t *testing.T) *pki.CA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := pki.NewCA("test CA", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &ca{cert: cert, key: key}
+	return ca
 }
 
-func (c *ca) pool() *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AddCert(c.cert)
-	return p
-}
-
-func (c *ca) issue(t *testing.T, cn string, server bool) tls.Certificate {
+func issue(t *testing.T, ca *pki.CA, cn string, usage pki.Usage) tls.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	l, err := ca.Issue(pki.LeafOptions{CommonName: cn, Usage: usage, Hosts: []string{"localhost"}, Validity: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sn, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	tmpl := &x509.Certificate{
-		SerialNumber: sn, Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		tmpl.DNSNames = []string{"localhost"}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, &key.PublicKey, c.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return l.TLSCertificate()
 }
 
 // serve runs an nbd.Server with one 1 MiB read-write export "disk" (granted
 // to "client") and one export "hidden" granted to nobody, and returns its
 // address.
-func serve(t *testing.T, c *ca, plaintext bool) string {
+func serve(t *testing.T, c *pki.CA, plaintext bool) string {
 	t.Helper()
 	file := func() nbd.Backend {
 		path := filepath.Join(t.TempDir(), "disk")
@@ -107,7 +62,7 @@ func serve(t *testing.T, c *ca, plaintext bool) string {
 			{Identity: identity, Export: "disk", Access: nbd.ReadWrite},
 			{Identity: identity, Export: "gone", Access: nbd.ReadWrite},
 		},
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{c.issue(t, "server", true)}, ClientCAs: c.pool()},
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{issue(t, c, "server", pki.Server)}, ClientCAs: c.Pool()},
 		Plaintext: plaintext,
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
@@ -133,10 +88,10 @@ func TestNegotiate(t *testing.T) {
 	rogue := newCA(t)
 	addr := serve(t, c, false)
 	plainAddr := serve(t, c, true)
-	good := &tls.Config{RootCAs: c.pool(), ServerName: "localhost", Certificates: []tls.Certificate{c.issue(t, "client", false)}}
-	stranger := &tls.Config{RootCAs: c.pool(), ServerName: "localhost", Certificates: []tls.Certificate{c.issue(t, "stranger", false)}}
-	rogueCert := &tls.Config{RootCAs: c.pool(), ServerName: "localhost", Certificates: []tls.Certificate{rogue.issue(t, "client", false)}}
-	wrongServer := &tls.Config{RootCAs: rogue.pool(), ServerName: "localhost", Certificates: []tls.Certificate{c.issue(t, "client", false)}}
+	good := &tls.Config{RootCAs: c.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{issue(t, c, "client", pki.Client)}}
+	stranger := &tls.Config{RootCAs: c.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{issue(t, c, "stranger", pki.Client)}}
+	rogueCert := &tls.Config{RootCAs: c.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{issue(t, rogue, "client", pki.Client)}}
+	wrongServer := &tls.Config{RootCAs: rogue.Pool(), ServerName: "localhost", Certificates: []tls.Certificate{issue(t, c, "client", pki.Client)}}
 
 	const (
 		errUnsup   = 1<<31 + 1
