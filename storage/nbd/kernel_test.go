@@ -13,12 +13,14 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -69,6 +71,48 @@ func (c *countingBackend) Trim(off, length int64) error {
 	c.trims = append(c.trims, [2]int64{off, length})
 	c.mu.Unlock()
 	return c.Backend.Trim(off, length)
+}
+
+// countingListener counts the bytes received on each accepted connection,
+// in accept order.
+type countingListener struct {
+	net.Listener
+	mu    sync.Mutex
+	conns []*countingConn
+}
+
+type countingConn struct {
+	net.Conn
+	n atomic.Int64
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	cc := &countingConn{Conn: c}
+	l.mu.Lock()
+	l.conns = append(l.conns, cc)
+	l.mu.Unlock()
+	return cc, nil
+}
+
+// received returns the bytes received per connection so far.
+func (l *countingListener) received() []int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var r []int64
+	for _, c := range l.conns {
+		r = append(r, c.n.Load())
+	}
+	return r
 }
 
 // kernelInitrd builds the guest's initramfs: kernelclient/guestinit as
@@ -161,7 +205,8 @@ func TestLinuxKernelClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	backends := map[string]*countingBackend{"store": newCounting(st), "file": newCounting(file), "ro": newCounting(roFile)}
-	srv := startServer(t, nbd.ServerOptions{
+	var counting *countingListener
+	srv := startServerWrapped(t, nbd.ServerOptions{
 		Exports: []nbd.Export{
 			{Name: "store", Description: "authenticated store", Backend: backends["store"], MultiConn: true},
 			{Name: "file", Description: "plain file", Backend: backends["file"], MultiConn: true},
@@ -173,6 +218,9 @@ func TestLinuxKernelClient(t *testing.T) {
 			{Identity: "kernel-client", Export: "ro", Access: nbd.ReadOnly},
 		},
 		TLSConfig: p.serverTLS,
+	}, func(l net.Listener) net.Listener {
+		counting = &countingListener{Listener: l}
+		return counting
 	})
 	client := issue(t, p.ca, pki.LeafOptions{CommonName: "kernel-client", Usage: pki.Client})
 	initrd := kernelInitrd(t, &kernelclient.GuestConfig{
@@ -205,7 +253,9 @@ func TestLinuxKernelClient(t *testing.T) {
 	defer cancel()
 	m, err := qemu.Start(ctx, qemu.Config{
 		Dir: dir, Kernel: k.Vmlinuz, Initrd: initrd, Append: qemu.DefaultAppend,
-		NoTPM: true, MemoryMiB: 512, QEMU: qemuBin,
+		// Two CPUs: the kernel maps each CPU's requests to one of the
+		// store's two connections.
+		NoTPM: true, MemoryMiB: 512, CPUs: 2, QEMU: qemuBin,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -326,6 +376,12 @@ func TestLinuxKernelClient(t *testing.T) {
 	}
 	if a := got["store"]["attach"]; !strings.Contains(a, "connections=2") {
 		t.Errorf("store: attach line %q, want connections=2", a)
+	}
+	// Accept order: store (two connections), file, ro.
+	recv := counting.received()
+	t.Logf("bytes received per connection (TLS): %v", recv)
+	if len(recv) == 4 && (recv[0] < 256<<10 || recv[1] < 256<<10) {
+		t.Errorf("store connections received %d and %d bytes: the kernel did not use both", recv[0], recv[1])
 	}
 	if s := srv.Stats(); s.Refused != 0 || s.Connections != 4 {
 		t.Errorf("server stats %+v, want 4 connections (2 store, 1 file, 1 ro) and no refusals", s)

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 	"unsafe"
@@ -24,6 +25,9 @@ type Result struct {
 	SHA256 string
 	// Steps has one line per workload step and verification pass.
 	Steps []string
+	// Spread is the number of CPUs the O_DIRECT writes and reads were
+	// issued from concurrently (one per connection, up to the CPU count).
+	Spread int
 }
 
 // ErrMismatch reports that the device read back differs from Expected.
@@ -33,7 +37,8 @@ var ErrMismatch = errors.New("kernelclient: data read back differs")
 // back (O_DIRECT in 1 MiB requests, the 512-byte region again in 512-byte
 // O_DIRECT requests, and buffered after dropping the page cache) and
 // compares it with Expected(seed, size). The device must start zero-filled.
-func Run(d *Device, seed uint64, size int64) (*Result, error) {
+// progress, if not nil, receives each step's line as it completes.
+func Run(d *Device, seed uint64, size int64, progress func(string)) (*Result, error) {
 	steps, err := Plan(size)
 	if err != nil {
 		return nil, err
@@ -54,8 +59,22 @@ func Run(d *Device, seed uint64, size int64) (*Result, error) {
 	}
 	defer unix.Munmap(buf)
 
-	res := &Result{}
-	note := func(format string, args ...any) { res.Steps = append(res.Steps, fmt.Sprintf(format, args...)) }
+	// With several connections, issue O_DIRECT I/O from several CPUs: the
+	// kernel maps each CPU's requests to one connection (blk-mq hardware
+	// queue), so a single-threaded workload would use only the first.
+	spread := 1
+	if d.Connections() > 1 && runtime.NumCPU() > 1 {
+		spread = min(d.Connections(), runtime.NumCPU())
+	}
+	res := &Result{Spread: spread}
+	note := func(format string, args ...any) {
+		line := fmt.Sprintf(format, args...)
+		res.Steps = append(res.Steps, line)
+		if progress != nil {
+			progress(line)
+		}
+	}
+	note("step=start cpus=%d spread=%d", runtime.NumCPU(), spread)
 	for _, s := range steps {
 		start := time.Now()
 		n := 0
@@ -65,14 +84,26 @@ func Run(d *Device, seed uint64, size int64) (*Result, error) {
 			if s.Kind == BufferedWrite {
 				f = buffered
 			}
-			for _, r := range s.Requests() {
-				p := buf[:r[1]]
-				Pattern(seed, r[0], p)
-				if _, err := f.WriteAt(p, r[0]); err != nil {
-					return res, fmt.Errorf("kernelclient: step %s: write %d@%d: %w", s.Name, r[1], r[0], err)
-				}
-				n++
+			workers := 1
+			if s.Kind == DirectWrite {
+				workers = spread
 			}
+			reqs := s.Requests()
+			err := onCPUs(workers, func(w int, buf []byte) error {
+				for i := w; i < len(reqs); i += workers {
+					r := reqs[i]
+					p := buf[:r[1]]
+					Pattern(seed, r[0], p)
+					if _, err := f.WriteAt(p, r[0]); err != nil {
+						return fmt.Errorf("kernelclient: step %s: write %d@%d: %w", s.Name, r[1], r[0], err)
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return res, err
+			}
+			n = len(reqs)
 		case Sync:
 			if err := buffered.Sync(); err != nil {
 				return res, fmt.Errorf("kernelclient: step %s: fsync: %w", s.Name, err)
@@ -90,14 +121,20 @@ func Run(d *Device, seed uint64, size int64) (*Result, error) {
 
 	// Read back with O_DIRECT: every byte comes from the server.
 	start := time.Now()
-	for off := int64(0); off < size; off += int64(len(buf)) {
-		p := buf[:min(int64(len(buf)), size-off)]
-		if _, err := direct.ReadAt(p, off); err != nil {
-			return res, fmt.Errorf("kernelclient: O_DIRECT read %d@%d: %w", len(p), off, err)
+	err = onCPUs(spread, func(w int, buf []byte) error {
+		for off := int64(w) * int64(len(buf)); off < size; off += int64(spread * len(buf)) {
+			p := buf[:min(int64(len(buf)), size-off)]
+			if _, err := direct.ReadAt(p, off); err != nil {
+				return fmt.Errorf("kernelclient: O_DIRECT read %d@%d: %w", len(p), off, err)
+			}
+			if i := firstDiff(p, want[off:]); i >= 0 {
+				return fmt.Errorf("%w: O_DIRECT 1 MiB read at byte %d", ErrMismatch, off+int64(i))
+			}
 		}
-		if i := firstDiff(p, want[off:]); i >= 0 {
-			return res, fmt.Errorf("%w: O_DIRECT 1 MiB read at byte %d", ErrMismatch, off+int64(i))
-		}
+		return nil
+	})
+	if err != nil {
+		return res, err
 	}
 	note("step=verify-direct1m bytes=%d ms=%d", size, time.Since(start).Milliseconds())
 
@@ -134,6 +171,40 @@ func Run(d *Device, seed uint64, size int64) (*Result, error) {
 	res.SHA256 = hex.EncodeToString(h.Sum(nil))
 	note("step=verify-buffered bytes=%d ms=%d", size, time.Since(start).Milliseconds())
 	return res, nil
+}
+
+// onCPUs runs f(w, buf) for w in [0, n) concurrently, each on its own OS
+// thread pinned to CPU w with its own 1 MiB page-aligned buffer, and
+// returns the first error.
+func onCPUs(n int, f func(w int, buf []byte) error) error {
+	errs := make(chan error, n)
+	for w := range n {
+		go func() {
+			// Never unlocked: the thread, with its changed affinity, ends
+			// with the goroutine instead of going back to the scheduler.
+			runtime.LockOSThread()
+			if n > 1 {
+				var set unix.CPUSet
+				set.Set(w)
+				if err := unix.SchedSetaffinity(0, &set); err != nil {
+					errs <- fmt.Errorf("kernelclient: pinning to CPU %d: %w", w, err)
+					return
+				}
+			}
+			buf, err := alignedBuf(1 << 20)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer unix.Munmap(buf)
+			errs <- f(w, buf)
+		}()
+	}
+	var err error
+	for range n {
+		err = errors.Join(err, <-errs)
+	}
+	return err
 }
 
 // firstDiff returns the first index where got differs from want's prefix

@@ -28,6 +28,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -38,12 +39,33 @@ import (
 	"github.com/dataembassy/embassy/storage/nbd/internal/kernelclient"
 )
 
+// watchdog bounds the whole run: a hang (in the kernel client, the proxy
+// or the server) is reported with goroutine stacks and the kernel's
+// blocked tasks instead of a silent test timeout.
+const watchdog = 4 * time.Minute
+
 func main() {
+	time.AfterFunc(watchdog, stuck)
 	if err := setup(); err != nil {
 		fmt.Printf("KCLIENT-ERROR err=%q\n", err.Error())
 	}
 	fmt.Println("KCLIENT-DONE")
 	// The serial console drops what is printed right before power-off.
+	linux.PowerOff()
+}
+
+// stuck prints diagnostics and powers off.
+func stuck() {
+	fmt.Printf("KCLIENT-ERROR err=%q\n", fmt.Sprintf("watchdog: still running after %v", watchdog))
+	buf := make([]byte, 1<<20)
+	for _, l := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n") {
+		fmt.Println("KCLIENT-STACK", l)
+	}
+	// Blocked tasks (sysrq w) to the console, kernel stacks included.
+	os.WriteFile("/proc/sys/kernel/printk", []byte("8"), 0o644)
+	os.WriteFile("/proc/sysrq-trigger", []byte("w"), 0o200)
+	time.Sleep(2 * time.Second)
+	fmt.Println("KCLIENT-DONE")
 	linux.PowerOff()
 }
 
@@ -154,18 +176,14 @@ func runExport(cfg *kernelclient.GuestConfig, tlsCfg *tls.Config, e kernelclient
 			say("result=ok sha256=%s kernel_ro=%t write_err=%q", res.SHA256, res.KernelRO, res.WriteErr.Error())
 		}
 	} else {
-		res, err := kernelclient.Run(d, kernelclient.Seed(e.Name), int64(ex.Size))
-		if res != nil {
-			for _, s := range res.Steps {
-				say("%s", s)
-			}
-		}
+		res, err := kernelclient.Run(d, kernelclient.Seed(e.Name), int64(ex.Size), func(step string) { say("%s", step) })
 		if err != nil {
 			say("result=fail err=%q", err.Error())
 		} else {
 			say("result=ok sha256=%s", res.SHA256)
 		}
 	}
+	say("disconnecting")
 	if err := d.Disconnect(); err != nil {
 		say("disconnect=fail err=%q", err.Error())
 	} else {
