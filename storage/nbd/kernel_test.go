@@ -186,11 +186,13 @@ var kernelLine = regexp.MustCompile(`KCLIENT export=(\S+) (.*)$`)
 
 // TestLinuxKernelClient proves the server against the Linux kernel's NBD
 // client: a QEMU guest (kernelclient/guestinit) negotiates STARTTLS and
-// NBD_OPT_GO with a client certificate, hands a socketpair to nbd.ko and
-// proxies it over TLS, then writes, flushes, discards and reads back
-// /dev/nbd0 (the authenticated store) and /dev/nbd1 (a plain file) through
-// the kernel. The test checks the guest's results, what the kernel made
-// the server do, and the exports' bytes afterwards.
+// NBD_OPT_GO with a client certificate, hands socketpairs to nbd.ko and
+// proxies them over TLS, then writes, flushes, discards and reads back
+// /dev/nbd0 (the authenticated store, two connections) and /dev/nbd1 (a
+// plain file) through the kernel, and reads /dev/nbd2 (a read-only grant)
+// and has a write refused. The test checks the guest's results, what the
+// kernel made the server do, and the exports' bytes afterwards
+// (docs/nbd-protocol.md, "Linux kernel client").
 func TestLinuxKernelClient(t *testing.T) {
 	const size = kernelclient.MinSize
 	qemuBin := testenv.Tool(t, "qemu-system-x86_64")
@@ -232,8 +234,8 @@ func TestLinuxKernelClient(t *testing.T) {
 		Address:      "10.0.2.15/24",
 		ModuleParams: map[string]string{"nbd": "nbds_max=3 max_part=0"},
 		Exports: []kernelclient.GuestExport{
-			// Two connections: the kernel spreads requests over both
-			// (the export advertises CAN_MULTI_CONN).
+			// Two connections (the export advertises CAN_MULTI_CONN),
+			// both used: see CPUs below.
 			{Name: "store", Device: "/dev/nbd0", BlockSize: 512, Connections: 2},
 			{Name: "file", Device: "/dev/nbd1", BlockSize: 512},
 			{Name: "ro", Device: "/dev/nbd2", BlockSize: 4096, ReadOnly: true},
@@ -278,7 +280,7 @@ func TestLinuxKernelClient(t *testing.T) {
 	got := map[string]map[string]string{} // export -> key -> rest of line
 	for _, l := range m.Lines() {
 		if strings.Contains(l.Text, "KCLIENT-ERROR") {
-			t.Errorf("guest: %s", l.Text)
+			t.Errorf("guest: %s\nconsole:\n%s", l.Text, console())
 		}
 		mm := kernelLine.FindStringSubmatch(l.Text)
 		if mm == nil {
