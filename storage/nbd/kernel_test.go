@@ -321,8 +321,10 @@ func TestLinuxKernelClient(t *testing.T) {
 		if b.maxWrite < 64<<10 {
 			t.Errorf("%s: largest write %d bytes, want large requests from the 1 MiB O_DIRECT writes", name, b.maxWrite)
 		}
-		if b.flushes < 2 {
-			t.Errorf("%s: %d flushes, want at least the two fsyncs", name, b.flushes)
+		// Two fsyncs, and each of the 16 O_DSYNC writes made durable by
+		// FUA (the server then flushes) or a flush after it.
+		if b.flushes < 2+16 {
+			t.Errorf("%s: %d flushes, want at least 18 (two fsyncs, 16 O_DSYNC writes)", name, b.flushes)
 		}
 		var trimmed int64
 		for _, tr := range b.trims {

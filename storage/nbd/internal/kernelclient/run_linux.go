@@ -84,6 +84,11 @@ func Run(d *Device, seed uint64, size int64, progress func(string)) (*Result, er
 			if s.Kind == BufferedWrite {
 				f = buffered
 			}
+			if s.DSync {
+				if f, err = os.OpenFile(d.Path, os.O_RDWR|unix.O_DIRECT|unix.O_DSYNC, 0); err != nil {
+					return res, fmt.Errorf("kernelclient: step %s: O_DSYNC open: %w", s.Name, err)
+				}
+			}
 			workers := 1
 			if s.Kind == DirectWrite {
 				workers = spread
@@ -100,6 +105,9 @@ func Run(d *Device, seed uint64, size int64, progress func(string)) (*Result, er
 				}
 				return nil
 			})
+			if s.DSync {
+				f.Close()
+			}
 			if err != nil {
 				return res, err
 			}

@@ -34,13 +34,18 @@ type Step struct {
 	// ones, so that sub-block writes hit each 4 KiB store block several
 	// times, apart (read-modify-write must keep the earlier ones).
 	Interleave bool
+	// DSync opens the device O_DSYNC too (DirectWrite only): each write
+	// must be durable when it returns, so the kernel sets FUA on it (or
+	// follows it with a flush).
+	DSync bool
 }
 
 // MinSize is the smallest export Plan supports.
 const MinSize = 8 << 20
 
 // Plan is the workload for an export of size bytes (at least MinSize):
-// 512-byte, 4 KiB and 1 MiB O_DIRECT writes, buffered writes of odd sizes
+// 512-byte, 4 KiB and 1 MiB O_DIRECT writes, 4 KiB O_DIRECT|O_DSYNC
+// writes, buffered writes of odd sizes
 // at an odd offset, fsync, a discard in the middle of the 1 MiB region,
 // and a final fsync. Everything outside the written ranges stays as it was
 // (zeros on a fresh export).
@@ -53,6 +58,7 @@ func Plan(size int64) ([]Step, error) {
 		{Name: "direct512", Kind: DirectWrite, Off: 0, Len: 64 << 10, IO: 512, Interleave: true},
 		{Name: "direct4k", Kind: DirectWrite, Off: 1 * MiB, Len: 256 << 10, IO: 4096},
 		{Name: "direct1m", Kind: DirectWrite, Off: 2 * MiB, Len: 2 * MiB, IO: MiB},
+		{Name: "dsync4k", Kind: DirectWrite, Off: 6 * MiB, Len: 64 << 10, IO: 4096, DSync: true},
 		{Name: "buffered", Kind: BufferedWrite, Off: 5*MiB + 700, Len: 300000, IO: 3000},
 		{Name: "fsync", Kind: Sync},
 		{Name: "discard", Kind: Discard, Off: 2*MiB + 256<<10, Len: 512 << 10},
