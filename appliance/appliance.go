@@ -72,8 +72,10 @@ type Attester interface {
 	// errors are transient unless Locked reports the phase PCR extended.
 	Unlock(ctx context.Context, epoch uint64, sealedLocal []byte) (*Unlocked, error)
 	// Heartbeat re-attests a running appliance and returns the renewed
-	// lease. Same error contract as Unlock.
-	Heartbeat(ctx context.Context, epoch uint64) (time.Duration, error)
+	// lease; serverCert (DER, nil when not serving) is the NBD server
+	// certificate, reported under the quote for the verifier to record.
+	// Same error contract as Unlock.
+	Heartbeat(ctx context.Context, epoch uint64, serverCert []byte) (time.Duration, error)
 	// Locked reports whether the phase PCR has been extended this boot, so
 	// that no share can be unsealed again until reboot.
 	Locked() (bool, error)
@@ -391,8 +393,11 @@ func (a *Appliance) session(ctx context.Context) error {
 	}
 
 	expires := time.Now().Add(u.Lease)
-	for {
-		wait := time.Duration(float64(time.Until(expires)) * a.o.RenewFraction)
+	// The first heartbeat goes out at once: it reports the server identity
+	// under a quote, so the home state's clients can pin it from the
+	// verifier instead of trusting this console.
+	var wait time.Duration
+	for first := true; ; first = false {
 		select {
 		case <-ctx.Done():
 			return stop(ctx.Err())
@@ -401,19 +406,25 @@ func (a *Appliance) session(ctx context.Context) error {
 			return stop(fmt.Errorf("NBD server stopped: %w", err))
 		case <-time.After(wait):
 		}
-		lease, err := a.heartbeat(ctx, store, expires)
+		lease, err := a.heartbeat(ctx, store, expires, id.Certificate.Certificate[0])
 		if err != nil {
 			return stop(err)
 		}
 		expires = time.Now().Add(lease)
-		a.log.Info("lease renewed", "lease", lease, "epoch", store.Epoch())
+		if first {
+			a.log.Info("server identity reported to the verifier", "sha256", id.Fingerprint, "lease", lease)
+		} else {
+			a.log.Info("lease renewed", "lease", lease, "epoch", store.Epoch())
+		}
+		wait = time.Duration(float64(time.Until(expires)) * a.o.RenewFraction)
 	}
 }
 
-// heartbeat re-attests, retrying transient failures until the lease
-// expires. The store's epoch is recorded in the disk header first, so the
-// next boot reports an epoch the verifier has seen (or a newer one).
-func (a *Appliance) heartbeat(ctx context.Context, store Store, expires time.Time) (time.Duration, error) {
+// heartbeat re-attests, reporting the NBD server certificate serverCert
+// (DER), retrying transient failures until the lease expires. The store's
+// epoch is recorded in the disk header first, so the next boot reports an
+// epoch the verifier has seen (or a newer one).
+func (a *Appliance) heartbeat(ctx context.Context, store Store, expires time.Time, serverCert []byte) (time.Duration, error) {
 	cfg := a.o.Config
 	delay := 200 * time.Millisecond
 	for {
@@ -421,7 +432,7 @@ func (a *Appliance) heartbeat(ctx context.Context, store Store, expires time.Tim
 		if err := UpdateHeaderEpoch(a.disk, epoch, cfg.Disk.HeaderSize); err != nil {
 			a.log.Error("recording the epoch in the disk header", "err", err)
 		}
-		l, err := a.o.Attester.Heartbeat(ctx, epoch)
+		l, err := a.o.Attester.Heartbeat(ctx, epoch, serverCert)
 		if err == nil {
 			return l, nil
 		}
@@ -451,7 +462,7 @@ func (a *Appliance) waitForReadmission(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrHalted, err)
 	}
-	if _, err := a.o.Attester.Heartbeat(ctx, hdr.Epoch); err != nil {
+	if _, err := a.o.Attester.Heartbeat(ctx, hdr.Epoch, nil); err != nil {
 		return err
 	}
 	return ErrLocked

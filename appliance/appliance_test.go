@@ -163,6 +163,26 @@ func TestFirstBootProvisionsThenReopens(t *testing.T) {
 	}
 }
 
+// TestServerIdentityReportedAtOnce: the first heartbeat goes out as soon as
+// the appliance serves, with the server certificate clients will see, so
+// they can pin it from the verifier; a lease of an hour does not delay it.
+func TestServerIdentityReportedAtOnce(t *testing.T) {
+	disk := newMemDevice(64 << 10)
+	att := &fakeAttester{tpm: "A", decide: grant(true, time.Hour), heartbeat: beats(time.Hour)}
+	r := start(t, disk, att)
+	r.waitServing(t)
+	r.waitLog(t, "server identity reported to the verifier")
+	att.mu.Lock()
+	reported := att.serverCerts
+	att.mu.Unlock()
+	r.exporter.mu.Lock()
+	served := r.exporter.certs
+	r.exporter.mu.Unlock()
+	if len(reported) != 1 || len(served) != 1 || !bytes.Equal(reported[0], served[0]) {
+		t.Fatalf("reported %d certificates, served %d; equal: %v", len(reported), len(served), len(reported) == 1 && len(served) == 1 && bytes.Equal(reported[0], served[0]))
+	}
+}
+
 func TestRefusedRetriesWithBackoff(t *testing.T) {
 	disk := newMemDevice(64 << 10)
 	att := &fakeAttester{tpm: "A", heartbeat: beats(time.Hour),

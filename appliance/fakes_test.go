@@ -84,8 +84,10 @@ type fakeAttester struct {
 	heartbeat func(n int) (time.Duration, error)
 	nUnlock   int
 	nBeat     int
-	locked    bool
-	epochs    []uint64
+	// serverCerts are the certificates reported, one per heartbeat.
+	serverCerts [][]byte
+	locked      bool
+	epochs      []uint64
 }
 
 func (a *fakeAttester) Unlock(_ context.Context, epoch uint64, sealed []byte) (*appliance.Unlocked, error) {
@@ -113,10 +115,11 @@ func (a *fakeAttester) Unlock(_ context.Context, epoch uint64, sealed []byte) (*
 	return u, nil
 }
 
-func (a *fakeAttester) Heartbeat(context.Context, uint64) (time.Duration, error) {
+func (a *fakeAttester) Heartbeat(_ context.Context, _ uint64, serverCert []byte) (time.Duration, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.nBeat++
+	a.serverCerts = append(a.serverCerts, serverCert)
 	return a.heartbeat(a.nBeat)
 }
 
@@ -182,6 +185,7 @@ type fakeExporter struct {
 	mu      sync.Mutex
 	serving bool
 	stores  []*fakeStore
+	certs   [][]byte // the server certificate of each Serve
 	started chan struct{}
 	stopped chan struct{}
 }
@@ -197,6 +201,7 @@ func (e *fakeExporter) Serve(ctx context.Context, st appliance.Store, id *applia
 	e.mu.Lock()
 	e.serving = true
 	e.stores = append(e.stores, st.(*fakeStore))
+	e.certs = append(e.certs, id.Certificate.Certificate[0])
 	e.mu.Unlock()
 	ready("127.0.0.1:10809")
 	e.started <- struct{}{}

@@ -256,6 +256,20 @@ func (v *Verifier) Publish(ctx context.Context, name string, initrd []byte, pcrs
 	return err
 }
 
+// ServerIdentity returns the PEM certificate and fingerprint of the NBD
+// server identity appliance id reported in an admitted, quoted heartbeat:
+// what the home state's clients pin as their CA (ca-cert.pem).
+func (v *Verifier) ServerIdentity(ctx context.Context, id string) (pemCert []byte, fingerprint string, err error) {
+	a, err := v.DB.Appliance(ctx, id)
+	if err != nil {
+		return nil, "", err
+	}
+	if a.ServerCert == nil {
+		return nil, "", fmt.Errorf("%w: %s has reported none to the verifier", ErrNoIdentity, id)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.ServerCert}), a.ServerCertSHA256, nil
+}
+
 // Audit returns the audit records about appliance id.
 func (v *Verifier) Audit(ctx context.Context, id string) ([]verifier.AuditRecord, error) {
 	return v.DB.AuditRecords(ctx, verifier.AuditFilter{Appliance: id})
@@ -343,14 +357,17 @@ func serverPKI(hosts ...string) (string, tls.Certificate, error) {
 	return string(ca.CertPEM()), leaf.TLSCertificate(), nil
 }
 
-// ErrNoIdentity reports a console without the appliance's server identity.
-var ErrNoIdentity = errors.New("qemu: no NBD server identity on the console")
+// ErrNoIdentity reports no NBD server identity (on the console or at the
+// verifier).
+var ErrNoIdentity = errors.New("qemu: no NBD server identity")
 
 var identityRE = regexp.MustCompile(`msg="nbd server identity" sha256=([0-9a-f]{64}) cert="?([A-Za-z0-9+/=]+)"?`)
 
 // ServerIdentity returns the PEM certificate and fingerprint of the NBD
 // server identity the appliance last printed on its console (from line
-// index from on). Clients pin it as their CA (ca-cert.pem).
+// index from on). The console runs in the host country: clients pin the
+// identity the verifier recorded (Verifier.ServerIdentity); this one is
+// for comparison.
 func (m *Machine) ServerIdentity(from int) (pemCert []byte, fingerprint string, err error) {
 	lines := m.Lines()
 	for i := len(lines) - 1; i >= from; i-- {

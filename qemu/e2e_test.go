@@ -116,21 +116,30 @@ func (c *chain) publish(t testing.TB, m *qemu.Machine) {
 	}
 }
 
-// waitServing waits for the appliance to serve and pins its identity.
+// waitServing waits for the appliance to serve and pins the server
+// identity it reported to the verifier.
 func (c *chain) waitServing(t testing.TB, m *qemu.Machine, from int) qemu.Line {
 	t.Helper()
 	l, err := m.WaitForLineFrom(from, regexp.MustCompile(`msg="serving NBD"`), 240*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pemCert, fp, err := m.ServerIdentity(from)
+	// Pin the identity the appliance reported under a quote, as the home
+	// state does, and check it is the one the console shows.
+	if _, err := m.WaitForLineFrom(from, regexp.MustCompile(`msg="server identity reported to the verifier"`), 120*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	pemCert, fp, err := c.v.ServerIdentity(context.Background(), applianceID)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if _, consoleFP, err := m.ServerIdentity(from); err != nil || consoleFP != fp {
+		t.Fatalf("console identity %s (%v), verifier recorded %s", consoleFP, err, fp)
 	}
 	if err := os.WriteFile(filepath.Join(c.certs, "ca-cert.pem"), pemCert, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("serving %.2fs after QEMU start (server identity %s…)", l.At.Seconds(), fp[:16])
+	t.Logf("serving %.2fs after QEMU start (server identity %s…, recorded by the verifier)", l.At.Seconds(), fp[:16])
 	return l
 }
 

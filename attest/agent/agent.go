@@ -31,7 +31,7 @@
 //	// releases) and unlock later boots with a.UnlockSealed(ctx, epoch, all)
 //	// so that an upgrade to a published release still unlocks.
 //	// open the store with u.KEK, serve; before u.Lease runs out:
-//	lease, err := a.Heartbeat(ctx, storeEpoch)
+//	lease, err := a.Heartbeat(ctx, storeEpoch, serverCertDER)
 //
 // Unlock extends the phase PCR (tpm.PCRPhase) before it returns, so neither
 // the local share nor the remote share can be recovered again this boot.
@@ -309,7 +309,7 @@ func (a *Agent) attestation(ak *client.Key, extra []byte) ([]byte, error) {
 }
 
 // attest fetches a nonce and presents a quote for purpose.
-func (a *Agent) attest(ctx context.Context, purpose protocol.Purpose, epoch uint64) (*protocol.AttestResponse, error) {
+func (a *Agent) attest(ctx context.Context, purpose protocol.Purpose, epoch uint64, serverCert []byte) (*protocol.AttestResponse, error) {
 	var n protocol.NonceResponse
 	if err := a.post(ctx, protocol.PathNonce, &protocol.NonceRequest{ApplianceID: a.cfg.ApplianceID}, &n); err != nil {
 		return nil, err
@@ -322,7 +322,7 @@ func (a *Agent) attest(ctx context.Context, purpose protocol.Purpose, epoch uint
 	if err != nil {
 		return nil, fmt.Errorf("agent: AK: %w", err)
 	}
-	att, err := a.attestation(ak, protocol.QuoteData(n.Nonce, a.cfg.ApplianceID, purpose, epoch))
+	att, err := a.attestation(ak, protocol.QuoteData(n.Nonce, a.cfg.ApplianceID, purpose, epoch, serverCert))
 	ak.Close()
 	if err != nil {
 		return nil, err
@@ -330,7 +330,7 @@ func (a *Agent) attest(ctx context.Context, purpose protocol.Purpose, epoch uint
 	var resp protocol.AttestResponse
 	err = a.post(ctx, protocol.PathAttest, &protocol.AttestRequest{
 		ApplianceID: a.cfg.ApplianceID, Purpose: purpose, Nonce: n.Nonce, StoreEpoch: epoch,
-		Attestation: att, ApplianceLog: logBytes}, &resp)
+		Attestation: att, ApplianceLog: logBytes, ServerCert: serverCert}, &resp)
 	if err != nil {
 		return nil, err
 	}
@@ -380,7 +380,7 @@ func (a *Agent) UnlockSealed(ctx context.Context, epoch uint64, sealed map[strin
 func (a *Agent) unlock(ctx context.Context, epoch uint64, sealedFor func(release string) []byte) (*Unlocked, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	resp, err := a.attest(ctx, protocol.PurposeUnlock, epoch)
+	resp, err := a.attest(ctx, protocol.PurposeUnlock, epoch, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -471,12 +471,14 @@ func importShare(rw io.ReadWriter, blob *tpmpb.ImportBlob) ([]byte, error) {
 }
 
 // Heartbeat re-attests a running appliance (purpose heartbeat, reporting
-// the store's current epoch) and returns the renewed lease. ErrRevoked or
-// ErrRefused mean: zeroize now.
-func (a *Agent) Heartbeat(ctx context.Context, epoch uint64) (time.Duration, error) {
+// the store's current epoch) and returns the renewed lease. serverCert, if
+// not nil, is the DER certificate of the NBD server identity the appliance
+// serves with: the quote covers it and the verifier records it for the
+// home state's clients to pin. ErrRevoked or ErrRefused mean: zeroize now.
+func (a *Agent) Heartbeat(ctx context.Context, epoch uint64, serverCert []byte) (time.Duration, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	resp, err := a.attest(ctx, protocol.PurposeHeartbeat, epoch)
+	resp, err := a.attest(ctx, protocol.PurposeHeartbeat, epoch, serverCert)
 	if err != nil {
 		return 0, err
 	}

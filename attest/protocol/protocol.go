@@ -120,6 +120,12 @@ type AttestRequest struct {
 	Attestation []byte `json:"attestation"`
 	// ApplianceLog is the appliance's measurement log (attest/measure).
 	ApplianceLog []byte `json:"appliance_log"`
+	// ServerCert (heartbeat only, optional) is the DER certificate of the
+	// NBD server identity the appliance serves with. The quote covers it,
+	// so the verifier records, for the home state's NBD clients to pin, a
+	// server identity reported by the attested software itself rather than
+	// one read off a console in the host country.
+	ServerCert []byte `json:"server_cert,omitempty"`
 }
 
 // AttestResponse is the verifier's positive decision.
@@ -179,16 +185,21 @@ type ErrorResponse struct {
 	AuditSeq int64 `json:"audit_seq,omitempty"`
 }
 
+// MaxServerCert bounds AttestRequest.ServerCert.
+const MaxServerCert = 4096
+
 // QuoteData is the extraData the appliance's quote covers: it binds the
-// verifier's nonce to the appliance id, the purpose and the reported store
-// epoch, so none can be changed in transit.
-func QuoteData(nonce []byte, applianceID string, purpose Purpose, epoch uint64) []byte {
+// verifier's nonce to the appliance id, the purpose, the reported store
+// epoch and the NBD server certificate (empty when not reported), so none
+// can be changed in transit.
+func QuoteData(nonce []byte, applianceID string, purpose Purpose, epoch uint64, serverCert []byte) []byte {
 	h := sha256.New()
-	h.Write([]byte("embassy-attest-v1\x00"))
+	h.Write([]byte("embassy-attest-v2\x00"))
 	writeField(h, nonce)
 	writeField(h, []byte(applianceID))
 	writeField(h, []byte(purpose))
 	binary.Write(h, binary.BigEndian, epoch)
+	writeField(h, serverCert)
 	return h.Sum(nil)
 }
 
@@ -278,6 +289,12 @@ func (r *AttestRequest) Validate() error {
 	}
 	if len(r.Attestation) == 0 || len(r.ApplianceLog) == 0 {
 		return fmt.Errorf("%w: attestation and appliance_log required", ErrFormat)
+	}
+	if len(r.ServerCert) > 0 && r.Purpose != PurposeHeartbeat {
+		return fmt.Errorf("%w: server_cert is reported by heartbeats only", ErrFormat)
+	}
+	if len(r.ServerCert) > MaxServerCert {
+		return fmt.Errorf("%w: server_cert of %d bytes (at most %d)", ErrFormat, len(r.ServerCert), MaxServerCert)
 	}
 	return nil
 }

@@ -18,15 +18,22 @@ func TestDecodeAttestRequest(t *testing.T) {
 	if r.StoreEpoch != 3 || len(r.Nonce) != 32 {
 		t.Fatalf("decoded %+v", r)
 	}
+	hb := strings.Replace(strings.Replace(good, "unlock", "heartbeat", 1), `"appliance_log"`, `"server_cert":"AQID","appliance_log"`, 1)
+	if err := protocol.Decode(strings.NewReader(hb), &r); err != nil || !bytes.Equal(r.ServerCert, []byte{1, 2, 3}) {
+		t.Fatalf("heartbeat with a server certificate: %v, %x", err, r.ServerCert)
+	}
 	bad := map[string]string{
-		"purpose":      strings.Replace(good, "unlock", "steal", 1),
-		"short nonce":  strings.Replace(good, strings.Repeat("A", 43)+"=", "AAAA", 1),
-		"unknown":      strings.Replace(good, `"purpose"`, `"x":1,"purpose"`, 1),
-		"id":           strings.Replace(good, "rack-1", "-rack", 1),
-		"trailing":     good + "{}",
-		"negative":     strings.Replace(good, `"store_epoch":3`, `"store_epoch":-3`, 1),
-		"oversize":     `{"appliance_id":"` + strings.Repeat("a", protocol.MaxBody) + `"}`,
-		"missing body": ``,
+		"purpose":        strings.Replace(good, "unlock", "steal", 1),
+		"short nonce":    strings.Replace(good, strings.Repeat("A", 43)+"=", "AAAA", 1),
+		"unknown":        strings.Replace(good, `"purpose"`, `"x":1,"purpose"`, 1),
+		"id":             strings.Replace(good, "rack-1", "-rack", 1),
+		"trailing":       good + "{}",
+		"negative":       strings.Replace(good, `"store_epoch":3`, `"store_epoch":-3`, 1),
+		"oversize":       `{"appliance_id":"` + strings.Repeat("a", protocol.MaxBody) + `"}`,
+		"missing body":   ``,
+		"cert on unlock": strings.Replace(good, `"appliance_log"`, `"server_cert":"AQ==","appliance_log"`, 1),
+		"cert too big": strings.Replace(strings.Replace(good, "unlock", "heartbeat", 1), `"appliance_log"`,
+			`"server_cert":"`+strings.Repeat("A", (protocol.MaxServerCert+3)/3*4)+`","appliance_log"`, 1),
 	}
 	for name, in := range bad {
 		t.Run(name, func(t *testing.T) {
@@ -40,12 +47,14 @@ func TestDecodeAttestRequest(t *testing.T) {
 
 func TestQuoteDataBindsFields(t *testing.T) {
 	n := bytes.Repeat([]byte{7}, 32)
-	base := protocol.QuoteData(n, "a", protocol.PurposeUnlock, 1)
+	base := protocol.QuoteData(n, "a", protocol.PurposeHeartbeat, 1, []byte("cert"))
 	for name, other := range map[string][]byte{
-		"nonce":   protocol.QuoteData(bytes.Repeat([]byte{8}, 32), "a", protocol.PurposeUnlock, 1),
-		"id":      protocol.QuoteData(n, "b", protocol.PurposeUnlock, 1),
-		"purpose": protocol.QuoteData(n, "a", protocol.PurposeHeartbeat, 1),
-		"epoch":   protocol.QuoteData(n, "a", protocol.PurposeUnlock, 2),
+		"nonce":       protocol.QuoteData(bytes.Repeat([]byte{8}, 32), "a", protocol.PurposeHeartbeat, 1, []byte("cert")),
+		"id":          protocol.QuoteData(n, "b", protocol.PurposeHeartbeat, 1, []byte("cert")),
+		"purpose":     protocol.QuoteData(n, "a", protocol.PurposeUnlock, 1, []byte("cert")),
+		"epoch":       protocol.QuoteData(n, "a", protocol.PurposeHeartbeat, 2, []byte("cert")),
+		"server cert": protocol.QuoteData(n, "a", protocol.PurposeHeartbeat, 1, []byte("cerT")),
+		"no cert":     protocol.QuoteData(n, "a", protocol.PurposeHeartbeat, 1, nil),
 	} {
 		if bytes.Equal(base, other) {
 			t.Errorf("changing %s does not change the quote data", name)

@@ -173,6 +173,17 @@ type ApplianceInfo struct {
 	Revoked     *time.Time        `json:"revoked,omitempty"`
 	RevokedBy   string            `json:"revoked_by,omitempty"`
 	RevokReason string            `json:"revoke_reason,omitempty"`
+	// ServerCert is the DER certificate of the NBD server identity the
+	// appliance last reported in a quoted heartbeat (nil: none yet). The
+	// home state's NBD clients pin it as their CA.
+	ServerCert []byte `json:"server_cert,omitempty"`
+	// ServerCertSHA256 is the hex SHA-256 of ServerCert, as the appliance
+	// prints it on its console.
+	ServerCertSHA256 string `json:"server_cert_sha256,omitempty"`
+	// ServerCertRecorded is when ServerCert was first reported.
+	ServerCertRecorded *time.Time `json:"server_cert_recorded,omitempty"`
+	// ServerCertRelease is the release the reporting boot matched.
+	ServerCertRelease string `json:"server_cert_release,omitempty"`
 }
 
 // State is the appliance's state in one word: "enrolled" (no AK yet),
@@ -255,6 +266,16 @@ func (d *DB) Appliance(ctx context.Context, id string) (*ApplianceInfo, error) {
 	if err := d.db.QueryRowContext(ctx, `SELECT revoked_at, revoked_by, reason FROM revocations WHERE appliance = ?`, id).Scan(&rev, &a.RevokedBy, &a.RevokReason); err == nil {
 		t := time.Unix(rev, 0).UTC()
 		a.Revoked = &t
+	}
+	var rec int64
+	err = d.db.QueryRowContext(ctx, `SELECT cert, sha256, release, recorded_at FROM server_identities WHERE appliance = ?`, id).
+		Scan(&a.ServerCert, &a.ServerCertSHA256, &a.ServerCertRelease, &rec)
+	switch {
+	case err == nil:
+		t := time.Unix(rec, 0).UTC()
+		a.ServerCertRecorded = &t
+	case !errors.Is(err, sql.ErrNoRows):
+		return nil, fmt.Errorf("verifier: server identity: %w", err)
 	}
 	return &a, nil
 }

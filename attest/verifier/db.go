@@ -107,6 +107,17 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 	BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 `,
+	// 2: the NBD server identity each appliance reported in a quoted
+	// heartbeat, for the home state's clients to pin.
+	`
+CREATE TABLE server_identities (
+	appliance     TEXT PRIMARY KEY REFERENCES appliances(id),
+	cert          BLOB NOT NULL,           -- DER
+	sha256        TEXT NOT NULL,           -- hex sha256 of cert
+	release       TEXT NOT NULL,           -- release the reporting boot matched
+	recorded_at   INTEGER NOT NULL
+);
+`,
 }
 
 // SchemaVersion is the schema version this package migrates to.

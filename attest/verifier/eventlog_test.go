@@ -85,10 +85,10 @@ func TestFirmwareEventLog(t *testing.T) {
 	if err := ap.a.Enroll(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ap.a.Heartbeat(context.Background(), 0); err != nil {
+	if _, err := ap.a.Heartbeat(context.Background(), 0, nil); err != nil {
 		t.Fatalf("genuine firmware log refused: %v", err)
 	}
 	logBytes = bad
-	_, err := ap.a.Heartbeat(context.Background(), 0)
+	_, err := ap.a.Heartbeat(context.Background(), 0, nil)
 	wantRefused(t, err, agent.ErrRefused, "eventlog", -1)
 }

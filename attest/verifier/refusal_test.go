@@ -75,18 +75,24 @@ func (c *rawClient) attest(req *protocol.AttestRequest) (*protocol.AttestRespons
 // quote makes an attestation with the AK of rw over the request's binding.
 func quote(t testing.TB, ap *appliance, nonce []byte, purpose protocol.Purpose, epoch uint64) *protocol.AttestRequest {
 	t.Helper()
+	return quoteCert(t, ap, nonce, purpose, epoch, nil)
+}
+
+// quoteCert is quote reporting an NBD server certificate.
+func quoteCert(t testing.TB, ap *appliance, nonce []byte, purpose protocol.Purpose, epoch uint64, serverCert []byte) *protocol.AttestRequest {
+	t.Helper()
 	ak, err := client.AttestationKeyRSA(ap.sw.RW())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ak.Close()
-	att, err := ak.Attest(client.AttestOpts{Nonce: protocol.QuoteData(nonce, ap.id, purpose, epoch), TCGEventLog: []byte{}, SkipTeeAttestation: true})
+	att, err := ak.Attest(client.AttestOpts{Nonce: protocol.QuoteData(nonce, ap.id, purpose, epoch, serverCert), TCGEventLog: []byte{}, SkipTeeAttestation: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	raw, _ := proto.Marshal(att)
 	lg, _ := ap.log.Marshal()
-	return &protocol.AttestRequest{ApplianceID: ap.id, Purpose: purpose, Nonce: nonce, StoreEpoch: epoch, Attestation: raw, ApplianceLog: lg}
+	return &protocol.AttestRequest{ApplianceID: ap.id, Purpose: purpose, Nonce: nonce, StoreEpoch: epoch, Attestation: raw, ApplianceLog: lg, ServerCert: serverCert}
 }
 
 func expectRefusal(t *testing.T, e *protocol.ErrorResponse, code, check string, pcr int) {
@@ -294,13 +300,13 @@ func TestRevokedAppliance(t *testing.T) {
 	f := newFixture(t)
 	ap, u := f.unlocked("rack1")
 	ctx := context.Background()
-	if _, err := ap.a.Heartbeat(ctx, 1); err != nil {
+	if _, err := ap.a.Heartbeat(ctx, 1, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := f.db.Revoke(ctx, "rack1", "decommissioned", "test"); err != nil {
 		t.Fatal(err)
 	}
-	_, err := ap.a.Heartbeat(ctx, 1)
+	_, err := ap.a.Heartbeat(ctx, 1, nil)
 	wantRefused(t, err, agent.ErrRevoked, "revocation", -1)
 	ap.reboot(bootEvents)
 	_, err = ap.a.Unlock(ctx, 1, u.SealedLocal)
@@ -365,7 +371,7 @@ func TestLocalShareAfterPhaseExtend(t *testing.T) {
 		t.Fatalf("local share unsealed after the phase extend: %v", err)
 	}
 	// A second unlock in the same boot is refused by the verifier too.
-	if _, err := ap.a.Heartbeat(ctx, 1); err != nil {
+	if _, err := ap.a.Heartbeat(ctx, 1, nil); err != nil {
 		t.Fatal(err)
 	}
 	_, err := ap.a.Unlock(ctx, 1, u.SealedLocal)
@@ -381,7 +387,7 @@ func TestOlderStoreEpoch(t *testing.T) {
 	f := newFixture(t)
 	ap, u := f.unlocked("rack1")
 	ctx := context.Background()
-	if _, err := ap.a.Heartbeat(ctx, 7); err != nil {
+	if _, err := ap.a.Heartbeat(ctx, 7, nil); err != nil {
 		t.Fatal(err)
 	}
 	ap.reboot(bootEvents)

@@ -23,7 +23,7 @@ func TestUpgradeToNewRelease(t *testing.T) {
 	if u.Release != "embassy-appliance 1" || u.Resealed["embassy-appliance 2"] == nil {
 		t.Fatalf("release %q, resealed for %v", u.Release, keysOf(u.Resealed))
 	}
-	if _, err := ap.a.Heartbeat(ctx, 1); err != nil {
+	if _, err := ap.a.Heartbeat(ctx, 1, nil); err != nil {
 		t.Fatal(err)
 	}
 	sealed := map[string][]byte{u.Release: u.SealedLocal}

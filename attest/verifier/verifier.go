@@ -488,6 +488,9 @@ func (s *Server) attest(ctx context.Context, req *protocol.AttestRequest) (resp 
 	if a.akPublic == nil {
 		return nil, refuse("ak", -1, "appliance has no activated AK: run the enrollment handshake")
 	}
+	if err := checkServerCert(a.id, req.ServerCert); err != nil {
+		return nil, err
+	}
 	pcrs, err := s.verifyEvidence(a, req)
 	if err != nil {
 		return nil, err
@@ -502,6 +505,52 @@ func (s *Server) attest(ctx context.Context, req *protocol.AttestRequest) (resp 
 		}
 	}
 	return s.decide(ctx, a, req, rel, pcrs)
+}
+
+// checkServerCert accepts a reported NBD server certificate (or none): it
+// must parse and name the appliance, so that what clients pin says whom it
+// is for.
+func checkServerCert(id string, der []byte) error {
+	if der == nil {
+		return nil
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		return badRequest(fmt.Errorf("server_cert: %v", err))
+	}
+	if c.Subject.CommonName != id {
+		return badRequest(fmt.Errorf("server_cert names %q, not appliance %q", c.Subject.CommonName, id))
+	}
+	return nil
+}
+
+// recordServerCert stores a server certificate reported in an admitted
+// heartbeat, auditing each new or changed identity (a change means a new
+// KEK: a re-provisioned store).
+func (s *Server) recordServerCert(ctx context.Context, tx *sql.Tx, id, release string, der []byte) error {
+	if der == nil {
+		return nil
+	}
+	sum := sha256.Sum256(der)
+	fp := hex.EncodeToString(sum[:])
+	var old string
+	err := s.db.txQueryRow(ctx, tx, `SELECT sha256 FROM server_identities WHERE appliance = ?`, id).Scan(&old)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return err
+	}
+	if old == fp {
+		return nil
+	}
+	if _, err := s.db.txExec(ctx, tx, `INSERT INTO server_identities (appliance, cert, sha256, release, recorded_at) VALUES (?,?,?,?,?)
+		ON CONFLICT(appliance) DO UPDATE SET cert = excluded.cert, sha256 = excluded.sha256, release = excluded.release, recorded_at = excluded.recorded_at`,
+		id, der, fp, release, s.db.now().Unix()); err != nil {
+		return err
+	}
+	detail := "NBD server identity sha256 " + fp + " reported by release " + release
+	if old != "" {
+		detail += "; replaces " + old
+	}
+	return s.db.appendAudit(ctx, tx, &AuditRecord{Actor: "appliance", Appliance: id, Action: "server-identity", Outcome: "ok", PCR: -1, Detail: detail})
 }
 
 // verifyEvidence checks the quote (AK from the DB, signature, nonce-bound
@@ -532,7 +581,7 @@ func (s *Server) verifyEvidence(a *appliance, req *protocol.AttestRequest) (map[
 	if quote == nil {
 		return nil, refuse("quote", -1, "no SHA-256 quote in the attestation")
 	}
-	extra := protocol.QuoteData(req.Nonce, a.id, req.Purpose, req.StoreEpoch)
+	extra := protocol.QuoteData(req.Nonce, a.id, req.Purpose, req.StoreEpoch, req.ServerCert)
 	// Only the SHA-256 quote may be used by the event-log replay.
 	att.Quotes = []*tpmpb.Quote{quote}
 	// VerifyAttestation verifies the quote's signature, extraData and PCR
@@ -753,6 +802,9 @@ func (s *Server) decide(ctx context.Context, a *appliance, req *protocol.AttestR
 		if _, err := s.db.txExec(ctx, tx, `INSERT INTO leases (appliance, release, granted_at, until) VALUES (?,?,?,?)
 			ON CONFLICT(appliance) DO UPDATE SET release = excluded.release, granted_at = excluded.granted_at, until = excluded.until`,
 			a.id, rel.label, now.Unix(), now.Add(s.opts.Lease).Unix()); err != nil {
+			return err
+		}
+		if err := s.recordServerCert(ctx, tx, a.id, rel.label, req.ServerCert); err != nil {
 			return err
 		}
 		rec := &AuditRecord{Actor: "appliance", Appliance: a.id, Action: "attest-" + string(req.Purpose), Outcome: "ok", PCR: -1,

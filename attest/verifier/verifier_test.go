@@ -39,7 +39,7 @@ func TestHappyPath(t *testing.T) {
 		t.Fatalf("audit: %+v", rec)
 	}
 	// The store is formatted; the appliance reports epoch 1.
-	if _, err := ap.a.Heartbeat(ctx, 1); err != nil {
+	if _, err := ap.a.Heartbeat(ctx, 1, nil); err != nil {
 		t.Fatalf("Heartbeat: %v", err)
 	}
 	// Next boot: same KEK from the sealed local share and the remote share.

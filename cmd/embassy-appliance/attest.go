@@ -97,11 +97,11 @@ func (t *attester) Unlock(ctx context.Context, epoch uint64, sealedLocal []byte)
 	return &appliance.Unlocked{KEK: u.KEK, Provision: u.Provision, SealedLocal: u.SealedLocal, Lease: u.Lease, Release: u.Release}, nil
 }
 
-func (t *attester) Heartbeat(ctx context.Context, epoch uint64) (time.Duration, error) {
+func (t *attester) Heartbeat(ctx context.Context, epoch uint64, serverCert []byte) (time.Duration, error) {
 	if err := t.enroll(ctx); err != nil {
 		return 0, err
 	}
-	d, err := t.a.Heartbeat(ctx, epoch)
+	d, err := t.a.Heartbeat(ctx, epoch, serverCert)
 	return d, mapErr(err)
 }
 

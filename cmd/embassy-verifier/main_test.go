@@ -114,11 +114,11 @@ func TestEndToEnd(t *testing.T) {
 	if !u.Provision || len(u.KEK) != 32 || u.Release != "embassy-appliance 1" {
 		t.Fatalf("unlock: %+v", u)
 	}
-	if lease, err := a.Heartbeat(ctx, 1); err != nil || lease != 10*time.Minute {
+	if lease, err := a.Heartbeat(ctx, 1, nil); err != nil || lease != 10*time.Minute {
 		t.Fatalf("heartbeat: %v %v", lease, err)
 	}
 	must(t, db.Revoke(ctx, "rack1", "test", "op"))
-	if _, err := a.Heartbeat(ctx, 1); !errors.Is(err, agent.ErrRevoked) {
+	if _, err := a.Heartbeat(ctx, 1, nil); !errors.Is(err, agent.ErrRevoked) {
 		t.Fatalf("heartbeat after revoke: %v", err)
 	}
 	rep, err := db.VerifyAudit(ctx, 0, "")

@@ -127,7 +127,7 @@ func fmtTime(t *time.Time) string {
 }
 
 func runAppliances(args []string, stdout, stderr io.Writer) error {
-	usage := "usage: embassyctl appliances list [--db D] [--json]\n       embassyctl appliances show [--db D] [--json] ID\n"
+	usage := "usage: embassyctl appliances list [--db D] [--json]\n       embassyctl appliances show [--db D] [--json] ID\n       embassyctl appliances server-cert [--db D] ID > ca-cert.pem\n"
 	return subcommands(args, stdout, stderr, usage, map[string]func([]string, io.Writer, io.Writer) error{
 		"list": func(args []string, stdout, stderr io.Writer) error {
 			fs := newFlagSet("appliances list", "appliances list [--db D] [--json]", stderr)
@@ -184,6 +184,11 @@ func runAppliances(args []string, stdout, stderr io.Writer) error {
 				if a.Revoked != nil {
 					fmt.Fprintf(tw, "revoked\t%s by %s: %s\n", fmtTime(a.Revoked), a.RevokedBy, a.RevokReason)
 				}
+				if a.ServerCert != nil {
+					fmt.Fprintf(tw, "NBD server sha256\t%s (reported %s by %s)\n", a.ServerCertSHA256, fmtTime(a.ServerCertRecorded), a.ServerCertRelease)
+				} else {
+					fmt.Fprintf(tw, "NBD server sha256\t- (not reported yet)\n")
+				}
 				tw.Flush()
 				if len(a.Baseline) > 0 {
 					fmt.Fprintln(stdout, "\nfirmware baseline\nPCR  SHA-256")
@@ -194,6 +199,26 @@ func runAppliances(args []string, stdout, stderr io.Writer) error {
 					}
 				}
 				return nil
+			})
+		},
+		"server-cert": func(args []string, stdout, stderr io.Writer) error {
+			fs := newFlagSet("appliances server-cert", "appliances server-cert [--db D] ID", stderr)
+			df := addDBFlags(fs)
+			if err := parseFlags(fs, args); err != nil {
+				return err
+			}
+			if fs.NArg() != 1 {
+				return usageError(fs, "one appliance id expected")
+			}
+			return df.withDB(func(ctx context.Context, db *verifier.DB) error {
+				a, err := db.Appliance(ctx, fs.Arg(0))
+				if err != nil {
+					return err
+				}
+				if a.ServerCert == nil {
+					return fmt.Errorf("%w: appliance %q has not reported an NBD server identity in an admitted heartbeat yet", verifier.ErrNotFound, a.ID)
+				}
+				return pem.Encode(stdout, &pem.Block{Type: "CERTIFICATE", Bytes: a.ServerCert})
 			})
 		},
 	})
