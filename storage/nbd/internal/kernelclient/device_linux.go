@@ -35,6 +35,7 @@ type Device struct {
 	Path string
 
 	f     *os.File
+	flags uint16 // the export's transmission flags
 	links []*link
 	doIt  chan error // NBD_DO_IT's result
 	once  sync.Once
@@ -76,7 +77,7 @@ func Attach(path string, conns []*Export, blockSize int) (*Device, error) {
 		closeAll()
 		return nil, fmt.Errorf("kernelclient: %w", err)
 	}
-	d := &Device{Path: path, f: f, doIt: make(chan error, 1)}
+	d := &Device{Path: path, f: f, flags: conns[0].Flags, doIt: make(chan error, 1)}
 	fail := func(err error) (*Device, error) {
 		for _, l := range d.links {
 			unix.Close(l.kernel)
@@ -195,6 +196,9 @@ func (l *link) run() {
 // File is the device opened read-write, for I/O and ioctls such as
 // BLKDISCARD.
 func (d *Device) File() *os.File { return d.f }
+
+// Flags are the export's transmission flags given to the kernel.
+func (d *Device) Flags() uint16 { return d.flags }
 
 // Connections is the number of connections the kernel was given.
 func (d *Device) Connections() int { return len(d.links) }

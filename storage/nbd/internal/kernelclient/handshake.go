@@ -1,12 +1,15 @@
 // Package kernelclient drives the Linux kernel's NBD client against an NBD
 // server the way nbd-client does for TLS: it performs the fixed-newstyle
 // handshake itself (NBD_OPT_STARTTLS, then NBD_OPT_GO) over a TLS
-// connection, hands one end of a socketpair to the kernel with the NBD
-// ioctls, and proxies bytes between the other end and the TLS connection.
-// The kernel then speaks the transmission phase with simple replies.
+// connection, hands one end of a socketpair per connection to the kernel
+// with the NBD ioctls (Attach; several connections for exports with
+// CAN_MULTI_CONN), and proxies bytes between the other end and the TLS
+// connection. The kernel then speaks the transmission phase with simple
+// replies.
 //
 // It also defines the workload the guest runs on the resulting /dev/nbdN
-// (Plan, Pattern, Expected) so that the host-side test can check the export
+// (Plan, Pattern, Expected; Run executes it, CheckReadOnly checks a
+// read-only export) so that the host-side test can check the export
 // independently. It is test infrastructure for storage/nbd: the guest init
 // in ./guestinit uses it, and storage/nbd's kernel client test boots that
 // init under QEMU. docs/nbd-protocol.md ("Linux kernel client") explains

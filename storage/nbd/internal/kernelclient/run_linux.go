@@ -33,15 +33,25 @@ type Result struct {
 // ErrMismatch reports that the device read back differs from Expected.
 var ErrMismatch = errors.New("kernelclient: data read back differs")
 
+// ErrExportFlags reports an export whose transmission flags do not allow
+// the workload.
+var ErrExportFlags = errors.New("kernelclient: export unsuitable for the workload")
+
 // Run executes Plan on the attached device, then reads the whole device
 // back (O_DIRECT in 1 MiB requests, the 512-byte region again in 512-byte
 // O_DIRECT requests, and buffered after dropping the page cache) and
-// compares it with Expected(seed, size). The device must start zero-filled.
+// compares it with Expected(seed, size). The device must start zero-filled
+// and the export must advertise SEND_FLUSH and SEND_TRIM and be writable.
 // progress, if not nil, receives each step's line as it completes.
 func Run(d *Device, seed uint64, size int64, progress func(string)) (*Result, error) {
 	steps, err := Plan(size)
 	if err != nil {
 		return nil, err
+	}
+	// The workload's fsync and discard steps only reach the server if the
+	// export advertises them; without, Expected would not hold.
+	if need := uint16(FlagSendFlush | FlagSendTrim); d.Flags()&need != need || d.Flags()&FlagReadOnly != 0 {
+		return nil, fmt.Errorf("%w: export flags %#x, want SEND_FLUSH and SEND_TRIM, not READ_ONLY", ErrExportFlags, d.Flags())
 	}
 	want, err := Expected(seed, size)
 	if err != nil {
