@@ -3,6 +3,7 @@ package storage
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -45,6 +46,7 @@ var errMapFault = errors.New("storage: fault reading mapped device")
 // devMap maps a file device in windows.
 type devMap struct {
 	conn  syscall.RawConn // the file, for mmap (Fd would make it blocking)
+	base  int64           // the device's offset in the file
 	size  int64
 	limit int // windows that may be mapped
 
@@ -58,17 +60,21 @@ type devMap struct {
 // to limitBytes of it, or nil where the platform or the device does not
 // support mapping.
 func newDevMap(dev Device, size, limitBytes int64) *devMap {
-	fd, ok := dev.(*FileDevice)
-	if !ok || fd.File == nil || !mmapSupported || size <= 0 {
+	fb, ok := dev.(FileBacked)
+	if !ok || !mmapSupported || size <= 0 {
 		return nil
 	}
-	conn, err := fd.SyscallConn()
+	f, base := fb.BackingFile()
+	if f == nil || base < 0 || base%int64(os.Getpagesize()) != 0 {
+		return nil
+	}
+	conn, err := f.SyscallConn()
 	if err != nil {
 		return nil
 	}
 	n := (size + mapWindow - 1) / mapWindow
 	limit := int(min(n, max(1, limitBytes/mapWindow)))
-	return &devMap{conn: conn, size: size, limit: limit, windows: make([]atomic.Pointer[[]byte], n)}
+	return &devMap{conn: conn, base: base, size: size, limit: limit, windows: make([]atomic.Pointer[[]byte], n)}
 }
 
 // window returns window i, mapping it if the limit allows; nil means
@@ -88,7 +94,7 @@ func (m *devMap) window(i int64) []byte {
 	length := min(int64(mapWindow), m.size-i*mapWindow)
 	var b []byte
 	var err error
-	cerr := m.conn.Control(func(fd uintptr) { b, err = mmapRead(fd, i*mapWindow, int(length)) })
+	cerr := m.conn.Control(func(fd uintptr) { b, err = mmapRead(fd, m.base+i*mapWindow, int(length)) })
 	if err != nil || cerr != nil {
 		m.failed = true // e.g. a device that cannot be mapped
 		return nil

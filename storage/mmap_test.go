@@ -275,3 +275,76 @@ func TestMappedLargeSparseFile(t *testing.T) {
 		t.Fatalf("%d windows mapped, want the limit of 1", w)
 	}
 }
+
+// regionDevice is the part of a file from off on, as the appliance's
+// data-disk window is: a storage.FileBacked device that is not a
+// *FileDevice.
+type regionDevice struct {
+	f   *os.File
+	off int64
+}
+
+func (d *regionDevice) ReadAt(p []byte, off int64) (int, error)  { return d.f.ReadAt(p, d.off+off) }
+func (d *regionDevice) WriteAt(p []byte, off int64) (int, error) { return d.f.WriteAt(p, d.off+off) }
+func (d *regionDevice) Sync() error                              { return d.f.Sync() }
+func (d *regionDevice) BackingFile() (*os.File, int64)           { return d.f, d.off }
+func (d *regionDevice) Size() (int64, error) {
+	fi, err := d.f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return fi.Size() - d.off, nil
+}
+
+// TestMappedRegionOfFile: a store on a region of a file (after a header)
+// maps the region at its offset when the offset is page-aligned, reads
+// pread otherwise, and reads the same bytes either way; what it writes
+// lands in the region only.
+func TestMappedRegionOfFile(t *testing.T) {
+	for _, tc := range []struct {
+		off         int64
+		wantWindows bool
+	}{{off: 64 << 10, wantWindows: true}, {off: 512, wantWindows: false}} {
+		const size = 2 << 20
+		path := filepath.Join(t.TempDir(), "disk.img")
+		header := bytes.Repeat([]byte{0xEE}, int(tc.off))
+		if err := os.WriteFile(path, header, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := f.Truncate(tc.off + 2*size + size/16 + 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		dev := &regionDevice{f: f, off: tc.off}
+		s, err := storage.Format(dev, storage.FormatOptions{KEK: testKEK, Size: size})
+		if err != nil {
+			t.Fatalf("offset %d: Format: %v", tc.off, err)
+		}
+		p := fill(uint64(tc.off), 300<<10)
+		if _, err := s.WriteAt(p, 12345); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if s, err = storage.Open(dev, storage.OpenOptions{KEK: testKEK}); err != nil {
+			t.Fatalf("offset %d: Open: %v", tc.off, err)
+		}
+		got := make([]byte, len(p))
+		if _, err := s.ReadAt(got, 12345); err != nil || !bytes.Equal(got, p) {
+			t.Fatalf("offset %d: read back: %v, equal %v", tc.off, err, bytes.Equal(got, p))
+		}
+		if w := s.MappedWindows(); (w > 0) != tc.wantWindows {
+			t.Errorf("offset %d: %d windows mapped, want mapped=%v", tc.off, w, tc.wantWindows)
+		}
+		s.Close()
+		hdr := make([]byte, tc.off)
+		if _, err := f.ReadAt(hdr, 0); err != nil || !bytes.Equal(hdr, header) {
+			t.Fatalf("offset %d: the header before the region changed", tc.off)
+		}
+	}
+}

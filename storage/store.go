@@ -76,7 +76,7 @@ type OpenOptions struct {
 	// Logger receives integrity failures and commit errors. Nil means
 	// slog.Default().
 	Logger *slog.Logger
-	// NoMmap makes a store on a *FileDevice read data with pread
+	// NoMmap makes a store on a FileBacked device read with pread
 	// instead of through memory mappings of the file (see
 	// docs/storage-format.md, Memory-mapped reads).
 	NoMmap bool

@@ -311,6 +311,10 @@ func (d *Disk) Size() (int64, error) { return d.size, nil }
 // Close closes the device.
 func (d *Disk) Close() error { return d.f.Close() }
 
+// BackingFile returns the disk's device node, so the store can read it
+// through memory mappings (storage.FileBacked).
+func (d *Disk) BackingFile() (*os.File, int64) { return d.f, 0 }
+
 // Reboot syncs and restarts the machine.
 func (p *Platform) Reboot() error {
 	unix.Sync()
