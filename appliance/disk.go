@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 )
 
 // Device is a block device or image: what the store is written to. It has
@@ -49,6 +50,21 @@ func (w *Window) check(off int64, n int) error {
 		return fmt.Errorf("%w: %d bytes at %d in a %d-byte window", ErrOutOfRange, n, off, w.Length)
 	}
 	return nil
+}
+
+// BackingFile returns the file under the window and the window's offset in
+// it, so the store can map the disk (storage.FileBacked); nil when the
+// device is not a region of a file or the offset is not page-aligned.
+func (w *Window) BackingFile() (*os.File, int64) {
+	fb, ok := w.Dev.(interface{ BackingFile() (*os.File, int64) })
+	if !ok {
+		return nil, 0
+	}
+	f, off := fb.BackingFile()
+	if f == nil || (off+w.Offset)%int64(os.Getpagesize()) != 0 {
+		return nil, 0
+	}
+	return f, off + w.Offset
 }
 
 // ReadAt reads from the window.

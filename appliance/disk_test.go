@@ -3,9 +3,11 @@ package appliance_test
 import (
 	"bytes"
 	"errors"
+	"path/filepath"
 	"testing"
 
 	"github.com/dataembassy/embassy/appliance"
+	"github.com/dataembassy/embassy/storage"
 )
 
 func TestHeaderRoundTrip(t *testing.T) {
@@ -89,4 +91,38 @@ func FuzzParseHeader(f *testing.F) {
 			t.Fatal("accepted header does not re-encode to itself")
 		}
 	})
+}
+
+// TestWindowBackingFile: the store's window over a file-backed data disk
+// exposes the file at the window's offset, so the store can map it; over
+// anything else, or at an offset that is not page-aligned, it does not.
+func TestWindowBackingFile(t *testing.T) {
+	dev, err := storage.CreateFileDevice(filepath.Join(t.TempDir(), "disk"), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	for _, tc := range []struct {
+		name    string
+		dev     appliance.Device
+		offset  int64
+		mapped  bool
+		wantOff int64
+	}{
+		{"file, aligned header", dev, 8192, true, 8192},
+		{"file, misaligned header", dev, 8192 + 512, false, 0},
+		{"not a file", newMemDevice(1 << 20), 8192, false, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w, err := appliance.NewWindow(tc.dev, tc.offset)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var fb storage.FileBacked = w
+			f, off := fb.BackingFile()
+			if (f != nil) != tc.mapped || off != tc.wantOff {
+				t.Fatalf("BackingFile = %v, %d; want a file %v at %d", f, off, tc.mapped, tc.wantOff)
+			}
+		})
+	}
 }

@@ -2,6 +2,8 @@
 // measure: a UKI (package uki), a reproducible GPT disk image with the UKI on
 // its ESP (package disk), and the PCR values OVMF + systemd-stub + Linux
 // produce when booting it (package predict), all from the files alone.
+// AppliancePCR adds PCR 15, the appliance's measurement of its own binary
+// and configuration, read from an appliance initramfs.
 //
 // The prediction becomes a release manifest (package attest/release) that
 // release officers sign with `embassyctl release sign`; the verifier admits a
@@ -15,7 +17,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"sort"
 	"time"
 
@@ -177,6 +181,12 @@ type ManifestOptions struct {
 	// IncludeSecureBoot also lists PCR 7 (Secure Boot state and the
 	// authority that verified the UKI; normally enrollment baseline).
 	IncludeSecureBoot bool
+	// RuntimePCRs are further PCR values (SHA-256) the release pins that
+	// the boot chain does not produce: PCR 15, the appliance's own
+	// measurement log of its binary and configuration, predicted with
+	// attest/measure. They may not override a PCR
+	// the release predicts.
+	RuntimePCRs map[int][]byte
 }
 
 // Manifest returns the unsigned release manifest for r: its components and
@@ -210,6 +220,16 @@ func (r *Release) Manifest(o ManifestOptions) (*release.Manifest, error) {
 		v, err := hex.DecodeString(r.PCRs[i])
 		if err != nil || len(v) != sha256.Size {
 			return nil, fmt.Errorf("images: no prediction for PCR %d", i)
+		}
+		m.SetPCR(uint32(i), v)
+	}
+	for _, i := range slices.Sorted(maps.Keys(o.RuntimePCRs)) {
+		v := o.RuntimePCRs[i]
+		if slices.Contains(pcrs, i) {
+			return nil, fmt.Errorf("images: runtime PCR %d is already predicted from the boot chain", i)
+		}
+		if len(v) != sha256.Size {
+			return nil, fmt.Errorf("images: runtime PCR %d: %d bytes, want %d", i, len(v), sha256.Size)
 		}
 		m.SetPCR(uint32(i), v)
 	}

@@ -256,6 +256,29 @@ func (v *Verifier) Publish(ctx context.Context, name string, initrd []byte, pcrs
 	return err
 }
 
+// PublishEnvelope publishes a signed release envelope (e.g. an images
+// manifest signed by release officers) and returns its digest. The
+// officers' keys must have been added with AddReleaseOfficers.
+func (v *Verifier) PublishEnvelope(ctx context.Context, env *release.Envelope) (string, error) {
+	rel, err := v.DB.PublishRelease(ctx, env, "harness")
+	if err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(rel.Digest[:]), nil
+}
+
+// AddReleaseOfficers trusts the officers' release keys and requires k
+// valid signatures on every release (k of n). The harness's own
+// ReleaseKey stays trusted but alone no longer meets a k above 1.
+func (v *Verifier) AddReleaseOfficers(ctx context.Context, k int, officers ...ed25519.PublicKey) error {
+	for i, pub := range officers {
+		if err := v.DB.AddReleaseKey(ctx, pub, fmt.Sprintf("officer %d", i+1)); err != nil {
+			return err
+		}
+	}
+	return v.DB.SetReleaseThreshold(ctx, k, "harness")
+}
+
 // ServerIdentity returns the PEM certificate and fingerprint of the NBD
 // server identity appliance id reported in an admitted, quoted heartbeat:
 // what the home state's clients pin as their CA (ca-cert.pem).
@@ -307,14 +330,24 @@ type ConfigOptions struct {
 	ClientIdentity string
 	// RetryMax bounds the appliance's retry backoff (default 4s).
 	RetryMax time.Duration
+	// DiskDevice is the data disk's block device (disk.device; default
+	// the appliance's, /dev/vda). Booting a disk image, name the image's
+	// store partition, e.g. StorePartition.
+	DiskDevice string
 }
+
+// StorePartition names the disk image's store partition (images/disk,
+// GPT name "embassy-store") the way udev would; the appliance resolves
+// it through sysfs (no udev in the initramfs), so it does not depend on
+// the boot disk being /dev/vda.
+const StorePartition = "/dev/disk/by-partlabel/embassy-store"
 
 // ApplianceConfig returns a configuration for QEMU's user network.
 func ApplianceConfig(o ConfigOptions) ([]byte, error) {
 	if o.RetryMax == 0 {
 		o.RetryMax = 4 * time.Second
 	}
-	return json.MarshalIndent(map[string]any{
+	cfg := map[string]any{
 		"version":  1,
 		"identity": o.Identity,
 		"verifier": map[string]any{"url": o.VerifierURL, "ca_pem": o.VerifierCAPEM},
@@ -323,7 +356,11 @@ func ApplianceConfig(o ConfigOptions) ([]byte, error) {
 		}},
 		"network": map[string]any{"mode": "static", "address": "10.0.2.15/24", "gateway": GuestHost},
 		"retry":   map[string]any{"initial": "1s", "max": o.RetryMax.String()},
-	}, "", "  ")
+	}
+	if o.DiskDevice != "" {
+		cfg["disk"] = map[string]any{"device": o.DiskDevice}
+	}
+	return json.MarshalIndent(cfg, "", "  ")
 }
 
 // ClientPKI writes a client CA and a client certificate for identity into

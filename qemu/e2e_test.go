@@ -39,6 +39,13 @@ type chain struct {
 
 func newChain(t testing.TB, lease time.Duration) *chain {
 	t.Helper()
+	return newChainDisk(t, lease, "")
+}
+
+// newChainDisk is newChain with the appliance's data disk named
+// diskDevice ("" = the appliance's default, /dev/vda).
+func newChainDisk(t testing.TB, lease time.Duration, diskDevice string) *chain {
+	t.Helper()
 	tools(t)
 	testenv.Tool(t, "swtpm_setup")
 	ctx := context.Background()
@@ -60,7 +67,7 @@ func newChain(t testing.TB, lease time.Duration) *chain {
 	}
 	if c.config, err = qemu.ApplianceConfig(qemu.ConfigOptions{
 		Identity: applianceID, VerifierURL: c.v.GuestURL, VerifierCAPEM: c.v.CAPEM,
-		ClientCAPEM: clientCA, ClientIdentity: clientID,
+		ClientCAPEM: clientCA, ClientIdentity: clientID, DiskDevice: diskDevice,
 	}); err != nil {
 		t.Fatal(err)
 	}

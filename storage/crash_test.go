@@ -2,13 +2,16 @@ package storage_test
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/dataembassy/embassy/storage"
 )
@@ -56,12 +59,23 @@ func TestCrashConsistency(t *testing.T) {
 		s, _ := strconv.ParseUint(v, 10, 64)
 		seed0 = s
 	}
+	inside0, after0 := windowWritesInside.Load(), windowWritesAfter.Load()
 	for i := 0; i < n; i++ {
 		if err := crashSchedule(seed0 + uint64(i)); err != nil {
 			t.Fatalf("schedule seed %d: %v", seed0+uint64(i), err)
 		}
 	}
+	inside, after := windowWritesInside.Load()-inside0, windowWritesAfter.Load()-after0
+	t.Logf("writes issued during a flush's sync: %d finished inside it, %d waited for the flush", inside, after)
+	if n >= 100 && (inside == 0 || after == 0) {
+		t.Fatalf("schedules never exercised both kinds of write during a flush (%d inside, %d after)", inside, after)
+	}
 }
+
+// Writes the schedules issue while a flush syncs: finished during the
+// sync (leaves outside the commit) or only after the flush (committing
+// leaves).
+var windowWritesInside, windowWritesAfter atomic.Int64
 
 // TestCrashConsistencyShortNonceReserve repeats the schedules with a tiny
 // nonce reservation, so writes keep running out of reserved nonces and
@@ -156,8 +170,70 @@ func crashSchedule(seed uint64) error {
 			noteChange(off, n)
 			err = s.WriteZeroes(off, n)
 		case k < 9:
-			if err = s.Flush(); err == nil {
-				resetOK()
+			if r.IntN(2) == 0 {
+				if err = s.Flush(); err == nil {
+					resetOK()
+				}
+				break
+			}
+			// A write whose commit (the tiny cache makes every write
+			// commit) syncs while a second write runs: that one finishes
+			// during the sync if its leaves are not being committed, else
+			// after the commit. Then a flush.
+			woff := r.Int64N(size)
+			wn := min(1+r.Int64N(2*storage.BlockSize), size-woff)
+			wdata := make([]byte, wn)
+			data := make([]byte, n)
+			for _, b := range [][]byte{wdata, data} {
+				for i := range b {
+					b[i] = byte(r.Uint32())
+				}
+			}
+			done := make(chan error, 1)
+			dev.mu.Lock()
+			dev.onSync = func() {
+				// On this goroutine, inside WriteAt: the model is ours.
+				copy(cur[woff:], wdata)
+				noteChange(woff, wn)
+				dev.mu.Lock()
+				w0 := dev.writes
+				dev.mu.Unlock()
+				go func() {
+					_, err := s.WriteAt(wdata, woff)
+					done <- err
+				}()
+				// Did the second write reach the device during the sync?
+				for deadline := time.Now().Add(5 * time.Millisecond); time.Now().Before(deadline); {
+					dev.mu.Lock()
+					landed := dev.writes > w0
+					dev.mu.Unlock()
+					if landed {
+						windowWritesInside.Add(1)
+						return
+					}
+					time.Sleep(50 * time.Microsecond)
+				}
+				windowWritesAfter.Add(1)
+			}
+			dev.mu.Unlock()
+			copy(cur[off:], data)
+			noteChange(off, n)
+			_, err = s.WriteAt(data, off)
+			dev.mu.Lock()
+			hooked := dev.onSync == nil
+			dev.onSync = nil
+			dev.mu.Unlock()
+			if hooked {
+				werr := <-done
+				if werr != nil && !errors.Is(werr, errPowerCut) && !errors.Is(werr, storage.ErrFailed) {
+					return fmt.Errorf("op %d: write during a commit's sync: %w", op, werr)
+				}
+				err = cmp.Or(err, werr)
+			}
+			if err == nil {
+				if err = s.Flush(); err == nil {
+					resetOK()
+				}
 			}
 		default:
 			// A clean close and reopen drops every cached node.

@@ -19,6 +19,16 @@ type Device interface {
 	Size() (int64, error)
 }
 
+// FileBacked is implemented by a Device that is a region of an open file or
+// block device. Open then reads data and metadata through read-only
+// mappings of that file instead of pread (docs/storage-format.md,
+// Memory-mapped reads). A nil file means "do not map".
+type FileBacked interface {
+	// BackingFile returns the file and the byte offset in it at which the
+	// device starts. The offset must be a multiple of the page size.
+	BackingFile() (f *os.File, offset int64)
+}
+
 // FileDevice is a Device backed by an *os.File: a regular file or a block
 // device node.
 type FileDevice struct {
@@ -38,6 +48,9 @@ func OpenFileDevice(path string, readOnly bool) (*FileDevice, error) {
 	}
 	return &FileDevice{File: f}, nil
 }
+
+// BackingFile returns the file, which the device covers from offset 0.
+func (d *FileDevice) BackingFile() (*os.File, int64) { return d.File, 0 }
 
 // CreateFileDevice creates (or truncates) a regular file of size bytes and
 // returns it as a Device. The file is sparse where the filesystem allows.

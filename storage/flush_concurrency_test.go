@@ -27,9 +27,10 @@ func (d *gatedSyncDevice) Sync() error {
 	return d.memDevice.Sync()
 }
 
-// TestReadsDuringFlushSync checks that reads complete while a flush waits
-// for the device, that a write waits for the flush, and that both see
-// the right data afterwards.
+// TestReadsDuringFlushSync checks that reads, and writes to leaves the
+// flush does not include, complete while a flush waits for the device,
+// that a write to a committing leaf waits for the flush, and that all see
+// the right data afterwards and after a reopen.
 func TestReadsDuringFlushSync(t *testing.T) {
 	dev := &gatedSyncDevice{memDevice: newMemDevice(4 << 20), entered: make(chan struct{}), release: make(chan struct{})}
 	s, err := storage.Format(dev, storage.FormatOptions{KEK: testKEK, Size: 256 * storage.BlockSize})
@@ -75,8 +76,26 @@ func TestReadsDuringFlushSync(t *testing.T) {
 		t.Fatal("read blocked behind a flush's sync")
 	}
 
-	// A write waits for the flush (it must not pick a slot the flush is
-	// about to commit).
+	// A write to a block of a leaf the flush does not include (block 200:
+	// leaf 1) finishes during the sync.
+	other := fill(4, 4096)
+	otherDone := make(chan error, 1)
+	go func() {
+		_, err := s.WriteAt(other, 200*4096)
+		otherDone <- err
+	}()
+	select {
+	case err := <-otherDone:
+		if err != nil {
+			t.Fatalf("write outside the committing leaves during flush: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		close(dev.release)
+		t.Fatal("write to an uncommitted leaf blocked behind a flush's sync")
+	}
+
+	// A write to a block of a committing leaf waits for the flush (it
+	// must not pick a slot the flush is about to commit).
 	wrote := make(chan error, 1)
 	go func() {
 		_, err := s.WriteAt(fill(3, 4096), 3*4096)
@@ -101,6 +120,23 @@ func TestReadsDuringFlushSync(t *testing.T) {
 	copy(want[3*4096:], fill(3, 4096))
 	if _, err := s.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("after flushes: err %v, data equal %v", err, bytes.Equal(got, want))
+	}
+	o := make([]byte, 4096)
+	if _, err := s.ReadAt(o, 200*4096); err != nil || !bytes.Equal(o, other) {
+		t.Fatalf("block written during the sync: err %v, data equal %v", err, bytes.Equal(o, other))
+	}
+	// Both must survive a reopen (the second flush committed them).
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if s, err = storage.Open(dev, storage.OpenOptions{KEK: testKEK}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ReadAt(o, 200*4096); err != nil || !bytes.Equal(o, other) {
+		t.Fatalf("block written during the sync, after reopen: err %v", err)
+	}
+	if _, err := s.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("after reopen: err %v", err)
 	}
 	if bad, err := s.Verify(); err != nil || len(bad) != 0 {
 		t.Fatalf("Verify = %v, %v", bad, err)

@@ -136,8 +136,8 @@ func (s *Store) readChunk(dst []byte, b0, b1 uint64, report func(uint64, error))
 		defer putBuf(bp)
 		lone := nb == 1
 		if lone {
-			if _, err := s.dev.ReadAt((*bp)[:BlockSize], int64(s.geom.dataBlock(b0, entries[0].slot()))*BlockSize); err != nil {
-				return fmt.Errorf("storage: read data: %w", err)
+			if err := s.readData((*bp)[:BlockSize], int64(s.geom.dataBlock(b0, entries[0].slot()))*BlockSize); err != nil {
+				return err
 			}
 		} else if err := s.readRuns(dst, entries, b0); err != nil {
 			return err
@@ -170,10 +170,42 @@ func (s *Store) readRuns(dst []byte, entries []leafEntry, b0 uint64) error {
 			j++
 		}
 		off := int64(s.geom.dataBlock(b0+uint64(k), slot)) * BlockSize
-		if _, err := s.dev.ReadAt(dst[k*BlockSize:j*BlockSize], off); err != nil {
-			return fmt.Errorf("storage: read data: %w", err)
+		if err := s.readData(dst[k*BlockSize:j*BlockSize], off); err != nil {
+			return err
 		}
 		k = j
+	}
+	return nil
+}
+
+// readData reads data-block ciphertext at off into p (private memory).
+func (s *Store) readData(p []byte, off int64) error {
+	if err := s.readDevice(p, off); err != nil {
+		return fmt.Errorf("storage: read data: %w", err)
+	}
+	return nil
+}
+
+// readDevice reads the device at off into p (private memory), through
+// the device mapping where there is one, else with pread. Callers
+// authenticate p only after it returns: never the shared mapping itself.
+func (s *Store) readDevice(p []byte, off int64) error {
+	if s.dmap == nil {
+		_, err := s.dev.ReadAt(p, off)
+		return err
+	}
+	for len(p) > 0 {
+		n := min(int64(len(p)), mapWindow-off%mapWindow)
+		ok, err := s.dmap.readAt(p[:n], off)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			if _, err := s.dev.ReadAt(p[:n], off); err != nil {
+				return err
+			}
+		}
+		p, off = p[n:], off+n
 	}
 	return nil
 }
@@ -397,13 +429,23 @@ type errRetry struct{}
 
 func (errRetry) Error() string { return "retry" }
 
+// errCommitting asks writeSpan's or unmap's caller to retry once the
+// running commit has finished: the write touches a leaf it is committing.
+type errCommitting struct{}
+
+func (errCommitting) Error() string { return "leaf is being committed" }
+
 func (s *Store) writeSpan(p []byte, pos int64, b0, b1 uint64) (int, error) {
 	for {
 		m, err := s.writeSpanOnce(p, pos, b0, b1)
-		if _, retry := err.(errRetry); retry {
+		switch err.(type) {
+		case errRetry:
 			if err := s.Flush(); err != nil {
 				return 0, err
 			}
+			continue
+		case errCommitting:
+			s.waitCommit()
 			continue
 		}
 		return m, err
@@ -479,6 +521,10 @@ func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
 			l, err := s.dirtyLeaf(i / leafEntries)
 			if err != nil {
 				return 0, err
+			}
+			if l.committing.Load() {
+				// Its free slots are the ones the commit now publishes.
+				return 0, errCommitting{}
 			}
 			leaves[k] = l
 		} else {
@@ -652,6 +698,10 @@ func (s *Store) checkRange(off, length int64) error {
 func (s *Store) unmap(b0, b1 uint64) error {
 	for li := b0 / leafEntries; li*leafEntries < b1; {
 		done, err := s.unmapLeaf(li, b0, b1)
+		if _, ok := err.(errCommitting); ok {
+			s.waitCommit()
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -697,6 +747,9 @@ func (s *Store) unmapLeaf(li, b0, b1 uint64) (uint64, error) {
 	defer s.unlockRange(lo, hi, true)
 	if leaf, err = s.dirtyLeaf(li); err != nil {
 		return 0, err
+	}
+	if leaf.committing.Load() {
+		return 0, errCommitting{}
 	}
 	leaf.mu.Lock()
 	for i := lo; i < hi; i++ {

@@ -21,6 +21,10 @@ type memDevice struct {
 	// more writes or syncs: that operation and all later I/O fail.
 	failAfterWrites int
 	dead            bool
+	// onSync, if set, runs (once: it is cleared) at the start of the next
+	// Sync, before the device lock: the test's view into a flush's syncs.
+	onSync func()
+	writes int // successful WriteAt calls
 }
 
 const pageSize = 4096
@@ -109,12 +113,20 @@ func (d *memDevice) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 || off+int64(len(p)) > d.size {
 		return 0, fmt.Errorf("memdev: write out of range")
 	}
+	d.writes++
 	d.pending = append(d.pending, pendingWrite{off, append([]byte(nil), p...)})
 	d.view.write(p, off)
 	return len(p), nil
 }
 
 func (d *memDevice) Sync() error {
+	d.mu.Lock()
+	hook := d.onSync
+	d.onSync = nil
+	d.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	// Power may also go while the cache is being flushed.

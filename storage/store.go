@@ -76,6 +76,10 @@ type OpenOptions struct {
 	// Logger receives integrity failures and commit errors. Nil means
 	// slog.Default().
 	Logger *slog.Logger
+	// NoMmap makes a store on a FileBacked device read with pread
+	// instead of through memory mappings of the file (see
+	// docs/storage-format.md, Memory-mapped reads).
+	NoMmap bool
 }
 
 // Stats are counters about a store since it was opened.
@@ -100,10 +104,14 @@ type Store struct {
 	readOnly bool
 	log      *slog.Logger
 
+	// flushMu serializes commits: held for a whole commit.
+	// Lock order: flushMu, writeMu, commitMu.
+	flushMu sync.Mutex
 	// writeMu is held shared by every operation that changes data or
-	// metadata (writes, trims) and exclusively by a whole commit, so a
-	// commit sees no writer from its start to the flip of the free slots.
-	// Lock order: writeMu, then commitMu.
+	// metadata (writes, trims) and exclusively by a commit while it writes
+	// the dirty nodes and while it flips the free slots. A Flush releases
+	// it across its syncs: writes to blocks whose leaf the commit does not
+	// include go on meanwhile (see docs/storage-format.md, Concurrency).
 	writeMu sync.RWMutex
 	// commitMu is held shared by every I/O operation and exclusively by a
 	// commit while it changes in-memory state (parent entries, superblock,
@@ -121,6 +129,7 @@ type Store struct {
 	stripes    [lockStripes]sync.RWMutex
 	cache      *nodeCache
 	maxDirty   int64
+	dmap       *devMap // nil: data reads use pread
 
 	integrityFailures atomic.Uint64
 	commits           atomic.Uint64
@@ -282,17 +291,25 @@ func Open(dev Device, opts OpenOptions) (*Store, error) {
 			return nil, fmt.Errorf("%w: superblock records counter %d, counter is %d", ErrRollback, best.counter, cval)
 		}
 	}
+	if !opts.NoMmap {
+		// Mapped address space is bounded by 256x the cache, so page tables
+		// (8 bytes per 4 KiB) stay within half the cache's size. Windows
+		// are mapped on first use, so a failed Open leaves none behind.
+		s.dmap = newDevMap(dev, int64(g.total)*BlockSize, cacheBytes*256)
+	}
 	if opts.ReadOnly {
 		return s, nil
 	}
+	s.flushMu.Lock()
 	s.writeMu.Lock()
 	s.commitMu.Lock()
 	if opts.Counter != nil {
 		s.sb.counter = cval + 1
 	}
-	err = s.commitLocked(true)
+	err = s.commitLocked(true, false)
 	s.commitMu.Unlock()
 	s.writeMu.Unlock()
+	s.flushMu.Unlock()
 	if err != nil {
 		return nil, err
 	}
@@ -390,6 +407,8 @@ func (s *Store) integrity(e *IntegrityError) error {
 // Flush commits every write completed before it: after Flush returns they
 // survive a power cut.
 func (s *Store) Flush() error {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	s.commitMu.Lock()
@@ -397,7 +416,13 @@ func (s *Store) Flush() error {
 	if err := s.usableLocked(true); err != nil {
 		return err
 	}
-	return s.commitLocked(false)
+	return s.commitLocked(false, true)
+}
+
+// waitCommit returns once the commit running now, if any, has finished.
+func (s *Store) waitCommit() {
+	s.flushMu.Lock()
+	s.flushMu.Unlock() //nolint:staticcheck // an empty critical section: waiting is the point
 }
 
 func (s *Store) usableLocked(write bool) error {
@@ -415,6 +440,8 @@ func (s *Store) usableLocked(write bool) error {
 // Close commits outstanding writes and closes the store. It does not close
 // the device.
 func (s *Store) Close() error {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	s.commitMu.Lock()
@@ -424,10 +451,13 @@ func (s *Store) Close() error {
 	}
 	err := s.failed
 	if !s.readOnly && err == nil {
-		err = s.commitLocked(false)
+		err = s.commitLocked(false, false)
 	}
 	s.closed = true
 	clear(s.dek)
+	if s.dmap != nil {
+		s.dmap.close() // no reader runs: they hold commitMu shared
+	}
 	return err
 }
 
@@ -437,6 +467,8 @@ func (s *Store) Close() error {
 // Rewrap fails or power is lost during it, the store opens with the new
 // KEK or, failing that (ErrKey), with the old one: call Rewrap again.
 func (s *Store) Rewrap(newKEK []byte) error {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	s.commitMu.Lock()
@@ -450,7 +482,7 @@ func (s *Store) Rewrap(newKEK []byte) error {
 	}
 	s.sb.kekSlot = slot
 	for i := 0; i < sbCopies; i++ {
-		if err := s.commitLocked(true); err != nil {
+		if err := s.commitLocked(true, false); err != nil {
 			return err
 		}
 	}
@@ -462,16 +494,17 @@ func (s *Store) Rewrap(newKEK []byte) error {
 // (covering the data written since the last commit too), superblock write,
 // sync. The previous superblock and every
 // block it references stay untouched, so a power cut at any instant leaves
-// either the old or the new committed state. Called with writeMu and
-// commitMu held exclusively; it releases commitMu (only) across the syncs
-// and the superblock write and holds it again when it returns. force
-// writes the superblock even with nothing dirty.
-func (s *Store) commitLocked(force bool) error {
+// either the old or the new committed state. Called with flushMu, writeMu
+// and commitMu held exclusively; it releases commitMu across the syncs
+// and the superblock write, and with writers also writeMu, and holds both
+// again when it returns. force writes the superblock even with nothing
+// dirty.
+func (s *Store) commitLocked(force, writers bool) error {
 	dirty := s.cache.takeDirty()
 	if len(dirty) == 0 && !force {
 		return nil
 	}
-	err := s.commitNodes(dirty)
+	err := s.commitNodes(dirty, writers)
 	if err != nil {
 		s.failed = fmt.Errorf("%w: commit: %w", ErrFailed, err)
 		s.log.Error("storage commit failed; store disabled until reopened", "err", err)
@@ -481,7 +514,7 @@ func (s *Store) commitLocked(force bool) error {
 	return nil
 }
 
-func (s *Store) commitNodes(dirty []*node) error {
+func (s *Store) commitNodes(dirty []*node, writers bool) error {
 	sort.Slice(dirty, func(i, j int) bool {
 		if dirty[i].level != dirty[j].level {
 			return dirty[i].level < dirty[j].level
@@ -524,14 +557,28 @@ func (s *Store) commitNodes(dirty []*node) error {
 	next.root = root
 	next.epoch++
 	next.nonceRes = s.nextNonce.Load() + nonceReserve
-	// Readers may run from here until the flip below: writeMu keeps every
-	// writer out, the in-memory tree already describes the new state, and
-	// everything a reader can load from disk (clean nodes, data) is in
-	// slots this commit does not write. See docs/storage-format.md,
-	// Concurrency.
+	// Readers may run from here until the flip below, and with writers
+	// so may writes to blocks of leaves this commit does not include
+	// (writes to the others see committing and wait): the committed
+	// nodes do not change, and everything a reader can load from disk
+	// (clean nodes, data) or a writer can write (the free slots of
+	// uncommitted leaves' blocks) is in slots neither the old nor the new
+	// superblock references. See docs/storage-format.md, Concurrency.
+	for _, n := range dirty {
+		n.committing.Store(true)
+	}
 	s.commitMu.Unlock()
+	if writers {
+		s.writeMu.Unlock()
+	}
 	err := s.publish(&next)
+	if writers {
+		s.writeMu.Lock() // waits for the writes that ran meanwhile
+	}
 	s.commitMu.Lock()
+	for _, n := range dirty {
+		n.committing.Store(false)
+	}
 	if err != nil {
 		return err
 	}
@@ -545,7 +592,19 @@ func (s *Store) commitNodes(dirty []*node) error {
 		}
 		n.dirty.Store(false)
 	}
-	s.cache.ndirty.Store(0)
+	// Nodes dirtied by writes during the syncs keep their ancestors
+	// pinned, as absentLeaves and the next commit rely on; those
+	// ancestors were in this commit and are clean now. No eviction can
+	// run (commitMu is held), so they are all still cached.
+	for _, n := range s.cache.dirtyNodes() {
+		for l, i := n.level+1, n.index/nodeFanout; l < s.geom.depth(); l, i = l+1, i/nodeFanout {
+			a := s.cache.lookup(nodeKey{l, i})
+			if a == nil || !s.cache.markDirty(a) {
+				return fmt.Errorf("internal: ancestor %d/%d of dirty node %d/%d not cached", l, i, n.level, n.index)
+			}
+		}
+	}
+	s.cache.recountDirty()
 	return nil
 }
 

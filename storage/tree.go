@@ -18,7 +18,10 @@ type node struct {
 	child []nodeEntry  // level > 0
 
 	dirty atomic.Bool // changed since the last commit; pinned in the cache
-	ref   atomic.Bool // recently used (CLOCK eviction)
+	// committing: the commit in progress writes this node; writes that
+	// would change it wait for the commit to finish.
+	committing atomic.Bool
+	ref        atomic.Bool // recently used (CLOCK eviction)
 }
 
 type nodeKey struct {
@@ -130,6 +133,20 @@ func (c *nodeCache) takeDirty() []*node {
 	return d
 }
 
+// dirtyNodes returns a copy of the list of dirty nodes.
+func (c *nodeCache) dirtyNodes() []*node {
+	c.dirtyMu.Lock()
+	defer c.dirtyMu.Unlock()
+	return append([]*node(nil), c.dirty...)
+}
+
+// recountDirty sets the dirty count to the length of the dirty list.
+func (c *nodeCache) recountDirty() {
+	c.dirtyMu.Lock()
+	defer c.dirtyMu.Unlock()
+	c.ndirty.Store(int64(len(c.dirty)))
+}
+
 func (c *nodeCache) len() int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -182,8 +199,13 @@ func (s *Store) loadNode(level int, index uint64, dirty bool) (*node, error) {
 		}
 		return s.cache.insert(n, dirty), nil
 	}
-	buf := make([]byte, BlockSize)
-	if _, err := s.dev.ReadAt(buf, int64(s.geom.nodeBlock(level, index, e.slot()))*BlockSize); err != nil {
+	// Pooled: decoding copies what it keeps, and a fresh 4 KiB per miss
+	// kept the GC and scavenger busy when the cache is much smaller than
+	// the store.
+	bp := getBuf(1)
+	defer putBuf(bp)
+	buf := (*bp)[:BlockSize]
+	if err := s.readDevice(buf, int64(s.geom.nodeBlock(level, index, e.slot()))*BlockSize); err != nil {
 		return nil, fmt.Errorf("storage: read metadata level %d node %d: %w", level, index, err)
 	}
 	if nodeHash(level, index, buf) != e.hash {

@@ -37,6 +37,63 @@ type Platform struct {
 	// Logger receives per-module and per-device details (default
 	// slog.Default()).
 	Logger *slog.Logger
+	// SysBlockDir is sysfs's block device class, searched for partitions
+	// named by PartLabelDir paths (default /sys/class/block).
+	SysBlockDir string
+}
+
+// PartLabelDir is udev's directory of partitions by GPT partition name.
+// The initramfs runs no udev, so OpenDisk resolves a path under it itself
+// from the kernel's partition uevents (PARTNAME): the store partition of a
+// boot disk image is found by name whatever the disk enumerates as.
+const PartLabelDir = "/dev/disk/by-partlabel/"
+
+// ErrAmbiguousPartition reports more than one partition with the name a
+// PartLabelDir path asks for: the appliance does not guess which one holds
+// its store.
+var ErrAmbiguousPartition = errors.New("linux: more than one partition has this name")
+
+// FindPartition returns the device node (/dev/NAME) of the one partition
+// whose GPT name is label, from the uevent files under sysBlock (e.g.
+// /sys/class/block). It returns os.ErrNotExist when none has it (yet).
+func FindPartition(sysBlock, label string) (string, error) {
+	if label == "" {
+		return "", errors.New("linux: empty partition name")
+	}
+	entries, err := os.ReadDir(sysBlock)
+	if err != nil {
+		return "", fmt.Errorf("linux: %w", err)
+	}
+	var found []string
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join(sysBlock, e.Name(), "uevent"))
+		if err != nil {
+			continue
+		}
+		var dev, name string
+		partition := false
+		for _, line := range strings.Split(string(b), "\n") {
+			k, v, _ := strings.Cut(line, "=")
+			switch k {
+			case "DEVNAME":
+				dev = v
+			case "DEVTYPE":
+				partition = v == "partition"
+			case "PARTNAME":
+				name = v
+			}
+		}
+		if partition && name == label && dev != "" && !strings.Contains(dev, "..") {
+			found = append(found, "/dev/"+dev)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return "", fmt.Errorf("linux: no partition named %q: %w", label, os.ErrNotExist)
+	case 1:
+		return found[0], nil
+	}
+	return "", fmt.Errorf("%w: %q on %v", ErrAmbiguousPartition, label, found)
 }
 
 func (p *Platform) log() *slog.Logger {
@@ -197,8 +254,28 @@ type Disk struct {
 	size int64
 }
 
-// OpenDisk waits for the block device at path and opens it read-write.
+// OpenDisk waits for the block device at path and opens it read-write. A
+// path under PartLabelDir names a partition by its GPT name (see
+// FindPartition).
 func (p *Platform) OpenDisk(ctx context.Context, path string) (appliance.Device, error) {
+	name := path
+	var findErr error
+	if label, ok := strings.CutPrefix(path, PartLabelDir); ok {
+		sys := p.SysBlockDir
+		if sys == "" {
+			sys = "/sys/class/block"
+		}
+		if !waitFor(ctx, p.timeout(), func() bool {
+			path, findErr = FindPartition(sys, label)
+			// Only a partition not there yet is worth waiting for.
+			return !errors.Is(findErr, os.ErrNotExist)
+		}) {
+			return nil, fmt.Errorf("linux: data disk %s did not appear: %w", name, findErr)
+		}
+		if findErr != nil {
+			return nil, findErr
+		}
+	}
 	if !waitFor(ctx, p.timeout(), func() bool { _, err := os.Stat(path); return err == nil }) {
 		return nil, fmt.Errorf("linux: data disk %s did not appear", path)
 	}
@@ -211,7 +288,11 @@ func (p *Platform) OpenDisk(ctx context.Context, path string) (appliance.Device,
 		f.Close()
 		return nil, fmt.Errorf("linux: sizing %s: %w", path, err)
 	}
-	p.log().Info("data disk", "device", path, "bytes", size)
+	if name != path {
+		p.log().Info("data disk", "device", path, "name", name, "bytes", size)
+	} else {
+		p.log().Info("data disk", "device", path, "bytes", size)
+	}
 	return &Disk{f: f, size: size}, nil
 }
 
@@ -229,6 +310,10 @@ func (d *Disk) Size() (int64, error) { return d.size, nil }
 
 // Close closes the device.
 func (d *Disk) Close() error { return d.f.Close() }
+
+// BackingFile returns the disk's device node, so the store can read it
+// through memory mappings (storage.FileBacked).
+func (d *Disk) BackingFile() (*os.File, int64) { return d.f, 0 }
 
 // Reboot syncs and restarts the machine.
 func (p *Platform) Reboot() error {

@@ -90,7 +90,9 @@ func run(ctx context.Context, log *slog.Logger, configPath, tpmPath string) erro
 			{Type: "binary", Name: selfPath, Data: self},
 			{Type: "config", Name: configPath, Data: cfgBytes},
 		},
-		ReportPCRs: []int{4, 9, tpm.PCRPhase, tpm.PCRAppliance},
+		// The release PCRs of a UKI boot from disk (docs/disk-image.md), the
+		// phase and the appliance log: operators compare them with a release.
+		ReportPCRs: []int{4, 9, 11, 12, 13, tpm.PCRPhase, tpm.PCRAppliance},
 		Platform:   &linux.Platform{Logger: log},
 		Measurer:   measurer,
 		PCRs:       linux.SysfsPCRs{},

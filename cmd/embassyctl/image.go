@@ -2,16 +2,20 @@ package main
 
 import (
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
 
+	"github.com/dataembassy/embassy/attest/tpm"
 	"github.com/dataembassy/embassy/images"
 	"github.com/dataembassy/embassy/images/disk"
 	"github.com/dataembassy/embassy/images/predict"
@@ -92,6 +96,7 @@ func imageBuild(args []string, stdout, stderr io.Writer) error {
 	signCert := fs.String("sign-cert", "", "Secure Boot: the signing certificate (PEM)")
 	sbVars := fs.String("sb-vars", "", "Secure Boot: the firmware variables image with PK/KEK/db/dbx enrolled (predicts PCR 7)")
 	withPCR7 := fs.Bool("include-pcr7", false, "also list PCR 7 (Secure Boot) in the manifest")
+	withApp := fs.Bool("appliance-pcr", false, "also list PCR 15: the appliance's measurement of its binary and configuration, read from the initrd (an appliance initramfs)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -152,11 +157,15 @@ func imageBuild(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("%s already exists", filepath.Join(*out, name))
 		}
 	}
+	runtime, err := runtimePCRs(*withApp, o.Initrd)
+	if err != nil {
+		return err
+	}
 	r, err := images.Build(o)
 	if err != nil {
 		return err
 	}
-	m, err := r.Manifest(images.ManifestOptions{Release: *rel, Created: time.Unix(*epoch, 0), IncludeGPT: *withGPT, IncludeSecureBoot: *withPCR7})
+	m, err := r.Manifest(images.ManifestOptions{Release: *rel, Created: time.Unix(*epoch, 0), IncludeGPT: *withGPT, IncludeSecureBoot: *withPCR7, RuntimePCRs: runtime})
 	if err != nil {
 		return err
 	}
@@ -173,7 +182,7 @@ func imageBuild(args []string, stdout, stderr io.Writer) error {
 	if err := writeNew(filepath.Join(*out, "events.txt"), []byte(predict.Describe(r.Events)), 0o644); err != nil {
 		return err
 	}
-	printPrediction(stdout, r)
+	printPrediction(stdout, r, runtime)
 	fmt.Fprintf(stdout, "wrote %s/{uki.efi,disk.img,manifest.json,events.txt}\n", *out)
 	return nil
 }
@@ -204,6 +213,7 @@ func imagePredict(args []string, stdout, stderr io.Writer) error {
 	sbCert := fs.String("sb-cert", "", "Secure Boot: the certificate that signed the UKI (with -sb-vars)")
 	sbVars := fs.String("sb-vars", "", "Secure Boot: the firmware variables image (predicts PCR 7)")
 	withPCR7 := fs.Bool("include-pcr7", false, "also list PCR 7 (Secure Boot) in the manifest")
+	withApp := fs.Bool("appliance-pcr", false, "also predict PCR 15 from the appliance binary and configuration in the UKI's initrd")
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -225,8 +235,18 @@ func imagePredict(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var runtime map[int][]byte
+	if *withApp {
+		secs, err := predict.Sections(b)
+		if err != nil {
+			return err
+		}
+		if runtime, err = runtimePCRs(true, secs[uki.SectionInitrd]); err != nil {
+			return err
+		}
+	}
 	if *manifest != "" {
-		m, err := r.Manifest(images.ManifestOptions{Release: *rel, IncludeGPT: *withGPT, IncludeSecureBoot: *withPCR7})
+		m, err := r.Manifest(images.ManifestOptions{Release: *rel, IncludeGPT: *withGPT, IncludeSecureBoot: *withPCR7, RuntimePCRs: runtime})
 		if err != nil {
 			return err
 		}
@@ -243,6 +263,9 @@ func imagePredict(args []string, stdout, stderr io.Writer) error {
 		for i, p := range r.PCRs {
 			v.PCRs[strconv.Itoa(i)] = p
 		}
+		for i, p := range runtime {
+			v.PCRs[strconv.Itoa(i)] = hex.EncodeToString(p)
+		}
 		for _, e := range r.Events {
 			v.Events = append(v.Events, eventView{e.PCR, fmt.Sprintf("%#x", e.Type), fmt.Sprintf("%x", e.Digest), e.Description})
 		}
@@ -250,11 +273,23 @@ func imagePredict(args []string, stdout, stderr io.Writer) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(v)
 	}
-	printPrediction(stdout, r)
+	printPrediction(stdout, r, runtime)
 	return nil
 }
 
-func printPrediction(w io.Writer, r *images.Release) {
+// runtimePCRs predicts PCR 15 from an appliance initramfs when asked.
+func runtimePCRs(want bool, initrd []byte) (map[int][]byte, error) {
+	if !want {
+		return nil, nil
+	}
+	v, err := images.AppliancePCR(initrd)
+	if err != nil {
+		return nil, fmt.Errorf("-appliance-pcr: %w", err)
+	}
+	return map[int][]byte{tpm.PCRAppliance: v}, nil
+}
+
+func printPrediction(w io.Writer, r *images.Release, runtime map[int][]byte) {
 	fmt.Fprintf(w, "UKI Authenticode sha256: %s\n", r.UKIAuthenticode)
 	idx := make([]int, 0, len(r.PCRs))
 	for i := range r.PCRs {
@@ -263,6 +298,9 @@ func printPrediction(w io.Writer, r *images.Release) {
 	sort.Ints(idx)
 	for _, i := range idx {
 		fmt.Fprintf(w, "PCR %-2d %s\n", i, r.PCRs[i])
+	}
+	for _, i := range slices.Sorted(maps.Keys(runtime)) {
+		fmt.Fprintf(w, "PCR %-2d %x (appliance log)\n", i, runtime[i])
 	}
 	for _, c := range r.Components {
 		fmt.Fprintf(w, "component %-8s %s %d bytes\n", c.Name, c.SHA256, c.Size)

@@ -2,14 +2,18 @@ package main
 
 import (
 	"bytes"
+	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/dataembassy/embassy/attest/measure"
 	"github.com/dataembassy/embassy/attest/release"
 	"github.com/dataembassy/embassy/images/uki"
+	"github.com/dataembassy/embassy/initramfs"
 	"github.com/dataembassy/embassy/internal/testenv"
 )
 
@@ -157,5 +161,71 @@ func TestImageBuildSecureBoot(t *testing.T) {
 	// Half the Secure Boot flags is a usage error.
 	if code, _, _ := runCLI(t, "image", "build", "-initrd", initrd, "-release", "x", "-out", filepath.Join(dir, "o2"), "-sign-key", key); code != 2 {
 		t.Errorf("partial Secure Boot flags: exit %d, want 2", code)
+	}
+}
+
+// TestImageBuildAppliancePCR: with -appliance-pcr, image build pins PCR 15
+// (the appliance's log of its binary and configuration) read from an
+// appliance initramfs, image predict re-derives it from the UKI, and an
+// initrd without the appliance is refused.
+func TestImageBuildAppliancePCR(t *testing.T) {
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "vmlinuz")
+	stub, err := os.ReadFile(uki.DefaultStubPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(kernel, stub, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	initBin, appBin := filepath.Join(dir, "init"), filepath.Join(dir, "app")
+	os.WriteFile(initBin, []byte("init-binary"), 0o755)
+	os.WriteFile(appBin, []byte("appliance-binary"), 0o755)
+	config := []byte(`{"version":1,"disk":{"device":"/dev/disk/by-partlabel/embassy-store"}}`)
+	initrd := filepath.Join(dir, "initrd.gz")
+	if _, err := initramfs.BuildFile(initramfs.Options{Init: initBin, Appliance: appBin, Config: config}, initrd); err != nil {
+		t.Fatal(err)
+	}
+	want, err := measure.Predict(
+		measure.NewEvent("binary", "/bin/embassy-appliance", []byte("appliance-binary")),
+		measure.NewEvent("config", "/etc/embassy/appliance.json", config),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	code, stdout, stderr := runCLI(t, "image", "build", "-kernel", kernel, "-initrd", initrd, "-release", "app.1",
+		"-out", out, "-esp-mib", "40", "-data-mib", "256", "-epoch", "1700000000", "-appliance-pcr")
+	if code != 0 {
+		t.Fatalf("image build: exit %d\n%s%s", code, stdout, stderr)
+	}
+	mj, err := os.ReadFile(filepath.Join(out, "manifest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := release.ParseManifest(bytes.TrimSpace(mj))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.PCRs["15"]; got != hex.EncodeToString(want) {
+		t.Errorf("manifest PCR 15 = %q, want %x", got, want)
+	}
+	if len(m.PCRs) != 6 {
+		t.Errorf("manifest lists %d PCRs, want 4, 9, 11, 12, 13, 15", len(m.PCRs))
+	}
+	if !strings.Contains(stdout, fmt.Sprintf("PCR 15 %x (appliance log)", want)) {
+		t.Errorf("build output does not show PCR 15:\n%s", stdout)
+	}
+	code, pout, perr := runCLI(t, "image", "predict", "-uki", filepath.Join(out, "uki.efi"), "-appliance-pcr")
+	if code != 0 || !strings.Contains(pout, hex.EncodeToString(want)) {
+		t.Errorf("image predict -appliance-pcr: exit %d, PCR 15 %x not in\n%s%s", code, want, pout, perr)
+	}
+
+	plain := filepath.Join(dir, "plain")
+	os.WriteFile(plain, []byte("initrd bytes"), 0o644)
+	code, _, stderr = runCLI(t, "image", "build", "-kernel", kernel, "-initrd", plain, "-release", "x",
+		"-out", filepath.Join(dir, "o2"), "-esp-mib", "40", "-appliance-pcr")
+	if code == 0 || !strings.Contains(stderr, "appliance-pcr") {
+		t.Errorf("-appliance-pcr with a non-appliance initrd: exit %d\n%s", code, stderr)
 	}
 }

@@ -117,6 +117,13 @@ type runningServer struct {
 // fails if Serve returns an error.
 func startServer(t testing.TB, opts nbd.ServerOptions) *runningServer {
 	t.Helper()
+	return startServerWrapped(t, opts, nil)
+}
+
+// startServerWrapped is startServer with the listener passed through wrap
+// (nil: unchanged), e.g. to observe each connection.
+func startServerWrapped(t testing.TB, opts nbd.ServerOptions, wrap func(net.Listener) net.Listener) *runningServer {
+	t.Helper()
 	logs := &logBuffer{}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -128,6 +135,9 @@ func startServer(t testing.TB, opts nbd.ServerOptions) *runningServer {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
+	}
+	if wrap != nil {
+		l = wrap(l)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

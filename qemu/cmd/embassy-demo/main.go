@@ -6,12 +6,21 @@
 // it serves NBD over mutual TLS, writes and reads data through nbdcopy,
 // prints what happened and shuts everything down.
 //
-// `make demo` runs it after installing the dependencies.
+// With -disk-image the appliance boots as a rack does, from its own disk:
+// the initramfs, kernel and command line are wrapped into a UKI on a GPT
+// disk image (images/), every release PCR (4, 9, 11, 12, 13 and 15) is
+// predicted from the files before the boot, the manifest is signed by 2 of
+// 3 release officers and published, and QEMU boots the disk through OVMF
+// (no -kernel); the store lives on the image's embassy-store partition.
+//
+// `make demo` runs it after installing the dependencies; `make demo-disk`
+// runs the disk image variant.
 package main
 
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
 	"flag"
@@ -25,6 +34,10 @@ import (
 	"sort"
 	"time"
 
+	"github.com/dataembassy/embassy/attest/release"
+	tpmpkg "github.com/dataembassy/embassy/attest/tpm"
+	"github.com/dataembassy/embassy/images"
+	"github.com/dataembassy/embassy/images/disk"
 	"github.com/dataembassy/embassy/initramfs"
 	"github.com/dataembassy/embassy/qemu"
 )
@@ -46,16 +59,17 @@ func main() {
 	sizeMiB := flag.Int("mib", 64, "MiB of random data to write and read back")
 	verbose := flag.Bool("console", false, "stream the appliance's serial console")
 	buildOnly := flag.Bool("build-only", false, "only build the appliance image (with a demo configuration)")
+	diskImage := flag.Bool("disk-image", false, "boot from a UKI disk image through the firmware, release predicted from the files and signed 2 of 3")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, *dir, *sizeMiB, *verbose, *buildOnly); err != nil {
+	if err := run(ctx, *dir, *sizeMiB, *verbose, *buildOnly, *diskImage); err != nil {
 		fmt.Fprintln(os.Stderr, "embassy-demo: FAILED:", err)
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, dir string, sizeMiB int, verbose, buildOnly bool) error {
+func run(ctx context.Context, dir string, sizeMiB int, verbose, buildOnly, diskImage bool) error {
 	root, err := qemu.ModuleRoot(".")
 	if err != nil {
 		return err
@@ -105,10 +119,14 @@ func run(ctx context.Context, dir string, sizeMiB int, verbose, buildOnly bool) 
 	}
 	step("client PKI: %q may read and write export \"registers\"", clientID)
 
-	config, err := qemu.ApplianceConfig(qemu.ConfigOptions{
+	co := qemu.ConfigOptions{
 		Identity: applianceID, VerifierURL: v.GuestURL, VerifierCAPEM: v.CAPEM,
 		ClientCAPEM: clientCA, ClientIdentity: clientID,
-	})
+	}
+	if diskImage {
+		co.DiskDevice = qemu.StorePartition
+	}
+	config, err := qemu.ApplianceConfig(co)
 	if err != nil {
 		return err
 	}
@@ -136,76 +154,27 @@ func run(ctx context.Context, dir string, sizeMiB int, verbose, buildOnly bool) 
 	}
 	step("software TPM manufactured (EK certificate from a local CA) and enrolled as %q", applianceID)
 
-	disk := filepath.Join(dir, "vm", "data.img")
-	if err := os.WriteFile(disk, nil, 0o600); err != nil {
-		return err
-	}
-	if err := os.Truncate(disk, 256<<20); err != nil {
-		return err
-	}
 	var console io.Writer
 	if verbose {
 		console = os.Stdout
 	}
-	m, err := qemu.Start(ctx, qemu.Config{
-		Dir: filepath.Join(dir, "vm"), Kernel: img.Kernel, Initrd: img.Initrd, Append: qemu.DefaultAppend,
-		DataDisk: disk, TPMState: tpm.StateDir, Forwards: []qemu.Forward{{GuestPort: nbdPort}}, Console: console,
-	})
-	if err != nil {
-		return err
-	}
-	defer m.Close()
-	step("QEMU started (q35, TCG, OVMF, swtpm, 256 MiB data disk); console: %s", m.ConsolePath())
-
-	wait := func(re string, d time.Duration) (qemu.Line, error) {
-		return m.WaitForLine(regexp.MustCompile(re), d)
-	}
-	if l, err := wait(`msg="appliance program started"`, 5*time.Minute); err != nil {
-		return err
-	} else {
-		step("appliance program running (%.1fs after QEMU start)", l.At.Seconds())
-	}
-	if _, err := wait(`msg=pcr when="after measuring" index=15`, time.Minute); err != nil {
-		return err
-	}
-	pcrs := m.MeasuredPCRs()
 	initrd, err := os.ReadFile(img.Initrd)
 	if err != nil {
 		return err
 	}
-	binary, err := os.ReadFile(filepath.Join(dir, "image", "embassy-appliance"))
+	var m *qemu.Machine
+	if diskImage {
+		m, err = bootDiskImage(ctx, dir, img, initrd, v, tpm, console)
+	} else {
+		m, err = bootKernel(ctx, dir, img, initrd, config, v, tpm, console)
+	}
 	if err != nil {
 		return err
 	}
-	p9 := qemu.PredictPCR9(qemu.DefaultAppend, initrd)
-	p15, err := qemu.PredictPCR15(binary, config)
-	if err != nil {
-		return err
+	defer m.Close()
+	wait := func(re string, d time.Duration) (qemu.Line, error) {
+		return m.WaitForLine(regexp.MustCompile(re), d)
 	}
-	idx := make([]int, 0, len(pcrs))
-	for i := range pcrs {
-		idx = append(idx, i)
-	}
-	sort.Ints(idx)
-	for _, i := range idx {
-		note := ""
-		switch i {
-		case 9:
-			note = map[bool]string{true: "= predicted from cmdline + initrd", false: "!= PREDICTED"}[bytes.Equal(pcrs[9], p9)]
-		case 15:
-			note = map[bool]string{true: "= predicted from binary + config", false: "!= PREDICTED"}[bytes.Equal(pcrs[15], p15)]
-		case 4:
-			note = "(kernel as QEMU loaded it: taken from this boot)"
-		}
-		step("  measured PCR %2d = %x %s", i, pcrs[i], note)
-	}
-	if !bytes.Equal(pcrs[9], p9) || !bytes.Equal(pcrs[15], p15) {
-		return errors.New("measured PCRs differ from the predictions")
-	}
-	if err := v.Publish(ctx, "demo.1", initrd, map[int][]byte{4: pcrs[4], 9: p9, 15: p15}); err != nil {
-		return err
-	}
-	step("release demo.1 signed and published (PCR 4, 9, 15)")
 
 	served, err := wait(`msg="serving NBD"`, 5*time.Minute)
 	if err != nil {
@@ -284,4 +253,173 @@ func nbdcopy(args ...string) error {
 		return fmt.Errorf("nbdcopy %v: %w\n%s", args, err, out)
 	}
 	return nil
+}
+
+// bootKernel boots the appliance with -kernel/-initrd and a raw data disk,
+// checks the measured PCR 9 and 15 against their predictions and
+// publishes the release (PCR 4 from this boot: QEMU patches the kernel it
+// loads).
+func bootKernel(ctx context.Context, dir string, img qemu.Image, initrd, config []byte, v *qemu.Verifier, tpm *qemu.TPM, console io.Writer) (*qemu.Machine, error) {
+	disk := filepath.Join(dir, "vm", "data.img")
+	if err := os.WriteFile(disk, nil, 0o600); err != nil {
+		return nil, err
+	}
+	if err := os.Truncate(disk, 256<<20); err != nil {
+		return nil, err
+	}
+	m, err := qemu.Start(ctx, qemu.Config{
+		Dir: filepath.Join(dir, "vm"), Kernel: img.Kernel, Initrd: img.Initrd, Append: qemu.DefaultAppend,
+		DataDisk: disk, TPMState: tpm.StateDir, Forwards: []qemu.Forward{{GuestPort: nbdPort}}, Console: console,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			m.Close()
+		}
+	}()
+	step("QEMU started (q35, TCG, OVMF, swtpm, 256 MiB data disk); console: %s", m.ConsolePath())
+	pcrs, err := measuredPCRs(m)
+	if err != nil {
+		return nil, err
+	}
+	binary, err := os.ReadFile(filepath.Join(dir, "image", "embassy-appliance"))
+	if err != nil {
+		return nil, err
+	}
+	p9 := qemu.PredictPCR9(qemu.DefaultAppend, initrd)
+	p15, err := qemu.PredictPCR15(binary, config)
+	if err != nil {
+		return nil, err
+	}
+	for _, i := range []int{4, 9, 15} {
+		note := ""
+		switch i {
+		case 9:
+			note = map[bool]string{true: "= predicted from cmdline + initrd", false: "!= PREDICTED"}[bytes.Equal(pcrs[9], p9)]
+		case 15:
+			note = map[bool]string{true: "= predicted from binary + config", false: "!= PREDICTED"}[bytes.Equal(pcrs[15], p15)]
+		case 4:
+			note = "(kernel as QEMU loaded it: taken from this boot)"
+		}
+		step("  measured PCR %2d = %x %s", i, pcrs[i], note)
+	}
+	if !bytes.Equal(pcrs[9], p9) || !bytes.Equal(pcrs[15], p15) {
+		return nil, errors.New("measured PCRs differ from the predictions")
+	}
+	if err := v.Publish(ctx, "demo.1", initrd, map[int][]byte{4: pcrs[4], 9: p9, 15: p15}); err != nil {
+		return nil, err
+	}
+	step("release demo.1 signed and published (PCR 4, 9, 15)")
+	ok = true
+	return m, nil
+}
+
+// bootDiskImage builds the release disk image (UKI on the ESP, the store
+// partition as the data disk), predicts and publishes its release signed by
+// 2 of 3 officers before anything boots, then boots the disk through the
+// firmware and shows the measured PCRs beside the manifest's.
+func bootDiskImage(ctx context.Context, dir string, img qemu.Image, initrd []byte, v *qemu.Verifier, tpm *qemu.TPM, console io.Writer) (*qemu.Machine, error) {
+	kernel, err := os.ReadFile(img.Kernel)
+	if err != nil {
+		return nil, err
+	}
+	diskPath := filepath.Join(dir, "vm", "disk.img")
+	t0 := time.Now()
+	r, err := images.Build(images.Options{
+		Kernel: kernel, Initrd: initrd, Cmdline: qemu.DefaultAppend,
+		OSRelease: "ID=embassy\nNAME=\"Embassy appliance\"\nVERSION_ID=demo.1\n",
+		Disk:      disk.Options{DataSize: 256 << 20, Seed: "embassy-demo", Epoch: 1700000000},
+		DiskPath:  diskPath,
+	})
+	if err != nil {
+		return nil, err
+	}
+	step("disk image %s: UKI %.1f MiB on the ESP + 256 MiB embassy-store partition, built in %v",
+		diskPath, float64(len(r.UKI))/(1<<20), time.Since(t0).Round(time.Millisecond))
+	p15, err := images.AppliancePCR(initrd)
+	if err != nil {
+		return nil, err
+	}
+	man, err := r.Manifest(images.ManifestOptions{Release: "demo.1", Created: time.Unix(1700000000, 0),
+		RuntimePCRs: map[int][]byte{tpmpkg.PCRAppliance: p15}})
+	if err != nil {
+		return nil, err
+	}
+	var pubs []ed25519.PublicKey
+	var privs []ed25519.PrivateKey
+	for range 3 {
+		pub, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, err
+		}
+		pubs, privs = append(pubs, pub), append(privs, priv)
+	}
+	if err := v.AddReleaseOfficers(ctx, 2, pubs...); err != nil {
+		return nil, err
+	}
+	env, err := release.NewEnvelope(man)
+	if err != nil {
+		return nil, err
+	}
+	env.Sign(privs[0])
+	env.Sign(privs[2])
+	digest, err := v.PublishEnvelope(ctx, env)
+	if err != nil {
+		return nil, err
+	}
+	want, err := man.PCRValues()
+	if err != nil {
+		return nil, err
+	}
+	step("release demo.1 (%.16s…) predicted from the files, signed by officers 1 and 3 of 3 (threshold 2), published: PCR 4, 9, 11, 12, 13, 15", digest)
+
+	m, err := qemu.Start(ctx, qemu.Config{
+		Dir: filepath.Join(dir, "vm"), BootDisk: diskPath, TPMState: tpm.StateDir,
+		Forwards: []qemu.Forward{{GuestPort: nbdPort}}, Console: console,
+	})
+	if err != nil {
+		return nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			m.Close()
+		}
+	}()
+	step("QEMU started (q35, TCG, OVMF, swtpm) booting %s through the firmware (no -kernel); console: %s", filepath.Base(diskPath), m.ConsolePath())
+	pcrs, err := measuredPCRs(m)
+	if err != nil {
+		return nil, err
+	}
+	idx := make([]int, 0, len(want))
+	for i := range want {
+		idx = append(idx, int(i))
+	}
+	sort.Ints(idx)
+	for _, i := range idx {
+		note := map[bool]string{true: "= manifest", false: "!= MANIFEST"}[bytes.Equal(pcrs[i], want[uint32(i)])]
+		step("  measured PCR %2d = %x %s", i, pcrs[i], note)
+	}
+	if l, err := m.WaitForLine(regexp.MustCompile(`msg="data disk"`), time.Minute); err == nil {
+		step("data disk: %s", l.Text[bytes.Index([]byte(l.Text), []byte("device=")):])
+	}
+	ok = true
+	return m, nil
+}
+
+// measuredPCRs waits for the appliance to report its PCRs after measuring
+// itself.
+func measuredPCRs(m *qemu.Machine) (map[int][]byte, error) {
+	if l, err := m.WaitForLine(regexp.MustCompile(`msg="appliance program started"`), 5*time.Minute); err != nil {
+		return nil, err
+	} else {
+		step("appliance program running (%.1fs after QEMU start)", l.At.Seconds())
+	}
+	if _, err := m.WaitForLine(regexp.MustCompile(`msg=pcr when="after measuring" index=15`), time.Minute); err != nil {
+		return nil, err
+	}
+	return m.MeasuredPCRs(), nil
 }

@@ -1,0 +1,216 @@
+//go:build linux
+
+// Command guestinit is the /init of the storage/nbd kernel client test's
+// QEMU guest. It mounts proc, sys and dev, loads the NBD and virtio
+// network modules, brings up eth0 with a static address, and for each
+// export in kernelclient.ConfigPath negotiates TLS and NBD_OPT_GO itself,
+// attaches /dev/nbdN through the kernel client, runs the workload
+// (kernelclient.Run), disconnects, and prints machine-readable lines:
+//
+//	KCLIENT export=NAME attach size=N flags=0xF minblock=N prefblock=N maxblock=N
+//	KCLIENT export=NAME step=STEP ...
+//	KCLIENT export=NAME result=ok sha256=HEX | result=fail err="..."
+//	KCLIENT export=NAME disconnect=ok | disconnect=fail err="..."
+//	KCLIENT-ERROR err="..."      (set-up failures)
+//	KCLIENT-DONE
+//
+// then powers the machine off.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dataembassy/embassy/appliance"
+	"github.com/dataembassy/embassy/appliance/linux"
+	"github.com/dataembassy/embassy/storage/nbd/internal/kernelclient"
+)
+
+// watchdog bounds the whole run: a hang (in the kernel client, the proxy
+// or the server) is reported with goroutine stacks and the kernel's
+// blocked tasks instead of a silent test timeout.
+const watchdog = 4 * time.Minute
+
+func main() {
+	time.AfterFunc(watchdog, stuck)
+	if err := setup(); err != nil {
+		fmt.Printf("KCLIENT-ERROR err=%q\n", err.Error())
+	}
+	fmt.Println("KCLIENT-DONE")
+	// The serial console drops what is printed right before power-off.
+	linux.PowerOff()
+}
+
+// stuck prints diagnostics and powers off.
+func stuck() {
+	fmt.Printf("KCLIENT-ERROR err=%q\n", fmt.Sprintf("watchdog: still running after %v", watchdog))
+	buf := make([]byte, 1<<20)
+	for _, l := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n") {
+		fmt.Println("KCLIENT-STACK", l)
+	}
+	// Blocked tasks (sysrq w) to the console, kernel stacks included.
+	os.WriteFile("/proc/sys/kernel/printk", []byte("8"), 0o644)
+	os.WriteFile("/proc/sysrq-trigger", []byte("w"), 0o200)
+	time.Sleep(2 * time.Second)
+	fmt.Println("KCLIENT-DONE")
+	linux.PowerOff()
+}
+
+func setup() error {
+	if err := linux.MountSystem(); err != nil {
+		return err
+	}
+	// Keep kernel messages off the console so they cannot split our lines.
+	os.WriteFile("/proc/sys/kernel/printk", []byte("1"), 0o644)
+
+	raw, err := os.ReadFile(kernelclient.ConfigPath)
+	if err != nil {
+		return err
+	}
+	var cfg kernelclient.GuestConfig
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	if err := loadModules(cfg.ModuleParams); err != nil {
+		return err
+	}
+	ctx := context.Background()
+	p := &linux.Platform{}
+	if _, err := p.ConfigureNetwork(ctx, appliance.NetworkConfig{Interface: "eth0", Mode: "static", Address: cfg.Address}); err != nil {
+		return err
+	}
+	tlsCfg, err := clientTLS(&cfg)
+	if err != nil {
+		return err
+	}
+	for _, e := range cfg.Exports {
+		runExport(&cfg, tlsCfg, e)
+	}
+	return nil
+}
+
+// loadModules loads ModulesDir/order's modules in order with finit_module.
+func loadModules(params map[string]string) error {
+	f, err := os.Open(filepath.Join(kernelclient.ModulesDir, "order"))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		file := strings.TrimSpace(s.Text())
+		if file == "" {
+			continue
+		}
+		name := strings.TrimSuffix(file, ".ko")
+		m, err := os.Open(filepath.Join(kernelclient.ModulesDir, file))
+		if err != nil {
+			return err
+		}
+		err = unix.FinitModule(int(m.Fd()), params[name], 0)
+		m.Close()
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("loading module %s: %w", name, err)
+		}
+	}
+	return s.Err()
+}
+
+func clientTLS(cfg *kernelclient.GuestConfig) (*tls.Config, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM([]byte(cfg.CA)) {
+		return nil, errors.New("no CA certificate in config")
+	}
+	cert, err := tls.X509KeyPair([]byte(cfg.Cert), []byte(cfg.Key))
+	if err != nil {
+		return nil, fmt.Errorf("client certificate: %w", err)
+	}
+	return &tls.Config{RootCAs: pool, ServerName: cfg.ServerName, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+func runExport(cfg *kernelclient.GuestConfig, tlsCfg *tls.Config, e kernelclient.GuestExport) {
+	say := func(format string, args ...any) {
+		fmt.Printf("KCLIENT export=%s "+format+"\n", append([]any{e.Name}, args...)...)
+	}
+	var conns []*kernelclient.Export
+	for range max(e.Connections, 1) {
+		ex, err := connect(cfg, tlsCfg, e.Name)
+		if err != nil {
+			for _, c := range conns {
+				c.Conn.Close()
+			}
+			say("result=fail err=%q", err.Error())
+			return
+		}
+		conns = append(conns, ex)
+	}
+	ex := conns[0]
+	say("attach size=%d flags=%#x minblock=%d prefblock=%d maxblock=%d connections=%d",
+		ex.Size, ex.Flags, ex.MinBlock, ex.PrefBlock, ex.MaxBlock, len(conns))
+	d, err := kernelclient.Attach(e.Device, conns, e.BlockSize)
+	if err != nil {
+		say("result=fail err=%q", err.Error())
+		return
+	}
+	if e.ReadOnly {
+		res, err := kernelclient.CheckReadOnly(d, int64(ex.Size))
+		switch {
+		case err != nil:
+			say("result=fail err=%q", err.Error())
+		case res.WriteErr == nil:
+			say("result=fail err=%q", "the kernel accepted a write on a read-only export")
+		default:
+			say("result=ok sha256=%s kernel_ro=%t write_err=%q", res.SHA256, res.KernelRO, res.WriteErr.Error())
+		}
+	} else {
+		res, err := kernelclient.Run(d, kernelclient.Seed(e.Name), int64(ex.Size), func(step string) { say("%s", step) })
+		if err != nil {
+			say("result=fail err=%q", err.Error())
+		} else {
+			say("result=ok sha256=%s", res.SHA256)
+		}
+	}
+	say("disconnecting")
+	if err := d.Disconnect(); err != nil {
+		say("disconnect=fail err=%q", err.Error())
+	} else {
+		say("disconnect=ok")
+	}
+}
+
+// connect dials the server and negotiates the export over TLS.
+func connect(cfg *kernelclient.GuestConfig, tlsCfg *tls.Config, name string) (*kernelclient.Export, error) {
+	// The network may take a moment after the link comes up.
+	var conn net.Conn
+	var err error
+	for range 20 {
+		if conn, err = net.DialTimeout("tcp", cfg.Server, 5*time.Second); err == nil {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if err != nil {
+		return nil, err
+	}
+	conn.SetDeadline(time.Now().Add(60 * time.Second))
+	ex, err := kernelclient.Negotiate(conn, tlsCfg, name)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	conn.SetDeadline(time.Time{})
+	return ex, nil
+}
