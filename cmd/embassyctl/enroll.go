@@ -157,71 +157,65 @@ func runAppliances(args []string, stdout, stderr io.Writer) error {
 				return tw.Flush()
 			})
 		},
-		"show": func(args []string, stdout, stderr io.Writer) error {
-			fs := newFlagSet("appliances show", "appliances show [--db D] [--json] ID", stderr)
-			df := addDBFlags(fs)
-			if err := parseFlags(fs, args); err != nil {
-				return err
+		"show": withAppliance("show", "[--db D] [--json]", func(a *verifier.ApplianceInfo, df dbFlags, stdout io.Writer) error {
+			if *df.json {
+				return printJSON(stdout, a)
 			}
-			if fs.NArg() != 1 {
-				return usageError(fs, "one appliance id expected")
+			tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintf(tw, "id\t%s\nstate\t%s\nEK sha256\t%s\nEK certificate\t%v\ncreated\t%s\n", a.ID, a.State(), a.EKSHA256, a.HasEKCert, a.Created.Format(time.RFC3339))
+			ak := a.AKName
+			if ak == "" {
+				ak = "- (not activated)"
 			}
-			return df.withDB(func(ctx context.Context, db *verifier.DB) error {
-				a, err := db.Appliance(ctx, fs.Arg(0))
-				if err != nil {
-					return err
-				}
-				if *df.json {
-					return printJSON(stdout, a)
-				}
-				tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-				fmt.Fprintf(tw, "id\t%s\nstate\t%s\nEK sha256\t%s\nEK certificate\t%v\ncreated\t%s\n", a.ID, a.State(), a.EKSHA256, a.HasEKCert, a.Created.Format(time.RFC3339))
-				ak := a.AKName
-				if ak == "" {
-					ak = "- (not activated)"
-				}
-				fmt.Fprintf(tw, "AK name\t%s\nactivated\t%s\nlast epoch\t%d\nrelease\t%s\nlease until\t%s\n", ak, fmtTime(a.Activated), a.LastEpoch, a.Release, fmtTime(a.LeaseUntil))
-				if a.Revoked != nil {
-					fmt.Fprintf(tw, "revoked\t%s by %s: %s\n", fmtTime(a.Revoked), a.RevokedBy, a.RevokReason)
-				}
-				if a.ServerCert != nil {
-					fmt.Fprintf(tw, "NBD server sha256\t%s (reported %s by %s)\n", a.ServerCertSHA256, fmtTime(a.ServerCertRecorded), a.ServerCertRelease)
-				} else {
-					fmt.Fprintf(tw, "NBD server sha256\t- (not reported yet)\n")
-				}
-				tw.Flush()
-				if len(a.Baseline) > 0 {
-					fmt.Fprintln(stdout, "\nfirmware baseline\nPCR  SHA-256")
-					for i := 0; i < 24; i++ {
-						if v, ok := a.Baseline[strconv.Itoa(i)]; ok {
-							fmt.Fprintf(stdout, "%-4d %s\n", i, v)
-						}
+			fmt.Fprintf(tw, "AK name\t%s\nactivated\t%s\nlast epoch\t%d\nrelease\t%s\nlease until\t%s\n", ak, fmtTime(a.Activated), a.LastEpoch, a.Release, fmtTime(a.LeaseUntil))
+			if a.Revoked != nil {
+				fmt.Fprintf(tw, "revoked\t%s by %s: %s\n", fmtTime(a.Revoked), a.RevokedBy, a.RevokReason)
+			}
+			if a.ServerCert != nil {
+				fmt.Fprintf(tw, "NBD server sha256\t%s (reported %s by %s)\n", a.ServerCertSHA256, fmtTime(a.ServerCertRecorded), a.ServerCertRelease)
+			} else {
+				fmt.Fprintf(tw, "NBD server sha256\t- (not reported yet)\n")
+			}
+			tw.Flush()
+			if len(a.Baseline) > 0 {
+				fmt.Fprintln(stdout, "\nfirmware baseline\nPCR  SHA-256")
+				for i := 0; i < 24; i++ {
+					if v, ok := a.Baseline[strconv.Itoa(i)]; ok {
+						fmt.Fprintf(stdout, "%-4d %s\n", i, v)
 					}
 				}
-				return nil
-			})
-		},
-		"server-cert": func(args []string, stdout, stderr io.Writer) error {
-			fs := newFlagSet("appliances server-cert", "appliances server-cert [--db D] ID", stderr)
-			df := addDBFlags(fs)
-			if err := parseFlags(fs, args); err != nil {
+			}
+			return nil
+		}),
+		"server-cert": withAppliance("server-cert", "[--db D]", func(a *verifier.ApplianceInfo, _ dbFlags, stdout io.Writer) error {
+			if a.ServerCert == nil {
+				return fmt.Errorf("%w: appliance %q has not reported an NBD server identity in an admitted heartbeat yet", verifier.ErrNotFound, a.ID)
+			}
+			return pem.Encode(stdout, &pem.Block{Type: "CERTIFICATE", Bytes: a.ServerCert})
+		}),
+	})
+}
+
+// withAppliance makes the "appliances SUB [flags] ID" command that loads
+// appliance ID from the verifier database and hands it to show.
+func withAppliance(sub, flags string, show func(a *verifier.ApplianceInfo, df dbFlags, stdout io.Writer) error) func([]string, io.Writer, io.Writer) error {
+	return func(args []string, stdout, stderr io.Writer) error {
+		fs := newFlagSet("appliances "+sub, "appliances "+sub+" "+flags+" ID", stderr)
+		df := addDBFlags(fs)
+		if err := parseFlags(fs, args); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return usageError(fs, "one appliance id expected")
+		}
+		return df.withDB(func(ctx context.Context, db *verifier.DB) error {
+			a, err := db.Appliance(ctx, fs.Arg(0))
+			if err != nil {
 				return err
 			}
-			if fs.NArg() != 1 {
-				return usageError(fs, "one appliance id expected")
-			}
-			return df.withDB(func(ctx context.Context, db *verifier.DB) error {
-				a, err := db.Appliance(ctx, fs.Arg(0))
-				if err != nil {
-					return err
-				}
-				if a.ServerCert == nil {
-					return fmt.Errorf("%w: appliance %q has not reported an NBD server identity in an admitted heartbeat yet", verifier.ErrNotFound, a.ID)
-				}
-				return pem.Encode(stdout, &pem.Block{Type: "CERTIFICATE", Bytes: a.ServerCert})
-			})
-		},
-	})
+			return show(a, df, stdout)
+		})
+	}
 }
 
 func runRevoke(args []string, stdout, stderr io.Writer) error {
