@@ -46,14 +46,7 @@ func TestImageBuildSignVerify(t *testing.T) {
 			t.Errorf("missing %s: %v", f, err)
 		}
 	}
-	mj, err := os.ReadFile(filepath.Join(out, "manifest.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := release.ParseManifest(bytes.TrimSpace(mj))
-	if err != nil {
-		t.Fatalf("manifest: %v\n%s", err, mj)
-	}
+	m := readBuiltManifest(t, out)
 	for _, p := range []string{"4", "9", "11", "12", "13"} {
 		if _, ok := m.PCRs[p]; !ok {
 			t.Errorf("manifest lacks PCR %s", p)
@@ -137,16 +130,9 @@ func TestImageBuildSecureBoot(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("image build: %d\n%s%s", code, o, e)
 	}
-	mj, err := os.ReadFile(filepath.Join(out, "manifest.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := release.ParseManifest(bytes.TrimSpace(mj))
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := readBuiltManifest(t, out)
 	if m.PCRs["7"] == "" {
-		t.Fatalf("no PCR 7 in manifest:\n%s", mj)
+		t.Fatalf("no PCR 7 in the manifest's PCRs %v", m.PCRs)
 	}
 	if out, err := exec.Command(testenv.Tool(t, "sbverify"), "--cert", cert, filepath.Join(out, "uki.efi")).CombinedOutput(); err != nil {
 		t.Errorf("sbverify: %v\n%s", err, out)
@@ -179,8 +165,11 @@ func TestImageBuildAppliancePCR(t *testing.T) {
 		t.Fatal(err)
 	}
 	initBin, appBin := filepath.Join(dir, "init"), filepath.Join(dir, "app")
-	os.WriteFile(initBin, []byte("init-binary"), 0o755)
-	os.WriteFile(appBin, []byte("appliance-binary"), 0o755)
+	for path, b := range map[string]string{initBin: "init-binary", appBin: "appliance-binary"} {
+		if err := os.WriteFile(path, []byte(b), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	config := []byte(`{"version":1,"disk":{"device":"/dev/disk/by-partlabel/embassy-store"}}`)
 	initrd := filepath.Join(dir, "initrd.gz")
 	if _, err := initramfs.BuildFile(initramfs.Options{Init: initBin, Appliance: appBin, Config: config}, initrd); err != nil {
@@ -199,14 +188,7 @@ func TestImageBuildAppliancePCR(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("image build: exit %d\n%s%s", code, stdout, stderr)
 	}
-	mj, err := os.ReadFile(filepath.Join(out, "manifest.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := release.ParseManifest(bytes.TrimSpace(mj))
-	if err != nil {
-		t.Fatal(err)
-	}
+	m := readBuiltManifest(t, out)
 	if got := m.PCRs["15"]; got != hex.EncodeToString(want) {
 		t.Errorf("manifest PCR 15 = %q, want %x", got, want)
 	}
@@ -222,10 +204,27 @@ func TestImageBuildAppliancePCR(t *testing.T) {
 	}
 
 	plain := filepath.Join(dir, "plain")
-	os.WriteFile(plain, []byte("initrd bytes"), 0o644)
+	if err := os.WriteFile(plain, []byte("initrd bytes"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	code, _, stderr = runCLI(t, "image", "build", "-kernel", kernel, "-initrd", plain, "-release", "x",
 		"-out", filepath.Join(dir, "o2"), "-esp-mib", "40", "-appliance-pcr")
 	if code == 0 || !strings.Contains(stderr, "appliance-pcr") {
 		t.Errorf("-appliance-pcr with a non-appliance initrd: exit %d\n%s", code, stderr)
 	}
+}
+
+// readBuiltManifest reads and parses the manifest.json image build wrote
+// into out.
+func readBuiltManifest(t *testing.T, out string) *release.Manifest {
+	t.Helper()
+	mj, err := os.ReadFile(filepath.Join(out, "manifest.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := release.ParseManifest(bytes.TrimSpace(mj))
+	if err != nil {
+		t.Fatalf("manifest: %v\n%s", err, mj)
+	}
+	return m
 }
