@@ -11,6 +11,7 @@ import (
 	"github.com/dataembassy/embassy/images"
 	"github.com/dataembassy/embassy/images/uki"
 	"github.com/dataembassy/embassy/initramfs"
+	"github.com/dataembassy/embassy/internal/testenv"
 	"github.com/u-root/u-root/pkg/cpio"
 )
 
@@ -36,15 +37,11 @@ func smallInitramfs(t testing.TB, config []byte, c initramfs.Compression) []byte
 // rawCPIO writes records as a plain newc archive.
 func rawCPIO(t testing.TB, recs ...cpio.Record) []byte {
 	t.Helper()
-	var buf bytes.Buffer
-	w := cpio.Newc.Writer(&buf)
-	if err := cpio.WriteRecords(w, recs); err != nil {
+	b, err := testenv.Newc(recs...)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cpio.WriteTrailer(w); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
+	return b
 }
 
 func TestAppliancePCR(t *testing.T) {

@@ -1,7 +1,6 @@
 package images_test
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"encoding/base64"
@@ -80,18 +79,7 @@ func pcrdumpInitrd(t *testing.T) []byte {
 			cpio.Directory("sys", 0o755),
 			cpio.StaticFile("init", string(b), 0o755),
 		}
-		cpio.MakeAllReproducible(recs)
-		var buf bytes.Buffer
-		w := cpio.Newc.Writer(&buf)
-		if err := cpio.WriteRecords(w, recs); err != nil {
-			initrdErr = err
-			return
-		}
-		if err := cpio.WriteTrailer(w); err != nil {
-			initrdErr = err
-			return
-		}
-		initrdData = buf.Bytes()
+		initrdData, initrdErr = testenv.Newc(recs...)
 	})
 	if initrdErr != nil {
 		t.Fatal(initrdErr)

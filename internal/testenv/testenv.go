@@ -1,5 +1,6 @@
 // Package testenv holds helpers shared by Embassy's tests: finding the real
-// external tools (qemu, swtpm, nbd clients) a test needs.
+// external tools (qemu, swtpm, nbd clients) a test needs, and writing the
+// small initramfs archives guest tests boot.
 //
 // A missing tool fails the test rather than skipping it: `make test` installs
 // every tool, so a missing one is a broken environment, never a pass.

@@ -165,17 +165,12 @@ func kernelInitrd(t *testing.T, cfg *kernelclient.GuestConfig) string {
 		order.WriteString(m.Name + ".ko\n")
 	}
 	recs = append(recs, cpio.StaticFile(modDir+"/order", order.String(), 0o644))
-	cpio.MakeAllReproducible(recs)
-	var buf bytes.Buffer
-	w := cpio.Newc.Writer(&buf)
-	if err := cpio.WriteRecords(w, recs); err != nil {
-		t.Fatal(err)
-	}
-	if err := cpio.WriteTrailer(w); err != nil {
+	archive, err := testenv.Newc(recs...)
+	if err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "initrd.cpio")
-	if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
+	if err := os.WriteFile(path, archive, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return path
