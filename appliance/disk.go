@@ -53,15 +53,16 @@ func (w *Window) check(off int64, n int) error {
 }
 
 // BackingFile returns the file under the window and the window's offset in
-// it, so the store can map the disk (storage.FileBacked); nil when the
-// device is not a region of a file or the offset is not page-aligned.
+// it, so the store can map the disk (storage.FileBacked, which reads with
+// pread instead when the offset is not page-aligned); nil when the device
+// is not a region of a file.
 func (w *Window) BackingFile() (*os.File, int64) {
 	fb, ok := w.Dev.(interface{ BackingFile() (*os.File, int64) })
 	if !ok {
 		return nil, 0
 	}
 	f, off := fb.BackingFile()
-	if f == nil || (off+w.Offset)%int64(os.Getpagesize()) != 0 {
+	if f == nil {
 		return nil, 0
 	}
 	return f, off + w.Offset

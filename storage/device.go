@@ -25,7 +25,8 @@ type Device interface {
 // Memory-mapped reads). A nil file means "do not map".
 type FileBacked interface {
 	// BackingFile returns the file and the byte offset in it at which the
-	// device starts. The offset must be a multiple of the page size.
+	// device starts. Open maps only offsets that are a multiple of the
+	// page size and reads with pread otherwise.
 	BackingFile() (f *os.File, offset int64)
 }
 
