@@ -279,18 +279,35 @@ func (v *Verifier) AddReleaseOfficers(ctx context.Context, k int, officers ...ed
 	return v.DB.SetReleaseThreshold(ctx, k, "harness")
 }
 
-// ServerIdentity returns the PEM certificate and fingerprint of the NBD
-// server identity appliance id reported in an admitted, quoted heartbeat:
-// what the home state's clients pin as their CA (ca-cert.pem).
-func (v *Verifier) ServerIdentity(ctx context.Context, id string) (pemCert []byte, fingerprint string, err error) {
+// reportedIdentity matches the appliance's console line after its first
+// heartbeat, which reported the server identity to the verifier.
+var reportedIdentity = regexp.MustCompile(`msg="server identity reported to the verifier"`)
+
+// PinServerIdentity waits up to timeout (console lines from index from on)
+// for the appliance id running on m to report its NBD server identity in a
+// quoted heartbeat, checks that the identity the verifier recorded is the
+// one the console shows, and writes the recorded one to dir/ca-cert.pem,
+// where libnbd clients (tls-certificates=dir) look for their CA: what the
+// home state's clients pin. It returns the identity's fingerprint.
+func (v *Verifier) PinServerIdentity(ctx context.Context, m *Machine, id string, from int, dir string, timeout time.Duration) (string, error) {
+	if _, err := m.WaitForLineFrom(from, reportedIdentity, timeout); err != nil {
+		return "", err
+	}
 	a, err := v.DB.Appliance(ctx, id)
 	if err != nil {
-		return nil, "", err
+		return "", err
 	}
 	if a.ServerCert == nil {
-		return nil, "", fmt.Errorf("%w: %s has reported none to the verifier", ErrNoIdentity, id)
+		return "", fmt.Errorf("%w: %s has reported none to the verifier", ErrNoIdentity, id)
 	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.ServerCert}), a.ServerCertSHA256, nil
+	if _, consoleFP, err := m.ServerIdentity(from); err != nil || consoleFP != a.ServerCertSHA256 {
+		return "", fmt.Errorf("qemu: the console shows server identity %s (%v), the verifier recorded %s", consoleFP, err, a.ServerCertSHA256)
+	}
+	pemCert := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: a.ServerCert})
+	if err := os.WriteFile(filepath.Join(dir, "ca-cert.pem"), pemCert, 0o600); err != nil {
+		return "", err
+	}
+	return a.ServerCertSHA256, nil
 }
 
 // Audit returns the audit records about appliance id.
@@ -403,7 +420,7 @@ var identityRE = regexp.MustCompile(`msg="nbd server identity" sha256=([0-9a-f]{
 // ServerIdentity returns the PEM certificate and fingerprint of the NBD
 // server identity the appliance last printed on its console (from line
 // index from on). The console runs in the host country: clients pin the
-// identity the verifier recorded (Verifier.ServerIdentity); this one is
+// identity the verifier recorded (Verifier.PinServerIdentity); this one is
 // for comparison.
 func (m *Machine) ServerIdentity(from int) (pemCert []byte, fingerprint string, err error) {
 	lines := m.Lines()

@@ -133,17 +133,8 @@ func (c *chain) waitServing(t testing.TB, m *qemu.Machine, from int) qemu.Line {
 	}
 	// Pin the identity the appliance reported under a quote, as the home
 	// state does, and check it is the one the console shows.
-	if _, err := m.WaitForLineFrom(from, regexp.MustCompile(`msg="server identity reported to the verifier"`), 120*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	pemCert, fp, err := c.v.ServerIdentity(context.Background(), applianceID)
+	fp, err := c.v.PinServerIdentity(context.Background(), m, applianceID, from, c.certs, 120*time.Second)
 	if err != nil {
-		t.Fatal(err)
-	}
-	if _, consoleFP, err := m.ServerIdentity(from); err != nil || consoleFP != fp {
-		t.Fatalf("console identity %s (%v), verifier recorded %s", consoleFP, err, fp)
-	}
-	if err := os.WriteFile(filepath.Join(c.certs, "ca-cert.pem"), pemCert, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("serving %.2fs after QEMU start (server identity %s…, recorded by the verifier)", l.At.Seconds(), fp[:16])

@@ -186,17 +186,8 @@ func run(ctx context.Context, dir string, sizeMiB int, verbose, buildOnly, diskI
 	step("SERVING NBD over mutual TLS %.1fs after QEMU start", served.At.Seconds())
 	// Clients pin the server identity the appliance reported under a
 	// quote, not the one on the console (which runs in the host country).
-	if _, err := wait(`msg="server identity reported to the verifier"`, 2*time.Minute); err != nil {
-		return err
-	}
-	pemCert, fp, err := v.ServerIdentity(ctx, applianceID)
+	fp, err := v.PinServerIdentity(ctx, m, applianceID, 0, certs, 2*time.Minute)
 	if err != nil {
-		return err
-	}
-	if _, consoleFP, err := m.ServerIdentity(0); err != nil || consoleFP != fp {
-		return fmt.Errorf("console shows server identity %s (%v), the verifier recorded %s", consoleFP, err, fp)
-	}
-	if err := os.WriteFile(filepath.Join(certs, "ca-cert.pem"), pemCert, 0o600); err != nil {
 		return err
 	}
 	step("server identity sha256 %s… recorded by the verifier from a quoted heartbeat (= console); clients pin it", fp[:16])
