@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -175,4 +176,59 @@ func tempFile(t testing.TB, size int64) (*nbd.File, string) {
 	}
 	t.Cleanup(func() { b.Close() })
 	return b, path
+}
+
+// countingListener counts, on each accepted connection in accept order,
+// the bytes received and the writes made.
+type countingListener struct {
+	net.Listener
+	mu    sync.Mutex
+	conns []*countingConn
+}
+
+type countingConn struct {
+	net.Conn
+	n      atomic.Int64 // bytes read
+	writes atomic.Int64 // Write calls
+}
+
+func (c *countingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+func (l *countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	cc := &countingConn{Conn: c}
+	l.mu.Lock()
+	l.conns = append(l.conns, cc)
+	l.mu.Unlock()
+	return cc, nil
+}
+
+// received returns the bytes received per connection so far.
+func (l *countingListener) received() []int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var r []int64
+	for _, c := range l.conns {
+		r = append(r, c.n.Load())
+	}
+	return r
+}
+
+// conn returns the i'th accepted connection.
+func (l *countingListener) conn(i int) *countingConn {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.conns[i]
 }

@@ -2,9 +2,12 @@ package nbd_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"math/rand"
+	"net"
 	"os"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -127,4 +130,83 @@ func TestFileInlineAndWorkers(t *testing.T) {
 		}
 		c.nc.Close()
 	}
+}
+
+// TestInlineRepliesShareWrites sends a burst of requests the reader serves
+// itself in one write: their replies must all arrive without the client
+// sending anything more, and share system calls rather than take one
+// each. A request for a worker in the middle of a burst must not hold up
+// the replies before it.
+func TestInlineRepliesShareWrites(t *testing.T) {
+	const size = 1 << 20
+	disk, _ := tempFile(t, size)
+	var counting *countingListener
+	srv := startServerWrapped(t, nbd.ServerOptions{
+		Exports:   []nbd.Export{{Name: "disk", Backend: disk}},
+		Grants:    []nbd.Grant{{Identity: nbd.AnyIdentity, Export: "disk", Access: nbd.ReadWrite}},
+		Plaintext: true,
+	}, func(l net.Listener) net.Listener {
+		counting = &countingListener{Listener: l}
+		return counting
+	})
+	data := make([]byte, size)
+	rand.New(rand.NewSource(2)).Read(data)
+	c := dialExport(t, srv.addr, "disk", true)
+	c.nc.SetDeadline(time.Now().Add(10 * time.Second)) // a held-back reply fails, not hangs
+	// Whole-page writes put the data in the page cache, so the reads
+	// below are served inline too.
+	if r := c.do(cmdWrite, 0, 0, size, data); r.errno != 0 {
+		t.Fatalf("write: errno %d", r.errno)
+	}
+
+	burst := func(typs []uint16) map[uint64]result {
+		t.Helper()
+		var b []byte
+		for i, typ := range typs {
+			h := make([]byte, 28)
+			binary.BigEndian.PutUint32(h[0:], 0x25609513)
+			binary.BigEndian.PutUint16(h[6:], typ)
+			binary.BigEndian.PutUint64(h[8:], uint64(i))
+			if typ != cmdFlush {
+				binary.BigEndian.PutUint64(h[16:], uint64(i)*4096)
+				binary.BigEndian.PutUint32(h[24:], 4096)
+			}
+			switch typ {
+			case cmdRead:
+				c.lens[uint64(i)], c.offs[uint64(i)] = 4096, uint64(i)*4096
+			case cmdWrite: // a whole page of what is there already
+				h = append(h, data[i*4096:(i+1)*4096]...)
+			}
+			b = append(b, h...)
+		}
+		c.write(b)
+		got := c.recvAll(len(typs))
+		for i, typ := range typs {
+			r := got[uint64(i)]
+			if r.errno != 0 {
+				t.Fatalf("request %d: errno %d", i, r.errno)
+			}
+			if typ == cmdRead && !bytes.Equal(r.data, data[i*4096:(i+1)*4096]) {
+				t.Fatalf("read %d returned wrong data", i)
+			}
+		}
+		return got
+	}
+
+	const n = 64
+	typs := make([]uint16, n)
+	for i := range typs {
+		typs[i] = cmdRead
+		if i%4 == 3 {
+			typs[i] = cmdWrite
+		}
+	}
+	sc := counting.conn(0)
+	before := sc.writes.Load()
+	burst(typs)
+	if w := sc.writes.Load() - before; w > n/4 {
+		t.Errorf("%d replies took %d writes; want them to share writes (at most %d)", n, w, n/4)
+	}
+	// A flush (served by a worker) after inline requests, then a last read.
+	burst([]uint16{cmdRead, cmdWrite, cmdRead, cmdFlush, cmdRead})
 }

@@ -20,7 +20,6 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -71,48 +70,6 @@ func (c *countingBackend) Trim(off, length int64) error {
 	c.trims = append(c.trims, [2]int64{off, length})
 	c.mu.Unlock()
 	return c.Backend.Trim(off, length)
-}
-
-// countingListener counts the bytes received on each accepted connection,
-// in accept order.
-type countingListener struct {
-	net.Listener
-	mu    sync.Mutex
-	conns []*countingConn
-}
-
-type countingConn struct {
-	net.Conn
-	n atomic.Int64
-}
-
-func (c *countingConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	c.n.Add(int64(n))
-	return n, err
-}
-
-func (l *countingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	cc := &countingConn{Conn: c}
-	l.mu.Lock()
-	l.conns = append(l.conns, cc)
-	l.mu.Unlock()
-	return cc, nil
-}
-
-// received returns the bytes received per connection so far.
-func (l *countingListener) received() []int64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var r []int64
-	for _, c := range l.conns {
-		r = append(r, c.n.Load())
-	}
-	return r
 }
 
 // kernelInitrd builds the guest's initramfs: kernelclient/guestinit as

@@ -81,8 +81,10 @@ type cacher interface {
 // Replies go out in the order they finish, which the protocol allows;
 // they never interleave because each is appended whole under writeMu. A
 // worker flushes unless another finished reply waits for writeMu (that
-// worker flushes then), so replies that finish together share one write
-// system call. (Workers taking turns reading, as nbdkit's threads do,
+// worker flushes then), and the reader does not flush while the next
+// request is already in its buffer (it serves that one next, or flushes
+// before handing it to a worker), so replies that finish together share
+// one write system call. (Workers taking turns reading, as nbdkit's threads do,
 // cost more CPU per request here: every turn wakes a parked goroutine.)
 func (c *conn) transmit(ctx context.Context) {
 	t := &transmitter{c: c, out: newReplyWriter(c.nc, c.nc == c.raw, c.sock)}
@@ -107,12 +109,13 @@ func (c *conn) transmit(ctx context.Context) {
 			var rep reply
 			for r := range work {
 				c.handle(r, &rep, &t.dirty, false)
-				t.send(&rep)
+				t.send(&rep, true)
 				<-sem
 			}
 		}()
 	}
-	var rep reply // for requests the reader serves itself
+	var rep reply      // for requests the reader serves itself
+	unflushed := false // the reader left replies in t.out for a later flush
 	for {
 		r := new(request)
 		sem <- struct{}{}
@@ -121,9 +124,18 @@ func (c *conn) transmit(ctx context.Context) {
 			break
 		}
 		if c.inline != nil && c.handle(r, &rep, &t.dirty, true) {
-			t.send(&rep)
+			// While the next request is already buffered the reader goes on
+			// to serve it without blocking, so its reply can wait and share
+			// this one's system call.
+			unflushed = c.requestBuffered()
+			t.send(&rep, !unflushed)
 			<-sem
 			continue
+		}
+		if unflushed {
+			// A worker may take long; what the reader served goes out now.
+			t.flush()
+			unflushed = false
 		}
 		work <- r
 	}
@@ -201,31 +213,60 @@ func (c *conn) readRequest(r *request) bool {
 	return true
 }
 
-// send writes rep and flushes unless another finished reply is about to
-// be written (that worker flushes then). The payload buffer goes back to
-// its pool once it has been sent.
-func (t *transmitter) send(rep *reply) {
+// send appends rep to what goes out next. With flush it is written then
+// unless another finished reply is about to be appended (whose sender
+// flushes); without, the caller promises a later send or flush. The
+// payload buffer goes back to its pool once it has been sent.
+func (t *transmitter) send(rep *reply, flush bool) {
 	t.waiting.Add(1)
 	t.writeMu.Lock()
 	others := t.waiting.Add(-1)
 	if t.werr == nil {
 		t.c.writeReply(t.out, rep)
 		t.out.hold(rep.data)
-		var err error
-		if others == 0 || t.out.size >= flushAt {
-			err = t.out.flush()
-		}
-		if err != nil {
-			t.werr = err
-			t.c.log.Info("nbd: write failed, closing", "err", err)
-			t.c.raw.Close() // unblocks the reader; the rest is dropped unsent
-			t.out.release()
+		if (flush && others == 0) || t.out.size >= flushAt {
+			t.flushLocked()
 		}
 	} else {
 		putBuf(rep.data)
 	}
 	t.writeMu.Unlock()
 	rep.data = nil
+}
+
+// flush writes what was appended.
+func (t *transmitter) flush() {
+	t.writeMu.Lock()
+	if t.werr == nil && t.out.size > 0 {
+		t.flushLocked()
+	}
+	t.writeMu.Unlock()
+}
+
+// flushLocked writes what was appended; on failure the connection is
+// closed, which also stops the reader.
+func (t *transmitter) flushLocked() {
+	if err := t.out.flush(); err != nil {
+		t.werr = err
+		t.c.log.Info("nbd: write failed, closing", "err", err)
+		t.c.raw.Close() // unblocks the reader; the rest is dropped unsent
+		t.out.release()
+	}
+}
+
+// requestBuffered reports whether the whole next request, header and any
+// write payload, is already in the read buffer, so that reading it will
+// not wait for the client.
+func (c *conn) requestBuffered() bool {
+	n := c.br.Buffered()
+	if n < requestHeaderLen {
+		return false
+	}
+	hdr, _ := c.br.Peek(requestHeaderLen)
+	if binary.BigEndian.Uint16(hdr[6:]) != cmdWrite {
+		return true
+	}
+	return n-requestHeaderLen >= int(binary.BigEndian.Uint32(hdr[24:]))
 }
 
 // flushAt bounds how much reply data is gathered before it is written
