@@ -138,10 +138,12 @@ var kernelLine = regexp.MustCompile(`KCLIENT export=(\S+) (.*)$`)
 
 // TestLinuxKernelClient proves the server against the Linux kernel's NBD
 // client: a QEMU guest (kernelclient/guestinit) negotiates STARTTLS and
-// NBD_OPT_GO with a client certificate, hands socketpairs to nbd.ko and
-// proxies them over TLS, then writes, flushes, discards and reads back
-// /dev/nbd0 (the authenticated store, two connections) and /dev/nbd1 (a
-// plain file) through the kernel, and reads /dev/nbd2 (a read-only grant)
+// NBD_OPT_GO with a client certificate, hands socketpairs to nbd.ko (with
+// the ioctls, and through generic netlink as nbd-client does by default)
+// and proxies them over TLS, then writes, flushes, discards and reads back
+// /dev/nbd0 (the authenticated store, two connections, ioctls) and
+// /dev/nbd1 (a plain file, two connections, netlink) through the kernel,
+// and reads /dev/nbd2 (a read-only grant)
 // and has a write refused. The test checks the guest's results, what the
 // kernel made the server do, and the exports' bytes afterwards
 // (docs/nbd-protocol.md, "Linux kernel client").
@@ -186,10 +188,12 @@ func TestLinuxKernelClient(t *testing.T) {
 		Address:      "10.0.2.15/24",
 		ModuleParams: map[string]string{"nbd": "nbds_max=3 max_part=0"},
 		Exports: []kernelclient.GuestExport{
-			// Two connections (the export advertises CAN_MULTI_CONN),
-			// both used: see CPUs below.
+			// Two connections each (the exports advertise
+			// CAN_MULTI_CONN), both used: see CPUs below. The store is
+			// attached with the ioctls, the file through netlink
+			// (NBD_CMD_CONNECT, nbd-client's default).
 			{Name: "store", Device: "/dev/nbd0", BlockSize: 512, Connections: 2},
-			{Name: "file", Device: "/dev/nbd1", BlockSize: 512},
+			{Name: "file", Device: "/dev/nbd1", BlockSize: 512, Connections: 2, Netlink: true},
 			{Name: "ro", Device: "/dev/nbd2", BlockSize: 4096, ReadOnly: true},
 		},
 	})
@@ -330,17 +334,23 @@ func TestLinuxKernelClient(t *testing.T) {
 	if n := len(backends["ro"].writes); n != 0 {
 		t.Errorf("ro: backend saw writes %v", backends["ro"].writes)
 	}
-	if a := got["store"]["attach"]; !strings.Contains(a, "connections=2") {
-		t.Errorf("store: attach line %q, want connections=2", a)
+	for name, want := range map[string]string{"store": "connections=2 via=ioctl", "file": "connections=2 via=netlink", "ro": "connections=1 via=ioctl"} {
+		if a := got[name]["attach"]; !strings.HasSuffix(a, want) {
+			t.Errorf("%s: attach line %q, want it to end %q", name, a, want)
+		}
 	}
-	// Accept order: store (two connections), file, ro.
+	// Accept order: store and file (two connections each), ro.
 	recv := counting.received()
 	t.Logf("bytes received per connection (TLS): %v", recv)
-	if len(recv) == 4 && (recv[0] < 256<<10 || recv[1] < 256<<10) {
-		t.Errorf("store connections received %d and %d bytes: the kernel did not use both", recv[0], recv[1])
+	if len(recv) == 5 {
+		for i, name := range []string{"store", "file"} {
+			if a, b := recv[2*i], recv[2*i+1]; a < 256<<10 || b < 256<<10 {
+				t.Errorf("%s connections received %d and %d bytes: the kernel did not use both", name, a, b)
+			}
+		}
 	}
-	if s := srv.Stats(); s.Refused != 0 || s.Connections != 4 {
-		t.Errorf("server stats %+v, want 4 connections (2 store, 1 file, 1 ro) and no refusals", s)
+	if s := srv.Stats(); s.Refused != 0 || s.Connections != 5 {
+		t.Errorf("server stats %+v, want 5 connections (2 store, 2 file, 1 ro) and no refusals", s)
 	}
 	if err := m.Wait(time.Minute); err != nil {
 		t.Errorf("guest did not power off cleanly: %v", err)

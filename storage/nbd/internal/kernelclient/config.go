@@ -45,4 +45,7 @@ type GuestExport struct {
 	// ReadOnly runs CheckReadOnly instead of Run: the export is expected
 	// to be read-only.
 	ReadOnly bool `json:"read_only,omitempty"`
+	// Netlink attaches the device through the generic netlink interface
+	// (NBD_CMD_CONNECT), nbd-client's default, instead of the ioctls.
+	Netlink bool `json:"netlink,omitempty"`
 }

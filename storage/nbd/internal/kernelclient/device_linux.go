@@ -37,7 +37,8 @@ type Device struct {
 	f     *os.File
 	flags uint16 // the export's transmission flags
 	links []*link
-	doIt  chan error // NBD_DO_IT's result
+	doIt  chan error // NBD_DO_IT's result; nil when attached through netlink
+	index uint32     // N of /dev/nbdN, when attached through netlink
 	once  sync.Once
 }
 
@@ -53,17 +54,28 @@ type link struct {
 // ErrNoConnection reports an Attach without any negotiated connection.
 var ErrNoConnection = errors.New("kernelclient: no connection to attach")
 
+// AttachOptions says how Attach hands the connections to the kernel.
+type AttachOptions struct {
+	// BlockSize is the logical block size given to the kernel; 512 makes
+	// it send 512-byte requests.
+	BlockSize int
+	// Netlink configures the device with one NBD_CMD_CONNECT message of
+	// the "nbd" generic netlink family, as nbd-client does by default on
+	// current kernels, instead of the ioctls and a thread in NBD_DO_IT.
+	Netlink bool
+}
+
 // Attach configures the device at path for the negotiated export and
-// starts the kernel client, like nbd-client: NBD_SET_BLKSIZE blockSize
-// (512 makes the kernel send 512-byte requests), NBD_SET_SIZE,
-// NBD_SET_FLAGS (the export's transmission flags), NBD_SET_TIMEOUT, one
-// NBD_SET_SOCK per connection (more than one needs NBD_FLAG_CAN_MULTI_CONN;
-// all connections must be to the same export) with one end of a
-// socketpair each, and NBD_DO_IT on its own locked OS thread. Bytes
-// between each socketpair's other end and its TLS connection are copied by
-// two goroutines. The device is usable when Attach returns. On error the
-// connections are closed.
-func Attach(path string, conns []*Export, blockSize int) (*Device, error) {
+// starts the kernel client, like nbd-client. With the ioctls:
+// NBD_SET_BLKSIZE, NBD_SET_SIZE, NBD_SET_FLAGS (the export's transmission
+// flags), NBD_SET_TIMEOUT, one NBD_SET_SOCK per connection (more than one
+// needs NBD_FLAG_CAN_MULTI_CONN; all connections must be to the same
+// export) with one end of a socketpair each, and NBD_DO_IT on its own
+// locked OS thread; with opts.Netlink the same settings and sockets go in
+// one NBD_CMD_CONNECT. Bytes between each socketpair's other end and its
+// TLS connection are copied by two goroutines. The device is usable when
+// Attach returns. On error the connections are closed.
+func Attach(path string, conns []*Export, opts AttachOptions) (*Device, error) {
 	if len(conns) == 0 {
 		return nil, ErrNoConnection
 	}
@@ -72,19 +84,31 @@ func Attach(path string, conns []*Export, blockSize int) (*Device, error) {
 			c.Conn.Close()
 		}
 	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		closeAll()
-		return nil, fmt.Errorf("kernelclient: %w", err)
+	d := &Device{Path: path, flags: conns[0].Flags}
+	var err error
+	if opts.Netlink {
+		// The device is opened after NBD_CMD_CONNECT: the kernel refuses
+		// to connect a device someone holds open (EBUSY).
+		if d.index, err = deviceIndex(path); err != nil {
+			closeAll()
+			return nil, err
+		}
+	} else {
+		if d.f, err = os.OpenFile(path, os.O_RDWR, 0); err != nil {
+			closeAll()
+			return nil, fmt.Errorf("kernelclient: %w", err)
+		}
+		d.doIt = make(chan error, 1)
 	}
-	d := &Device{Path: path, f: f, flags: conns[0].Flags, doIt: make(chan error, 1)}
 	fail := func(err error) (*Device, error) {
 		for _, l := range d.links {
 			unix.Close(l.kernel)
 			l.proxy.Close()
 		}
 		closeAll()
-		f.Close()
+		if d.f != nil {
+			d.f.Close()
+		}
 		return nil, err
 	}
 	// The kernel lets only the task (thread) that added the first socket
@@ -92,17 +116,21 @@ func Attach(path string, conns []*Export, blockSize int) (*Device, error) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	e := conns[0]
-	for _, c := range []struct {
+	ioctls := []struct {
 		name string
 		req  uint
 		arg  uintptr
 	}{
 		{"NBD_CLEAR_SOCK", nbdClearSock, 0},
-		{"NBD_SET_BLKSIZE", nbdSetBlksize, uintptr(blockSize)},
+		{"NBD_SET_BLKSIZE", nbdSetBlksize, uintptr(opts.BlockSize)},
 		{"NBD_SET_SIZE", nbdSetSize, uintptr(e.Size)},
 		{"NBD_SET_FLAGS", nbdSetFlags, uintptr(e.Flags)},
 		{"NBD_SET_TIMEOUT", nbdSetTimeout, 60},
-	} {
+	}
+	if opts.Netlink {
+		ioctls = nil // all of it goes in NBD_CMD_CONNECT below
+	}
+	for _, c := range ioctls {
 		if err := d.ioctl(c.name, c.req, c.arg); err != nil {
 			return fail(err)
 		}
@@ -123,15 +151,32 @@ func Attach(path string, conns []*Export, blockSize int) (*Device, error) {
 			return fail(fmt.Errorf("kernelclient: socketpair conn: %w", err))
 		}
 		d.links = append(d.links, &link{kernel: sp[0], proxy: pc.(*net.UnixConn), tls: c.Conn, proxied: make(chan error, 1)})
+		if opts.Netlink {
+			continue
+		}
 		if err := d.ioctl("NBD_SET_SOCK", nbdSetSock, uintptr(sp[0])); err != nil {
 			return fail(err)
 		}
 	}
-	go func() {
-		// NBD_DO_IT blocks in the kernel until every connection ends.
-		runtime.LockOSThread()
-		d.doIt <- d.ioctl("NBD_DO_IT", nbdDoIt, 0)
-	}()
+	if opts.Netlink {
+		var fds []int
+		for _, l := range d.links {
+			fds = append(fds, l.kernel)
+		}
+		if err := netlinkConnect(d.index, e.Size, opts.BlockSize, e.Flags, fds); err != nil {
+			return fail(err)
+		}
+		if d.f, err = os.OpenFile(path, os.O_RDWR, 0); err != nil {
+			netlinkDisconnect(d.index)
+			return fail(fmt.Errorf("kernelclient: %w", err))
+		}
+	} else {
+		go func() {
+			// NBD_DO_IT blocks in the kernel until every connection ends.
+			runtime.LockOSThread()
+			d.doIt <- d.ioctl("NBD_DO_IT", nbdDoIt, 0)
+		}()
+	}
 	for _, l := range d.links {
 		go l.run()
 	}
@@ -151,8 +196,8 @@ func (d *Device) ioctl(name string, req uint, arg uintptr) error {
 	return nil
 }
 
-// waitReady waits until NBD_DO_IT has started the device: until then its
-// size reads as zero.
+// waitReady waits until the device has started (NBD_DO_IT or
+// NBD_CMD_CONNECT): until then its size reads as zero.
 func (d *Device) waitReady(size int64) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -162,7 +207,7 @@ func (d *Device) waitReady(size int64) error {
 			return nil
 		}
 		select {
-		case err := <-d.doIt:
+		case err := <-d.doIt: // never, when d.doIt is nil (netlink)
 			d.doIt <- err // for Disconnect
 			return fmt.Errorf("kernelclient: NBD_DO_IT ended before the device started: %v", err)
 		case <-time.After(20 * time.Millisecond):
@@ -203,21 +248,29 @@ func (d *Device) Flags() uint16 { return d.flags }
 // Connections is the number of connections the kernel was given.
 func (d *Device) Connections() int { return len(d.links) }
 
-// Disconnect asks the kernel to end the connections (NBD_DISCONNECT: it
-// sends NBD_CMD_DISC on each after the requests in flight), waits for
-// NBD_DO_IT and the proxies to finish, and clears the device
-// (NBD_CLEAR_QUE, NBD_CLEAR_SOCK). It returns the errors of those steps,
-// NBD_DO_IT and the proxies.
+// Disconnect asks the kernel to end the connections (NBD_DISCONNECT, or
+// NBD_CMD_DISCONNECT through netlink: it sends NBD_CMD_DISC on each after
+// the requests in flight), waits for NBD_DO_IT (ioctls) and the proxies to
+// finish, and clears the device (NBD_CLEAR_QUE, NBD_CLEAR_SOCK; through
+// netlink the kernel drops the configuration itself). It returns the
+// errors of those steps, NBD_DO_IT and the proxies.
 func (d *Device) Disconnect() error {
 	var err error
 	d.once.Do(func() {
-		err = d.ioctl("NBD_DISCONNECT", nbdDisconnect, 0)
-		err = errors.Join(err, <-d.doIt)
-		for _, l := range d.links {
-			err = errors.Join(err, <-l.proxied)
+		if d.doIt == nil {
+			err = netlinkDisconnect(d.index)
+			for _, l := range d.links {
+				err = errors.Join(err, <-l.proxied)
+			}
+		} else {
+			err = d.ioctl("NBD_DISCONNECT", nbdDisconnect, 0)
+			err = errors.Join(err, <-d.doIt)
+			for _, l := range d.links {
+				err = errors.Join(err, <-l.proxied)
+			}
+			d.ioctl("NBD_CLEAR_QUE", nbdClearQue, 0) // obsolete on new kernels; harmless
+			err = errors.Join(err, d.ioctl("NBD_CLEAR_SOCK", nbdClearSock, 0))
 		}
-		d.ioctl("NBD_CLEAR_QUE", nbdClearQue, 0) // obsolete on new kernels; harmless
-		err = errors.Join(err, d.ioctl("NBD_CLEAR_SOCK", nbdClearSock, 0))
 		for _, l := range d.links {
 			unix.Close(l.kernel)
 		}

@@ -158,9 +158,13 @@ func runExport(cfg *kernelclient.GuestConfig, tlsCfg *tls.Config, e kernelclient
 		conns = append(conns, ex)
 	}
 	ex := conns[0]
-	say("attach size=%d flags=%#x minblock=%d prefblock=%d maxblock=%d connections=%d",
-		ex.Size, ex.Flags, ex.MinBlock, ex.PrefBlock, ex.MaxBlock, len(conns))
-	d, err := kernelclient.Attach(e.Device, conns, e.BlockSize)
+	via := "ioctl"
+	if e.Netlink {
+		via = "netlink"
+	}
+	say("attach size=%d flags=%#x minblock=%d prefblock=%d maxblock=%d connections=%d via=%s",
+		ex.Size, ex.Flags, ex.MinBlock, ex.PrefBlock, ex.MaxBlock, len(conns), via)
+	d, err := kernelclient.Attach(e.Device, conns, kernelclient.AttachOptions{BlockSize: e.BlockSize, Netlink: e.Netlink})
 	if err != nil {
 		say("result=fail err=%q", err.Error())
 		return
