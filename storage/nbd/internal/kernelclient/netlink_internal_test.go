@@ -3,61 +3,74 @@
 package kernelclient
 
 import (
-	"bytes"
 	"encoding/binary"
 	"testing"
+
+	"github.com/vishvananda/netlink/nl"
 )
 
-// TestNetlinkAttrs checks the attribute encoding NBD_CMD_CONNECT is built
-// from (lengths, 4-byte padding, the nested flag) by walking it back.
-func TestNetlinkAttrs(t *testing.T) {
-	const strAttr = 10 // any type the others do not use
-	msg := append(attrString(strAttr, "nbd"), attrNested(nbdAttrSockets,
-		attrNested(nbdSockItem, attrU32(nbdSockFD, 7)),
-		attrNested(nbdSockItem, attrU32(nbdSockFD, 9)))...)
-	msg = append(msg, attrU64(nbdAttrSizeBytes, 1<<33)...)
+// TestConnectAttrs checks the NBD_CMD_CONNECT attributes as the kernel
+// parses them: types, widths and values, and the socket list nested with
+// NLA_F_NESTED.
+func TestConnectAttrs(t *testing.T) {
+	var msg []byte
+	for _, a := range connectAttrs(3, 1<<33, 512, 0xd6d, []int{7, 9}) {
+		msg = append(msg, a.Serialize()...)
+	}
 	if len(msg)%4 != 0 {
 		t.Fatalf("message of %d bytes is not 4-byte aligned", len(msg))
 	}
-	var types []uint16
+	attrs, err := nl.ParseRouteAttr(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[uint16]uint64{nbdAttrIndex: 3, nbdAttrSizeBytes: 1 << 33, nbdAttrBlockSizeBytes: 512, nbdAttrServerFlags: 0xd6d, nbdAttrTimeout: 60}
 	var fds []uint32
-	for typ, data := range attrs(msg) {
-		types = append(types, typ)
-		switch typ {
-		case strAttr:
-			if !bytes.Equal(data, []byte("nbd\x00")) {
-				t.Errorf("string attribute %q", data)
-			}
-		case nbdAttrSockets:
-			if binary.NativeEndian.Uint16(msg[len(attrString(strAttr, "nbd"))+2:])&0x8000 == 0 {
+	for _, a := range attrs {
+		typ := a.Attr.Type &^ nl.NLA_F_NESTED
+		if typ == nbdAttrSockets {
+			if a.Attr.Type&nl.NLA_F_NESTED == 0 {
 				t.Error("sockets attribute lacks NLA_F_NESTED")
 			}
-			for it, item := range attrs(data) {
-				if it != nbdSockItem {
-					t.Errorf("socket list holds attribute %d", it)
-				}
-				for ft, fd := range attrs(item) {
-					if ft != nbdSockFD || len(fd) != 4 {
-						t.Errorf("socket item holds attribute %d of %d bytes", ft, len(fd))
-						continue
-					}
-					fds = append(fds, binary.NativeEndian.Uint32(fd))
-				}
+			items, err := nl.ParseRouteAttr(a.Value)
+			if err != nil {
+				t.Fatal(err)
 			}
-		case nbdAttrSizeBytes:
-			if len(data) != 8 || binary.NativeEndian.Uint64(data) != 1<<33 {
-				t.Errorf("size attribute %x", data)
+			for _, it := range items {
+				if it.Attr.Type != nbdSockItem|nl.NLA_F_NESTED {
+					t.Errorf("socket list holds attribute %#x", it.Attr.Type)
+				}
+				fd, err := nl.ParseRouteAttr(it.Value)
+				if err != nil || len(fd) != 1 || fd[0].Attr.Type != nbdSockFD || len(fd[0].Value) != 4 {
+					t.Errorf("socket item %x: %v", it.Value, err)
+					continue
+				}
+				fds = append(fds, binary.NativeEndian.Uint32(fd[0].Value))
 			}
+			continue
 		}
+		w, ok := want[typ]
+		if !ok {
+			t.Errorf("unexpected attribute %d", typ)
+			continue
+		}
+		var got uint64
+		switch len(a.Value) {
+		case 4:
+			got = uint64(binary.NativeEndian.Uint32(a.Value))
+		case 8:
+			got = binary.NativeEndian.Uint64(a.Value)
+		}
+		if wantLen := map[bool]int{true: 4, false: 8}[typ == nbdAttrIndex]; len(a.Value) != wantLen || got != w {
+			t.Errorf("attribute %d = %x, want %d in %d bytes", typ, a.Value, w, wantLen)
+		}
+		delete(want, typ)
 	}
-	if len(types) != 3 || types[0] != strAttr || types[1] != nbdAttrSockets || types[2] != nbdAttrSizeBytes {
-		t.Errorf("attribute types %v, want [%d %d %d]", types, strAttr, nbdAttrSockets, nbdAttrSizeBytes)
+	if len(want) != 0 {
+		t.Errorf("attributes missing: %v", want)
 	}
 	if len(fds) != 2 || fds[0] != 7 || fds[1] != 9 {
 		t.Errorf("socket fds %v, want [7 9]", fds)
-	}
-	// A truncated attribute ends the walk instead of reading past it.
-	for range attrs(msg[:len(msg)-3]) {
 	}
 }
 
