@@ -270,16 +270,16 @@ lines.append("Ratios (higher is better for us):")
 lines.append("")
 lines.append("| ratio | " + " | ".join(cols) + " |")
 lines.append("|---|" + "---:|" * len(cols))
-def ratio(a, b, label=""):
-    if a in rows and b in rows:
-        lines.append("| %s%s / %s | %s |" % (label, a, b, " | ".join("%.2fx" % (x / y) if x == x and y == y and y else "-" for x, y in zip(rows[a], rows[b]))))
+def ratio(table, a, b, label=""):
+    if a in table and b in table:
+        lines.append("| %s%s / %s | %s |" % (label, a, b, " | ".join("%.2fx" % (x / y) if x == x and y == y and y else "-" for x, y in zip(table[a], table[b]))))
 for sfx in ["", "-tls"]:
-    ratio("embassy-file" + sfx, "nbdkit-file" + sfx)
-    ratio("embassy-store" + sfx, "nbdkit-file" + sfx)
-    ratio("embassy-store" + sfx, "nbdkit-luks" + sfx)
+    ratio(rows, "embassy-file" + sfx, "nbdkit-file" + sfx)
+    ratio(rows, "embassy-store" + sfx, "nbdkit-file" + sfx)
+    ratio(rows, "embassy-store" + sfx, "nbdkit-luks" + sfx)
     # No server that encrypts beats one that does not with the same
     # client: this bounds the row above.
-    ratio("nbdkit-file" + sfx, "nbdkit-luks" + sfx, "ceiling: ")
+    ratio(rows, "nbdkit-file" + sfx, "nbdkit-luks" + sfx, "ceiling: ")
 lines.append("")
 lines.append("Server CPU time per request, microseconds (lower is better; medians; user+system of the "
              "server process, so fio's own CPU is not in it). On a loaded machine this is steadier than "
@@ -294,12 +294,9 @@ lines.append("CPU per request relative to the peer (lower is better for us):")
 lines.append("")
 lines.append("| ratio | " + " | ".join(["seq write", "seq read", "4K randwrite", "4K randread"]) + " |")
 lines.append("|---|" + "---:|" * len(cols))
-def cratio(a, b):
-    if a in crows and b in crows:
-        lines.append("| %s / %s | %s |" % (a, b, " | ".join("%.2fx" % (x / y) if x == x and y == y and y else "-" for x, y in zip(crows[a], crows[b]))))
 for sfx in ["", "-tls"]:
-    cratio("embassy-file" + sfx, "nbdkit-file" + sfx)
-    cratio("embassy-store" + sfx, "nbdkit-luks" + sfx)
+    ratio(crows, "embassy-file" + sfx, "nbdkit-file" + sfx)
+    ratio(crows, "embassy-store" + sfx, "nbdkit-luks" + sfx)
 lines.append("")
 lines.append("Targets: embassy-file >= 0.9x nbdkit-file; embassy-store 4K randread >= 0.7x nbdkit-file "
              "and sequential >= 3x nbdkit-luks.")
