@@ -141,11 +141,7 @@ func (c *conn) transmit(ctx context.Context) {
 	}
 	close(work)
 	workers.Wait()
-	if t.werr == nil {
-		if err := t.out.flush(); err != nil {
-			c.log.Info("nbd: write failed", "err", err)
-		}
-	}
+	t.flush()
 	t.out.release()
 	if t.dirty.Load() {
 		if err := c.exp.Backend.Flush(); err != nil {
