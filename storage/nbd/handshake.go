@@ -384,7 +384,12 @@ func (c *conn) enter(exp *Export, access Access, name string) {
 		c.metaAlloc = false
 	}
 	c.log = c.log.With("export", name)
-	c.log.Info("nbd: transmission", "identity", c.ids, "readonly", c.readOnly, "structured", c.structured)
+	minRTT, sndbuf, err := sizeSendBuffer(c.raw)
+	if err != nil {
+		c.log.Warn("nbd: send buffer left to the kernel", "err", err)
+	}
+	c.log.Info("nbd: transmission", "identity", c.ids, "readonly", c.readOnly, "structured", c.structured,
+		"min_rtt", minRTT, "send_buffer", sndbuf)
 }
 
 func (c *conn) startTLS(ctx context.Context) error {

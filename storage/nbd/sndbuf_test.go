@@ -1,0 +1,81 @@
+package nbd_test
+
+import (
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/dataembassy/embassy/storage/nbd"
+)
+
+// recordingListener hands each accepted connection, unwrapped, to conns.
+type recordingListener struct {
+	net.Listener
+	conns chan net.Conn
+}
+
+func (l *recordingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.conns <- c
+	}
+	return c, err
+}
+
+// TestTransmissionSizesSendBuffer checks that a loopback connection
+// entering transmission has its send buffer capped (docs/nbd-protocol.md,
+// "Send buffer"): autotuning would let it grow to megabytes.
+func TestTransmissionSizesSendBuffer(t *testing.T) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_wmem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	autotuneMax, err := strconv.Atoi(f[len(f)-1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := 1 << 20
+	if autotuneMax <= want {
+		want = 0 // the kernel's own limit is already lower: left alone
+	}
+
+	disk, _ := tempFile(t, 1<<20)
+	conns := make(chan net.Conn, 1)
+	srv := startServerWrapped(t, nbd.ServerOptions{
+		Exports:   []nbd.Export{{Name: "disk", Backend: disk}},
+		Grants:    []nbd.Grant{{Identity: nbd.AnyIdentity, Export: "disk", Access: nbd.ReadWrite}},
+		Plaintext: true,
+	}, func(l net.Listener) net.Listener { return &recordingListener{Listener: l, conns: conns} })
+	c := dialExport(t, srv.addr, "disk", true)
+	if r := c.do(cmdRead, 0, 0, 4096, nil); r.errno != 0 {
+		t.Fatalf("read: errno %d", r.errno)
+	}
+	served := <-conns
+
+	if !strings.Contains(srv.logs.String(), "send_buffer="+strconv.Itoa(want)) {
+		t.Errorf("log does not say send_buffer=%d:\n%s", want, srv.logs.String())
+	}
+	if want == 0 {
+		return
+	}
+	rc, err := served.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got int
+	var gerr error
+	if err := rc.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF) }); err != nil {
+		t.Fatal(err)
+	}
+	if gerr != nil {
+		t.Fatal(gerr)
+	}
+	if got != want {
+		t.Errorf("served socket's SO_SNDBUF = %d, want %d", got, want)
+	}
+}
