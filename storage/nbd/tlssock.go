@@ -12,7 +12,8 @@ import (
 // goroutine wake-ups between partial reads, cost more than the
 // cryptography. So reads go through a large buffer (one system call brings
 // in many records), and while corked, writes are gathered and go out in
-// one system call when uncorked.
+// one system call when uncorked, or as soon as tlsFlushAt bytes are
+// gathered.
 type tlsSocket struct {
 	net.Conn
 	r *bufio.Reader
@@ -24,6 +25,17 @@ type tlsSocket struct {
 
 // tlsReadBuffer is the read buffer's size: 16 records.
 const tlsReadBuffer = 256 << 10
+
+// tlsFlushAt is how much a corked socket gathers before it writes anyway.
+// It amortises the system call (16 per MiB), and a large reply's records
+// then leave while the next ones are being encrypted rather than in one
+// burst at the end: a burst of a megabyte is more than the congestion
+// window takes at once, and the rest was sent as acknowledgements came
+// in, which over loopback is on the client's CPU (fio's sequential reads,
+// where fio's TLS is the bottleneck: 0.95-0.97x nbdkit's throughput with
+// it, 0.89x without, means of four side-by-side runs). It also bounds the
+// buffer, whatever the reply's size.
+const tlsFlushAt = 64 << 10
 
 func newTLSSocket(nc net.Conn) *tlsSocket {
 	return &tlsSocket{Conn: nc, r: bufio.NewReaderSize(nc, tlsReadBuffer)}
@@ -38,6 +50,12 @@ func (s *tlsSocket) Write(p []byte) (int, error) {
 	defer s.mu.Unlock()
 	if s.corked {
 		s.wbuf = append(s.wbuf, p...)
+		if len(s.wbuf) < tlsFlushAt {
+			return len(p), nil
+		}
+		if err := s.writeGathered(); err != nil {
+			return 0, err
+		}
 		return len(p), nil
 	}
 	return s.Conn.Write(p)
@@ -58,11 +76,12 @@ func (s *tlsSocket) uncork() error {
 	if len(s.wbuf) == 0 {
 		return nil
 	}
+	return s.writeGathered()
+}
+
+// writeGathered writes what was gathered; s.mu is held.
+func (s *tlsSocket) writeGathered() error {
 	_, err := s.Conn.Write(s.wbuf)
-	if cap(s.wbuf) > 4<<20 {
-		s.wbuf = nil // do not keep a huge buffer after a huge reply
-	} else {
-		s.wbuf = s.wbuf[:0]
-	}
+	s.wbuf = s.wbuf[:0]
 	return err
 }

@@ -69,6 +69,34 @@ func TestTLSSocketCork(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// Corked, a write that brings the gathered bytes to tlsFlushAt goes
+	// out at once, with what was gathered before it; the rest waits.
+	s.cork()
+	head := bytes.Repeat([]byte{'h'}, tlsFlushAt-10)
+	tail := []byte("tail")
+	for _, p := range [][]byte{head, []byte("0123456789"), tail} {
+		if n, err := s.Write(p); err != nil || n != len(p) {
+			t.Fatalf("corked write: %d, %v", n, err)
+		}
+	}
+	got = make([]byte, tlsFlushAt)
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(b, got); err != nil || !bytes.Equal(got, append(head, "0123456789"...)) {
+		t.Fatalf("corked, at tlsFlushAt: %v, first bytes %q", err, got[:8])
+	}
+	b.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if n, err := b.Read(got); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read after the flush while corked: %d bytes, %v; want the tail held back", n, err)
+	}
+	if err := s.uncork(); err != nil {
+		t.Fatal(err)
+	}
+	got = make([]byte, len(tail))
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(b, got); err != nil || !bytes.Equal(got, tail) {
+		t.Fatalf("after uncork: %q, %v; want %q", got, err, tail)
+	}
+
 	// Reads go through the buffer and keep the byte order.
 	msg := bytes.Repeat([]byte("0123456789"), 100_000)
 	go b.Write(msg)
