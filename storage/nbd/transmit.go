@@ -664,7 +664,7 @@ func (w *replyWriter) hold(b []byte) {
 // flush writes what was gathered and returns held buffers to their pool.
 func (w *replyWriter) flush() (err error) {
 	if w.sock != nil {
-		// One system call for all the records of this flush.
+		// Gather the records of this flush into few system calls.
 		w.sock.cork()
 		defer func() {
 			if uerr := w.sock.uncork(); err == nil {
