@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -66,7 +67,7 @@ func sizeSendBuffer(nc net.Conn) (minRTT time.Duration, set int, err error) {
 	err = rc.Control(func(fd uintptr) {
 		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
 		if err != nil {
-			if err == unix.EOPNOTSUPP || err == unix.ENOPROTOOPT {
+			if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOPROTOOPT) {
 				return // not a TCP socket
 			}
 			opErr = fmt.Errorf("nbd: reading TCP_INFO: %w", err)
@@ -79,9 +80,20 @@ func sizeSendBuffer(nc net.Conn) (minRTT time.Duration, set int, err error) {
 		if set = sendBufferFor(minRTT, tcpWmemMax()); set == 0 {
 			return
 		}
-		// The kernel doubles the value asked for.
-		if err := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, set/2); err != nil {
-			opErr = fmt.Errorf("nbd: setting SO_SNDBUF: %w", err)
+		// The kernel doubles the value asked for. SO_SNDBUF silently clamps
+		// it to net.core.wmem_max (208 KiB by default), below the floor, so
+		// the privileged SO_SNDBUFFORCE is tried first (the appliance runs
+		// as root), and SO_SNDBUF used only where wmem_max allows the size.
+		err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, set/2)
+		if errors.Is(err, unix.EPERM) {
+			if set/2 > wmemMax() {
+				set = 0 // a smaller buffer than wanted would do harm
+				return
+			}
+			err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, set/2)
+		}
+		if err != nil {
+			opErr = fmt.Errorf("nbd: setting the send buffer: %w", err)
 			set = 0
 		}
 	})
@@ -93,19 +105,25 @@ func sizeSendBuffer(nc net.Conn) (minRTT time.Duration, set int, err error) {
 
 // tcpWmemMax is the kernel's send buffer autotuning maximum
 // (net.ipv4.tcp_wmem's third field), 4 MiB if it cannot be read.
-var tcpWmemMax = sync.OnceValue(func() int {
-	const fallback = 4 << 20
-	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_wmem")
+var tcpWmemMax = sync.OnceValue(func() int { return sysctlInt("net/ipv4/tcp_wmem", 4<<20) })
+
+// wmemMax is the largest SO_SNDBUF an unprivileged process may ask for
+// (net.core.wmem_max), 208 KiB if it cannot be read.
+var wmemMax = sync.OnceValue(func() int { return sysctlInt("net/core/wmem_max", 212992) })
+
+// sysctlInt returns the last number in /proc/sys/name, or fallback.
+func sysctlInt(name string, fallback int) int {
+	b, err := os.ReadFile("/proc/sys/" + name)
 	if err != nil {
 		return fallback
 	}
 	f := strings.Fields(string(b))
-	if len(f) != 3 {
+	if len(f) == 0 {
 		return fallback
 	}
-	n, err := strconv.Atoi(f[2])
+	n, err := strconv.Atoi(f[len(f)-1])
 	if err != nil || n <= 0 {
 		return fallback
 	}
 	return n
-})
+}

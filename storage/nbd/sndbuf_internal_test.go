@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"net"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -65,10 +66,11 @@ func TestSizeSendBufferLoopback(t *testing.T) {
 	if minRTT <= 0 || minRTT > 10*time.Millisecond {
 		t.Fatalf("min RTT over loopback = %v", minRTT)
 	}
-	if want := sendBufferFor(minRTT, tcpWmemMax()); set != want {
+	if want := sendBufferFor(minRTT, tcpWmemMax()); set != want && set != 0 {
 		t.Fatalf("set %d, want sendBufferFor(%v, %d) = %d", set, minRTT, tcpWmemMax(), want)
 	}
-	if tcpWmemMax() > minSendBuffer && minRTT < 40*time.Microsecond && set != minSendBuffer {
+	mayForce := os.Geteuid() == 0 || wmemMax() >= minSendBuffer/2
+	if tcpWmemMax() > minSendBuffer && minRTT < 40*time.Microsecond && mayForce && set != minSendBuffer {
 		t.Fatalf("loopback (min RTT %v) got send buffer %d, want %d", minRTT, set, minSendBuffer)
 	}
 	got := sndbuf(t, b)

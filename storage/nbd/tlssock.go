@@ -50,11 +50,10 @@ func (s *tlsSocket) Write(p []byte) (int, error) {
 	defer s.mu.Unlock()
 	if s.corked {
 		s.wbuf = append(s.wbuf, p...)
-		if len(s.wbuf) < tlsFlushAt {
-			return len(p), nil
-		}
-		if err := s.writeGathered(); err != nil {
-			return 0, err
+		if len(s.wbuf) >= tlsFlushAt {
+			if err := s.writeGathered(); err != nil {
+				return 0, err
+			}
 		}
 		return len(p), nil
 	}
