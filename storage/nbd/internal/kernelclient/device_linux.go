@@ -257,17 +257,17 @@ func (d *Device) Connections() int { return len(d.links) }
 func (d *Device) Disconnect() error {
 	var err error
 	d.once.Do(func() {
-		if d.doIt == nil {
-			err = netlinkDisconnect(d.index)
-			for _, l := range d.links {
-				err = errors.Join(err, <-l.proxied)
-			}
-		} else {
+		viaIoctls := d.doIt != nil
+		if viaIoctls {
 			err = d.ioctl("NBD_DISCONNECT", nbdDisconnect, 0)
 			err = errors.Join(err, <-d.doIt)
-			for _, l := range d.links {
-				err = errors.Join(err, <-l.proxied)
-			}
+		} else {
+			err = netlinkDisconnect(d.index)
+		}
+		for _, l := range d.links {
+			err = errors.Join(err, <-l.proxied)
+		}
+		if viaIoctls {
 			d.ioctl("NBD_CLEAR_QUE", nbdClearQue, 0) // obsolete on new kernels; harmless
 			err = errors.Join(err, d.ioctl("NBD_CLEAR_SOCK", nbdClearSock, 0))
 		}
