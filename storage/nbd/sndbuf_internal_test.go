@@ -6,8 +6,6 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 func TestSendBufferFor(t *testing.T) {
@@ -36,27 +34,9 @@ func TestSendBufferFor(t *testing.T) {
 	}
 }
 
-// sndbuf returns the kernel's SO_SNDBUF for nc.
-func sndbuf(t *testing.T, nc net.Conn) int {
-	t.Helper()
-	rc, err := nc.(*net.TCPConn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v int
-	var gerr error
-	if err := rc.Control(func(fd uintptr) { v, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF) }); err != nil {
-		t.Fatal(err)
-	}
-	if gerr != nil {
-		t.Fatal(gerr)
-	}
-	return v
-}
-
 func TestSizeSendBufferLoopback(t *testing.T) {
 	_, b := tcpPair(t)
-	before := sndbuf(t, b)
+	before := SendBuffer(t, b)
 	minRTT, set, err := sizeSendBuffer(b)
 	if err != nil {
 		t.Fatal(err)
@@ -73,7 +53,7 @@ func TestSizeSendBufferLoopback(t *testing.T) {
 	if tcpWmemMax() > minSendBuffer && minRTT < 40*time.Microsecond && mayForce && set != minSendBuffer {
 		t.Fatalf("loopback (min RTT %v) got send buffer %d, want %d", minRTT, set, minSendBuffer)
 	}
-	got := sndbuf(t, b)
+	got := SendBuffer(t, b)
 	switch {
 	case set != 0 && got != set:
 		t.Errorf("SO_SNDBUF = %d after setting %d", got, set)

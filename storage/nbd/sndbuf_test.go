@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/dataembassy/embassy/storage/nbd"
 )
 
@@ -30,11 +28,18 @@ func (l *recordingListener) Accept() (net.Conn, error) {
 // entering transmission has its send buffer capped (docs/nbd-protocol.md,
 // "Send buffer"): autotuning would let it grow to megabytes.
 func TestTransmissionSizesSendBuffer(t *testing.T) {
+	sysctl := func(name string) int {
+		n := nbd.SysctlInt(name, -1)
+		if n < 0 {
+			t.Fatalf("cannot read /proc/sys/%s", name)
+		}
+		return n
+	}
 	want := 1 << 20
-	if sysctl(t, "net/ipv4/tcp_wmem") <= want {
+	if sysctl("net/ipv4/tcp_wmem") <= want {
 		want = 0 // the kernel's own limit is already lower: left alone
 	}
-	if os.Geteuid() != 0 && sysctl(t, "net/core/wmem_max") < want/2 {
+	if os.Geteuid() != 0 && sysctl("net/core/wmem_max") < want/2 {
 		want = 0 // SO_SNDBUF would be clamped and SO_SNDBUFFORCE is refused
 	}
 
@@ -57,34 +62,8 @@ func TestTransmissionSizesSendBuffer(t *testing.T) {
 	if want == 0 {
 		return
 	}
-	rc, err := served.(*net.TCPConn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got int
-	var gerr error
-	if err := rc.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF) }); err != nil {
-		t.Fatal(err)
-	}
-	if gerr != nil {
-		t.Fatal(gerr)
-	}
+	got := nbd.SendBuffer(t, served)
 	if got != want {
 		t.Errorf("served socket's SO_SNDBUF = %d, want %d", got, want)
 	}
-}
-
-// sysctl returns the last number in /proc/sys/name.
-func sysctl(t *testing.T, name string) int {
-	t.Helper()
-	b, err := os.ReadFile("/proc/sys/" + name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := strings.Fields(string(b))
-	n, err := strconv.Atoi(f[len(f)-1])
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
 }

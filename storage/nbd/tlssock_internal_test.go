@@ -38,11 +38,7 @@ func TestTLSSocketCork(t *testing.T) {
 	if _, err := s.Write([]byte("now")); err != nil {
 		t.Fatal(err)
 	}
-	got := make([]byte, 3)
-	b.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.ReadFull(b, got); err != nil || string(got) != "now" {
-		t.Fatalf("uncorked write: %q, %v", got, err)
-	}
+	expectRead(t, b, []byte("now"), "uncorked write")
 
 	// Corked, writes are held back until uncork, then arrive in order.
 	s.cork()
@@ -53,18 +49,11 @@ func TestTLSSocketCork(t *testing.T) {
 		}
 		want = append(want, p...)
 	}
-	b.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-	if n, err := b.Read(got); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("read while corked: %d bytes, %v; want nothing sent yet", n, err)
-	}
+	expectNothing(t, b, "while corked")
 	if err := s.uncork(); err != nil {
 		t.Fatal(err)
 	}
-	got = make([]byte, len(want))
-	b.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.ReadFull(b, got); err != nil || !bytes.Equal(got, want) {
-		t.Fatalf("after uncork: %q, %v; want %q", got, err, want)
-	}
+	expectRead(t, b, want, "after uncork")
 	if err := s.uncork(); err != nil { // nothing gathered: no-op
 		t.Fatal(err)
 	}
@@ -79,23 +68,12 @@ func TestTLSSocketCork(t *testing.T) {
 			t.Fatalf("corked write: %d, %v", n, err)
 		}
 	}
-	got = make([]byte, tlsFlushAt)
-	b.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.ReadFull(b, got); err != nil || !bytes.Equal(got, append(head, "0123456789"...)) {
-		t.Fatalf("corked, at tlsFlushAt: %v, first bytes %q", err, got[:8])
-	}
-	b.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-	if n, err := b.Read(got); !errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("read after the flush while corked: %d bytes, %v; want the tail held back", n, err)
-	}
+	expectRead(t, b, append(head, "0123456789"...), "corked, at tlsFlushAt")
+	expectNothing(t, b, "after the flush while corked (the tail)")
 	if err := s.uncork(); err != nil {
 		t.Fatal(err)
 	}
-	got = make([]byte, len(tail))
-	b.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.ReadFull(b, got); err != nil || !bytes.Equal(got, tail) {
-		t.Fatalf("after uncork: %q, %v; want %q", got, err, tail)
-	}
+	expectRead(t, b, tail, "after uncork")
 
 	// Reads go through the buffer and keep the byte order.
 	msg := bytes.Repeat([]byte("0123456789"), 100_000)
@@ -103,5 +81,25 @@ func TestTLSSocketCork(t *testing.T) {
 	in := make([]byte, len(msg))
 	if _, err := io.ReadFull(s, in); err != nil || !bytes.Equal(in, msg) {
 		t.Fatalf("buffered read: %v, equal %v", err, bytes.Equal(in, msg))
+	}
+}
+
+// expectRead reads len(want) bytes from c and fails unless they are want.
+func expectRead(t *testing.T, c net.Conn, want []byte, what string) {
+	t.Helper()
+	got := make([]byte, len(want))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("%s: %v; got %q..., want %q...", what, err, got[:min(len(got), 16)], want[:min(len(want), 16)])
+	}
+}
+
+// expectNothing fails if c has anything to read within 50 ms.
+func expectNothing(t *testing.T, c net.Conn, what string) {
+	t.Helper()
+	var one [1]byte
+	c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if n, err := c.Read(one[:]); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("%s: read %d bytes, %v; want nothing sent yet", what, n, err)
 	}
 }
