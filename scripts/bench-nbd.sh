@@ -215,7 +215,7 @@ everything else, and every store request, goes to one of QueueDepth
 workers, which writes its own reply (gathered with other finished
 replies into one writev; large read payloads are not copied). Under TLS
 the socket is read through a 256 KiB buffer and the records of one flush
-leave in writes of 64 KiB. The server caps each connection's send buffer
+leave in writes of 256 KiB. The server caps each connection's send buffer
 at twice the bandwidth-delay product of a 100 Gbit/s link at the
 connection's minimum RTT, at least 1 MiB (docs/nbd-protocol.md, "Send
 buffer"); nbdkit leaves it to autotuning. The reader also leaves its replies unflushed while
