@@ -57,7 +57,7 @@ func newConn(s *Server, nc net.Conn) *conn {
 }
 
 func (c *conn) serve(ctx context.Context) {
-	defer c.raw.Close()
+	defer c.close()
 	c.raw.SetDeadline(time.Now().Add(c.s.hsTimeout))
 	stop := context.AfterFunc(ctx, func() { c.raw.SetDeadline(time.Now()) })
 	err := c.handshake(ctx)
@@ -73,6 +73,18 @@ func (c *conn) serve(ctx context.Context) {
 	}
 	c.raw.SetDeadline(time.Time{})
 	c.transmit(ctx)
+}
+
+// close ends the connection. Over TLS it first ends the TLS session
+// (close_notify), which the spec requires after NBD_CMD_DISC and asks for
+// before any disconnect; crypto/tls gives that write 5 seconds, and none
+// after a failed write.
+func (c *conn) close() {
+	if c.sock != nil {
+		c.nc.Close()
+		return
+	}
+	c.raw.Close()
 }
 
 // refuse counts and logs an access refusal.

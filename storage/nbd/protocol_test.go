@@ -3,6 +3,7 @@ package nbd_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"io"
 	"log/slog"
@@ -392,6 +393,77 @@ func TestDisconnectDrainsAndFlushes(t *testing.T) {
 	if string(mem.data[:4]) != "slow" || mem.flushes.Load() == 0 {
 		t.Errorf("data %q, flushes %d: DISC must drain and flush", mem.data[:4], mem.flushes.Load())
 	}
+}
+
+// TestDisconnectEndsTLSSession checks that the server closes the TLS
+// session (close_notify) before the TCP connection: the spec's MUST after
+// NBD_CMD_DISC, and what a client checks to tell an orderly end from a
+// truncated stream.
+func TestDisconnectEndsTLSSession(t *testing.T) {
+	p := newPKI(t)
+	srv := startServer(t, nbd.ServerOptions{
+		Exports:   []nbd.Export{{Name: "d", Backend: newMem(1 << 20)}},
+		Grants:    []nbd.Grant{{Identity: "alice", Export: "d", Access: nbd.ReadWrite}},
+		TLSConfig: p.serverTLS,
+	})
+	for _, tc := range []struct {
+		name string
+		end  func(c *client)
+	}{
+		{"NBD_CMD_DISC", func(c *client) {
+			c.goExport("d")
+			c.send(cmdDisc, 0, 1, 0, 0, nil)
+		}},
+		{"NBD_OPT_ABORT", func(c *client) {
+			c.sendOpt(optAbort, nil)
+			c.expectOpt(optAbort, repAck)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := dialRaw(t, srv.addr)
+			rec := &inboundRecorder{Conn: c.nc}
+			c.nc = rec
+			cfg := p.clientTLS(t, p.ca, "alice")
+			cfg.MaxVersion = tls.VersionTLS12 // TLS 1.3 hides record types
+			c.startTLS(cfg)
+			tc.end(c)
+			c.expectClosed()
+			types := tlsRecordTypes(t, rec.in)
+			if len(types) == 0 || types[len(types)-1] != recordAlert {
+				t.Fatalf("TLS record types from the server %v: want the last to be an alert (close_notify)", types)
+			}
+		})
+	}
+}
+
+// inboundRecorder keeps a copy of what is read through it.
+type inboundRecorder struct {
+	net.Conn
+	in []byte
+}
+
+func (r *inboundRecorder) Read(p []byte) (int, error) {
+	n, err := r.Conn.Read(p)
+	r.in = append(r.in, p[:n]...)
+	return n, err
+}
+
+// recordAlert is the TLS record content type of alerts.
+const recordAlert = 21
+
+// tlsRecordTypes splits a TLS byte stream into records and returns their
+// content types.
+func tlsRecordTypes(t *testing.T, b []byte) []byte {
+	t.Helper()
+	var types []byte
+	for len(b) > 0 {
+		if len(b) < 5 || len(b) < 5+int(binary.BigEndian.Uint16(b[3:5])) {
+			t.Fatalf("truncated TLS record (%d bytes left)", len(b))
+		}
+		types = append(types, b[0])
+		b = b[5+int(binary.BigEndian.Uint16(b[3:5])):]
+	}
+	return types
 }
 
 func TestGracefulShutdown(t *testing.T) {

@@ -93,6 +93,12 @@ func TestNbdinfo(t *testing.T) {
 			t.Errorf("nbdinfo output lacks %q:\n%s", want, out)
 		}
 	}
+	// libnbd disconnects with NBD_CMD_DISC and, in its debug output,
+	// complains if the TLS session then ends without close_notify.
+	debug := run(t, true, "env", "LIBNBD_DEBUG=1", testenv.Tool(t, "nbdinfo"), "--size", e.uri("disk", e.rwDir))
+	if !strings.Contains(debug, "connection is using TLS") || strings.Contains(debug, "non-properly terminated") {
+		t.Errorf("want a TLS session ended with close_notify; libnbd's debug output:\n%s", debug)
+	}
 	list := run(t, true, "nbdinfo", "--list", e.uri("", e.rwDir))
 	if !strings.Contains(list, "export=\"disk\"") && !strings.Contains(list, "export=disk") {
 		t.Errorf("list lacks disk:\n%s", list)
