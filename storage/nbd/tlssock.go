@@ -33,7 +33,7 @@ const tlsReadBuffer = 256 << 10
 // sent as acknowledgements came in, which over loopback is on the
 // client's CPU (fio's sequential reads, where fio's TLS is the
 // bottleneck). 256 KiB keeps that (4 writes per MiB) at less CPU than
-// 64 KiB (16 writes): 5-20 % less server CPU per 1 MiB read, side by
+// 64 KiB (16 writes): 5-22 % less server CPU per 1 MiB read, side by
 // side, and throughput within the noise; a 1 MiB flush did no better.
 // It also bounds the buffer, whatever the reply's size.
 const tlsFlushAt = 256 << 10
