@@ -167,13 +167,20 @@ func TestBadOptionMagicDisconnects(t *testing.T) {
 	dialExport(t, srv.addr, "mem", false)
 }
 
-func TestTLSOptionRules(t *testing.T) {
-	p := newPKI(t)
-	srv := startServer(t, nbd.ServerOptions{
+// aliceServer serves a 1 MiB memory export "d" over TLS, granted to
+// "alice" with access.
+func aliceServer(t *testing.T, p *testPKI, access nbd.Access) *runningServer {
+	t.Helper()
+	return startServer(t, nbd.ServerOptions{
 		Exports:   []nbd.Export{{Name: "d", Backend: newMem(1 << 20)}},
-		Grants:    []nbd.Grant{{Identity: "alice", Export: "d", Access: nbd.ReadOnly}},
+		Grants:    []nbd.Grant{{Identity: "alice", Export: "d", Access: access}},
 		TLSConfig: p.serverTLS,
 	})
+}
+
+func TestTLSOptionRules(t *testing.T) {
+	p := newPKI(t)
+	srv := aliceServer(t, p, nbd.ReadOnly)
 	c := dialRaw(t, srv.addr)
 	for _, opt := range []uint32{optList, optInfo, optGo, optStructuredReply, 4242} {
 		c.sendOpt(opt, nil)
@@ -401,11 +408,7 @@ func TestDisconnectDrainsAndFlushes(t *testing.T) {
 // truncated stream.
 func TestDisconnectEndsTLSSession(t *testing.T) {
 	p := newPKI(t)
-	srv := startServer(t, nbd.ServerOptions{
-		Exports:   []nbd.Export{{Name: "d", Backend: newMem(1 << 20)}},
-		Grants:    []nbd.Grant{{Identity: "alice", Export: "d", Access: nbd.ReadWrite}},
-		TLSConfig: p.serverTLS,
-	})
+	srv := aliceServer(t, p, nbd.ReadWrite)
 	for _, tc := range []struct {
 		name string
 		end  func(c *client)
