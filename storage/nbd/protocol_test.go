@@ -460,11 +460,15 @@ func tlsRecordTypes(t *testing.T, b []byte) []byte {
 	t.Helper()
 	var types []byte
 	for len(b) > 0 {
-		if len(b) < 5 || len(b) < 5+int(binary.BigEndian.Uint16(b[3:5])) {
-			t.Fatalf("truncated TLS record (%d bytes left)", len(b))
+		if len(b) < 5 {
+			t.Fatalf("truncated TLS record header (%d bytes left)", len(b))
+		}
+		end := 5 + int(binary.BigEndian.Uint16(b[3:5]))
+		if len(b) < end {
+			t.Fatalf("truncated TLS record (%d of %d bytes)", len(b), end)
 		}
 		types = append(types, b[0])
-		b = b[5+int(binary.BigEndian.Uint16(b[3:5])):]
+		b = b[end:]
 	}
 	return types
 }
