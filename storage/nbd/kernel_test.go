@@ -41,6 +41,7 @@ type countingBackend struct {
 	flushes            int
 	trims              [][2]int64
 	minWrite, maxWrite int
+	slowestWrite       time.Duration
 }
 
 func newCounting(b nbd.Backend) *countingBackend {
@@ -55,7 +56,12 @@ func (c *countingBackend) WriteAt(p []byte, off int64) (int, error) {
 	}
 	c.maxWrite = max(c.maxWrite, len(p))
 	c.mu.Unlock()
-	return c.Backend.WriteAt(p, off)
+	start := time.Now()
+	n, err := c.Backend.WriteAt(p, off)
+	c.mu.Lock()
+	c.slowestWrite = max(c.slowestWrite, time.Since(start))
+	c.mu.Unlock()
+	return n, err
 }
 
 func (c *countingBackend) Flush() error {
@@ -135,6 +141,11 @@ func kernelInitrd(t *testing.T, cfg *kernelclient.GuestConfig) string {
 
 // kernelLine matches the guest's result lines.
 var kernelLine = regexp.MustCompile(`KCLIENT export=(\S+) (.*)$`)
+
+// routineDriverMessage matches what the kernel's NBD driver logs on every
+// attach and disconnect; anything else it says (a request timed out, a
+// dead connection, a bad reply) fails the test.
+var routineDriverMessage = regexp.MustCompile(`^"(nbd\d+: detected capacity change from 0 to \d+|block nbd\d+: (NBD_DISCONNECT|Disconnected due to user request\.|shutting down sockets))"$`)
 
 // TestLinuxKernelClient proves the server against the Linux kernel's NBD
 // client: a QEMU guest (kernelclient/guestinit) negotiates STARTTLS and
@@ -219,6 +230,13 @@ func TestLinuxKernelClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { m.Close() })
+	started := time.Now()
+	t.Cleanup(func() {
+		t.Logf("the server's connections (times from QEMU start):\n%s", counting.traffic(started))
+		if t.Failed() {
+			t.Logf("server log:\n%s", srv.logs)
+		}
+	})
 	console := func() string {
 		var b strings.Builder
 		for _, l := range m.Lines() {
@@ -245,6 +263,12 @@ func TestLinuxKernelClient(t *testing.T) {
 		t.Logf("guest %6.2fs: %s", l.At.Seconds(), strings.TrimSpace(mm[0]))
 		key, _, _ := strings.Cut(mm[2], " ")
 		key, _, _ = strings.Cut(key, "=")
+		if msg := strings.TrimPrefix(mm[2], "kernel="); key == "kernel" && !routineDriverMessage.MatchString(msg) {
+			// A timed-out request, a connection given up: the kernel
+			// retries on another connection, so the results alone
+			// would not show that a reply was lost.
+			t.Errorf("%s: the kernel's NBD driver said %s", mm[1], msg)
+		}
 		if got[mm[1]] == nil {
 			got[mm[1]] = map[string]string{}
 		}
@@ -270,7 +294,7 @@ func TestLinuxKernelClient(t *testing.T) {
 
 		// What the kernel sent, as the backend saw it.
 		b.mu.Lock()
-		t.Logf("%s: write sizes %v, %d flushes, trims %v", name, b.writes, b.flushes, b.trims)
+		t.Logf("%s: write sizes %v, %d flushes, trims %v, slowest write %v", name, b.writes, b.flushes, b.trims, b.slowestWrite)
 		if b.minWrite != 512 {
 			t.Errorf("%s: smallest write %d bytes, want 512 (the kernel's sub-block requests)", name, b.minWrite)
 		}
@@ -341,7 +365,6 @@ func TestLinuxKernelClient(t *testing.T) {
 	}
 	// Accept order: store and file (two connections each), ro.
 	recv := counting.received()
-	t.Logf("bytes received per connection (TLS): %v", recv)
 	if len(recv) == 5 {
 		for i, name := range []string{"store", "file"} {
 			if a, b := recv[2*i], recv[2*i+1]; a < 256<<10 || b < 256<<10 {

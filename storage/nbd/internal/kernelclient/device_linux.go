@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -220,11 +221,18 @@ func (d *Device) waitReady(size int64) error {
 
 // run copies between the kernel's socket and the TLS connection. When the
 // server closes (after NBD_CMD_DISC), our end of the socketpair is closed
-// so the kernel's receive thread sees end of stream.
+// so the kernel's receive thread sees end of stream. When the kernel
+// shuts its end down (it gives a connection up when a request on it times
+// out), the TLS connection is closed, as nothing more can be relayed.
 func (l *link) run() {
 	up := make(chan error, 1)
+	var kernelEnded atomic.Bool
 	go func() {
 		_, err := io.Copy(l.tls, l.proxy) // requests: kernel -> server
+		if err == nil {
+			kernelEnded.Store(true)
+			l.tls.Close()
+		}
 		up <- err
 	}()
 	_, down := io.Copy(l.proxy, l.tls) // replies: server -> kernel
@@ -234,6 +242,9 @@ func (l *link) run() {
 	if errors.Is(uerr, net.ErrClosed) {
 		// Our own Close above ended the upstream copy.
 		uerr = nil
+	}
+	if kernelEnded.Load() && errors.Is(down, net.ErrClosed) {
+		down = nil
 	}
 	l.proxied <- errors.Join(down, uerr)
 }

@@ -11,6 +11,7 @@
 //	KCLIENT export=NAME step=STEP ...
 //	KCLIENT export=NAME result=ok sha256=HEX | result=fail err="..."
 //	KCLIENT export=NAME disconnect=ok | disconnect=fail err="..."
+//	KCLIENT export=NAME kernel="..."   (each NBD driver message meanwhile)
 //	KCLIENT-ERROR err="..."      (set-up failures)
 //	KCLIENT-DONE
 //
@@ -25,6 +26,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -87,6 +89,16 @@ func setup() error {
 	if err := loadModules(cfg.ModuleParams); err != nil {
 		return err
 	}
+	// Raw system calls: an os.File would wait in the poller instead of
+	// returning EAGAIN at the end of the log.
+	klog, err := unix.Open("/dev/kmsg", unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("/dev/kmsg: %w", err)
+	}
+	defer unix.Close(klog)
+	if _, err := unix.Seek(klog, 0, io.SeekEnd); err != nil {
+		return fmt.Errorf("/dev/kmsg: %w", err)
+	}
 	ctx := context.Background()
 	p := &linux.Platform{}
 	if _, err := p.ConfigureNetwork(ctx, appliance.NetworkConfig{Interface: "eth0", Mode: "static", Address: cfg.Address}); err != nil {
@@ -98,8 +110,36 @@ func setup() error {
 	}
 	for _, e := range cfg.Exports {
 		runExport(&cfg, tlsCfg, e)
+		for _, msg := range driverMessages(klog) {
+			fmt.Printf("KCLIENT export=%s kernel=%q\n", e.Name, msg)
+		}
 	}
 	return nil
+}
+
+// driverMessages returns the NBD driver's messages in the kernel log
+// (/dev/kmsg, opened non-blocking) since the last call: a request that
+// timed out, a connection given up. The workload's results do not show
+// those once the kernel has retried on another connection.
+func driverMessages(klog int) []string {
+	var msgs []string
+	buf := make([]byte, 8192)
+	for {
+		n, err := unix.Read(klog, buf)
+		if errors.Is(err, unix.EPIPE) {
+			continue // records were overwritten before we read them
+		}
+		if err != nil || n <= 0 {
+			return msgs
+		}
+		// A record is "level,seq,time,flags;message\n" and continuation lines.
+		rec := string(buf[:n])
+		_, msg, _ := strings.Cut(rec, ";")
+		msg, _, _ = strings.Cut(msg, "\n")
+		if strings.Contains(msg, "nbd") {
+			msgs = append(msgs, msg)
+		}
+	}
 }
 
 // loadModules loads ModulesDir/order's modules in order with finit_module.
