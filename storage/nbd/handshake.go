@@ -400,8 +400,14 @@ func (c *conn) enter(exp *Export, access Access, name string) {
 	if err != nil {
 		c.log.Warn("nbd: send buffer left to the kernel", "err", err)
 	}
+	var unsent int
+	if c.sock != nil {
+		if unsent, err = limitUnsent(c.raw); err != nil {
+			c.log.Warn("nbd: unsent data left unlimited", "err", err)
+		}
+	}
 	c.log.Info("nbd: transmission", "identity", c.ids, "readonly", c.readOnly, "structured", c.structured,
-		"min_rtt", minRTT, "send_buffer", sndbuf)
+		"min_rtt", minRTT, "send_buffer", sndbuf, "unsent_limit", unsent)
 }
 
 func (c *conn) startTLS(ctx context.Context) error {

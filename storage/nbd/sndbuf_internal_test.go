@@ -62,7 +62,7 @@ func TestSizeSendBufferLoopback(t *testing.T) {
 	}
 }
 
-func TestSizeSendBufferNotTCP(t *testing.T) {
+func TestSocketTuningNotTCP(t *testing.T) {
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()
@@ -81,5 +81,10 @@ func TestSizeSendBufferNotTCP(t *testing.T) {
 	defer c.Close()
 	if rtt, set, err := sizeSendBuffer(c); rtt != 0 || set != 0 || err != nil {
 		t.Errorf("unix socket: %v, %d, %v; want 0, 0, nil", rtt, set, err)
+	}
+	for name, nc := range map[string]net.Conn{"net.Pipe": a, "unix socket": c} {
+		if set, err := limitUnsent(nc); set != 0 || err != nil {
+			t.Errorf("limitUnsent on %s: %d, %v; want 0, nil", name, set, err)
+		}
 	}
 }
