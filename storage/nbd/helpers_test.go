@@ -196,6 +196,26 @@ type countingConn struct {
 	writes    atomic.Int64 // Write calls
 	lastRead  atomic.Int64 // time of the last read that returned data (Unix ns)
 	lastWrite atomic.Int64 // time of the last write that returned (Unix ns)
+
+	mu     sync.Mutex
+	events []ioEvent // the first maxEvents reads and writes
+}
+
+// ioEvent is one read or write on a countingConn.
+type ioEvent struct {
+	write bool
+	n     int
+	at    time.Time
+}
+
+const maxEvents = 32
+
+func (c *countingConn) note(write bool, n int) {
+	c.mu.Lock()
+	if len(c.events) < maxEvents {
+		c.events = append(c.events, ioEvent{write, n, time.Now()})
+	}
+	c.mu.Unlock()
 }
 
 func (c *countingConn) Read(p []byte) (int, error) {
@@ -203,6 +223,7 @@ func (c *countingConn) Read(p []byte) (int, error) {
 	if n > 0 {
 		c.n.Add(int64(n))
 		c.lastRead.Store(time.Now().UnixNano())
+		c.note(false, n)
 	}
 	return n, err
 }
@@ -212,6 +233,7 @@ func (c *countingConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	c.sent.Add(int64(n))
 	c.lastWrite.Store(time.Now().UnixNano())
+	c.note(true, n)
 	return n, err
 }
 
@@ -234,8 +256,20 @@ func (c *countingConn) describe(since time.Time) string {
 		}
 		return fmt.Sprintf("%.2fs", time.Unix(0, ns).Sub(since).Seconds())
 	}
-	return fmt.Sprintf("received %d bytes (last at %s), sent %d bytes in %d writes (last at %s)",
+	d := fmt.Sprintf("received %d bytes (last at %s), sent %d bytes in %d writes (last at %s)",
 		c.n.Load(), at(c.lastRead.Load()), c.sent.Load(), c.writes.Load(), at(c.lastWrite.Load()))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.events) < maxEvents { // a short connection: all of it
+		for _, e := range c.events {
+			op := "read"
+			if e.write {
+				op = "wrote"
+			}
+			d += fmt.Sprintf("; %s %d at %s", op, e.n, at(e.at.UnixNano()))
+		}
+	}
+	return d
 }
 
 func (l *countingListener) Accept() (net.Conn, error) {

@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -147,6 +148,63 @@ var kernelLine = regexp.MustCompile(`KCLIENT export=(\S+) (.*)$`)
 // dead connection, a bad reply) fails the test.
 var routineDriverMessage = regexp.MustCompile(`^"(nbd\d+: detected capacity change from 0 to \d+|block nbd\d+: (NBD_DISCONNECT|Disconnected due to user request\.|shutting down sockets))"$`)
 
+// relayedLine parses the guest's account of one connection's proxy.
+var relayedLine = regexp.MustCompile(`^relayed connection=\d+ .* requests=(\d+) replies=(\d+) unanswered=(\d+) slowest_reply_ms=(\d+) malformed="(.*)"$`)
+
+// slowReply is a reply the server took too long over: half the timeout
+// the guest gives the kernel client (NBD_SET_TIMEOUT, 60 s).
+const slowReply = 30_000 // ms
+
+// quirkMessage matches what the kernel's driver says when it gives up a
+// connection whose requests the server had all answered (see
+// checkRelayed).
+var quirkMessage = regexp.MustCompile(`^"block nbd\d+: (Connection timed out, retrying \(\d+/\d+ alive\)|Send disconnect failed -32|Unexpected reply \(\d+\) [0-9a-f]+)"$`)
+
+// checkRelayed checks, per export, the guest proxy's account of each
+// connection: every request it relayed to the server got its reply,
+// none took slowReply or more, and the stream was well formed. The
+// kernel's driver messages beyond the routine ones fail the test, except
+// one case: the 6.1 driver, under TCG and load, sometimes leaves the
+// first reply on a device's second connection unread until its 60 s
+// timeout, although the server sent it at once and the proxy handed it
+// to the kernel's socket (docs/nbd-protocol.md, "A reply the kernel did
+// not read"); it then retries on the other connection and the workload
+// still completes. That is logged, not failed, when the proxy's account
+// shows every request answered promptly.
+// It returns the number of requests relayed in all.
+func checkRelayed(t *testing.T, conns map[string]int, relayed, driverSaid map[string][]string) (requests int) {
+	t.Helper()
+	for export, n := range conns {
+		clean := len(relayed[export]) == n
+		if !clean {
+			t.Errorf("%s: the guest reported %d proxied connections, want %d", export, len(relayed[export]), n)
+		}
+		for _, l := range relayed[export] {
+			m := relayedLine.FindStringSubmatch(l)
+			if m == nil {
+				t.Errorf("%s: unparsable line %q", export, l)
+				clean = false
+				continue
+			}
+			n, _ := strconv.Atoi(m[1])
+			requests += n
+			slowest, _ := strconv.Atoi(m[4])
+			if m[3] != "0" || slowest >= slowReply || m[5] != "" {
+				t.Errorf("%s: the server left requests unanswered, answered late or broke the stream: %s", export, l)
+				clean = false
+			}
+		}
+		for _, msg := range driverSaid[export] {
+			if clean && quirkMessage.MatchString(msg) {
+				t.Logf("NOTE %s: the kernel's NBD driver said %s, although the server answered every request promptly (the proxy's account above)", export, msg)
+				continue
+			}
+			t.Errorf("%s: the kernel's NBD driver said %s", export, msg)
+		}
+	}
+	return requests
+}
+
 // TestLinuxKernelClient proves the server against the Linux kernel's NBD
 // client: a QEMU guest (kernelclient/guestinit) negotiates STARTTLS and
 // NBD_OPT_GO with a client certificate, hands socketpairs to nbd.ko (with
@@ -252,6 +310,8 @@ func TestLinuxKernelClient(t *testing.T) {
 
 	// The guest's own verdicts.
 	got := map[string]map[string]string{} // export -> key -> rest of line
+	driverSaid := map[string][]string{}   // export -> unroutine driver messages
+	relayed := map[string][]string{}      // export -> the proxy's relayed lines
 	for _, l := range m.Lines() {
 		if strings.Contains(l.Text, "KCLIENT-ERROR") {
 			t.Errorf("guest: %s\nconsole:\n%s", l.Text, console())
@@ -263,17 +323,20 @@ func TestLinuxKernelClient(t *testing.T) {
 		t.Logf("guest %6.2fs: %s", l.At.Seconds(), strings.TrimSpace(mm[0]))
 		key, _, _ := strings.Cut(mm[2], " ")
 		key, _, _ = strings.Cut(key, "=")
-		if msg := strings.TrimPrefix(mm[2], "kernel="); key == "kernel" && !routineDriverMessage.MatchString(msg) {
-			// A timed-out request, a connection given up: the kernel
-			// retries on another connection, so the results alone
-			// would not show that a reply was lost.
-			t.Errorf("%s: the kernel's NBD driver said %s", mm[1], msg)
+		switch key {
+		case "kernel":
+			if msg := strings.TrimPrefix(mm[2], "kernel="); !routineDriverMessage.MatchString(msg) {
+				driverSaid[mm[1]] = append(driverSaid[mm[1]], msg)
+			}
+		case "relayed":
+			relayed[mm[1]] = append(relayed[mm[1]], mm[2])
 		}
 		if got[mm[1]] == nil {
 			got[mm[1]] = map[string]string{}
 		}
 		got[mm[1]][key] = mm[2]
 	}
+	relayedRequests := checkRelayed(t, map[string]int{"store": 2, "file": 2, "ro": 1}, relayed, driverSaid)
 	for _, name := range []string{"store", "file"} {
 		b := backends[name]
 		want, err := kernelclient.Expected(kernelclient.Seed(name), size)
@@ -371,6 +434,9 @@ func TestLinuxKernelClient(t *testing.T) {
 				t.Errorf("%s connections received %d and %d bytes: the kernel did not use both", name, a, b)
 			}
 		}
+	}
+	if s := srv.Stats(); s.Requests != uint64(relayedRequests) {
+		t.Errorf("the server counted %d requests, the guest's proxy relayed %d", s.Requests, relayedRequests)
 	}
 	if s := srv.Stats(); s.Refused != 0 || s.Connections != 5 {
 		t.Errorf("server stats %+v, want 5 connections (2 store, 2 file, 1 ro) and no refusals", s)

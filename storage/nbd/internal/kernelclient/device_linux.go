@@ -50,6 +50,26 @@ type link struct {
 	proxy   *net.UnixConn // our end
 	tls     net.Conn
 	proxied chan error // the proxy's result
+	track   *tracker   // what was relayed
+}
+
+// trackedWriter passes what it writes to a tracker: before writing it
+// when the bytes go to the server (whose reply may come back before
+// Write returns), after writing when they go to the kernel.
+type trackedWriter struct {
+	w      io.Writer
+	seen   func([]byte)
+	before bool
+}
+
+func (t trackedWriter) Write(p []byte) (int, error) {
+	if t.before {
+		t.seen(p)
+		return t.w.Write(p)
+	}
+	n, err := t.w.Write(p)
+	t.seen(p[:n])
+	return n, err
 }
 
 // ErrNoConnection reports an Attach without any negotiated connection.
@@ -151,7 +171,7 @@ func Attach(path string, conns []*Export, opts AttachOptions) (*Device, error) {
 			unix.Close(sp[0])
 			return fail(fmt.Errorf("kernelclient: socketpair conn: %w", err))
 		}
-		d.links = append(d.links, &link{kernel: sp[0], proxy: pc.(*net.UnixConn), tls: c.Conn, proxied: make(chan error, 1)})
+		d.links = append(d.links, &link{kernel: sp[0], proxy: pc.(*net.UnixConn), tls: c.Conn, proxied: make(chan error, 1), track: newTracker()})
 		if opts.Netlink {
 			continue
 		}
@@ -228,14 +248,14 @@ func (l *link) run() {
 	up := make(chan error, 1)
 	var kernelEnded atomic.Bool
 	go func() {
-		_, err := io.Copy(l.tls, l.proxy) // requests: kernel -> server
+		_, err := io.Copy(trackedWriter{l.tls, l.track.toServer, true}, l.proxy) // requests: kernel -> server
 		if err == nil {
 			kernelEnded.Store(true)
 			l.tls.Close()
 		}
 		up <- err
 	}()
-	_, down := io.Copy(l.proxy, l.tls) // replies: server -> kernel
+	_, down := io.Copy(trackedWriter{l.proxy, l.track.toKernel, false}, l.tls) // replies: server -> kernel
 	l.proxy.Close()
 	l.tls.Close()
 	uerr := <-up
@@ -255,6 +275,15 @@ func (d *Device) File() *os.File { return d.f }
 
 // Flags are the export's transmission flags given to the kernel.
 func (d *Device) Flags() uint16 { return d.flags }
+
+// Relayed returns, per connection, what the proxy has relayed.
+func (d *Device) Relayed() []Traffic {
+	r := make([]Traffic, len(d.links))
+	for i, l := range d.links {
+		r[i] = l.track.traffic()
+	}
+	return r
+}
 
 // Connections is the number of connections the kernel was given.
 func (d *Device) Connections() int { return len(d.links) }

@@ -10,6 +10,7 @@
 //	KCLIENT export=NAME attach size=N flags=0xF minblock=N prefblock=N maxblock=N
 //	KCLIENT export=NAME step=STEP ...
 //	KCLIENT export=NAME result=ok sha256=HEX | result=fail err="..."
+//	KCLIENT export=NAME relayed connection=N to_server=N to_kernel=N requests=N replies=N unanswered=N slowest_reply_ms=N malformed="..."
 //	KCLIENT export=NAME disconnect=ok | disconnect=fail err="..."
 //	KCLIENT export=NAME kernel="..."   (each NBD driver message meanwhile)
 //	KCLIENT-ERROR err="..."      (set-up failures)
@@ -228,7 +229,12 @@ func runExport(cfg *kernelclient.GuestConfig, tlsCfg *tls.Config, e kernelclient
 		}
 	}
 	say("disconnecting")
-	if err := d.Disconnect(); err != nil {
+	err = d.Disconnect()
+	for i, r := range d.Relayed() {
+		say("relayed connection=%d to_server=%d to_kernel=%d requests=%d replies=%d unanswered=%d slowest_reply_ms=%d malformed=%q",
+			i, r.ToServer, r.ToKernel, r.Requests, r.Replies, r.Unanswered, r.SlowestReply.Milliseconds(), r.Malformed)
+	}
+	if err != nil {
 		say("disconnect=fail err=%q", err.Error())
 	} else {
 		say("disconnect=ok")
