@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"sync/atomic"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -62,11 +63,18 @@ func (b *File) readAtNoWait(p []byte, off int64) (int, error) {
 	if b.noNowait.Load() {
 		return 0, errWouldBlock
 	}
-	iov := [][]byte{nil}
 	done := 0
 	for done < len(p) {
-		iov[0] = p[done:]
-		k, err := unix.Preadv2(b.fd, iov, off+int64(done), unix.RWF_NOWAIT)
+		// A raw system call, as on the socket (rawsock.go): with
+		// RWF_NOWAIT it cannot block.
+		iov := unix.Iovec{Base: &p[done], Len: uint64(len(p) - done)}
+		r, _, errno := unix.RawSyscall6(unix.SYS_PREADV2, uintptr(b.fd), uintptr(unsafe.Pointer(&iov)), 1,
+			uintptr(off+int64(done)), 0, unix.RWF_NOWAIT)
+		k := int(r)
+		var err error
+		if errno != 0 {
+			err = errno
+		}
 		switch {
 		case err == unix.EINTR:
 			continue

@@ -49,6 +49,7 @@ type conn struct {
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
+	nc = newRawSocket(nc)
 	c := &conn{s: s, raw: nc, nc: nc}
 	c.log = s.log.With("remote", nc.RemoteAddr().String())
 	c.br = bufio.NewReaderSize(nc, 64<<10)

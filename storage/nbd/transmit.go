@@ -681,6 +681,10 @@ func (w *replyWriter) flush() (err error) {
 		if len(w.small) > w.mark {
 			w.bufs = append(w.bufs, w.small[w.mark:])
 		}
+		if rs, ok := w.w.(*rawSocket); ok {
+			err = rs.writeBuffers(w.bufs)
+			break
+		}
 		// WriteTo consumes its receiver; keep w.bufs' backing array.
 		w.scratch = w.bufs
 		_, err = w.scratch.WriteTo(w.w)
