@@ -224,9 +224,13 @@ the socket is read through a 256 KiB buffer and the records of one flush
 leave in writes of 256 KiB. The server caps each connection's send buffer
 at twice the bandwidth-delay product of a 100 Gbit/s link at the
 connection's minimum RTT, at least 1 MiB (docs/nbd-protocol.md, "Send
-buffer"); nbdkit leaves it to autotuning. The reader also leaves its replies unflushed while
-the next whole request is already buffered, so a burst of small
-requests is answered in one write.
+buffer"); nbdkit leaves it to autotuning. Over TLS it also keeps at
+most 64 KiB unsent in the socket (TCP_NOTSENT_LOWAT). The reader leaves
+its replies unflushed while the next whole request is already buffered,
+so a burst of small requests is answered in one write. Socket reads and
+writes and the cached-page preadv2 are raw system calls, which do not
+wake the Go runtime's monitor thread (docs/performance.md, "Small
+requests").
 
 Method: nbdkit-file and embassy-file (with and without TLS) serve the
 same file, since the page-cache state of a file (how it was written,
