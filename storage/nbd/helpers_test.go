@@ -4,16 +4,13 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -191,85 +188,19 @@ type countingListener struct {
 
 type countingConn struct {
 	net.Conn
-	n         atomic.Int64 // bytes read
-	sent      atomic.Int64 // bytes written
-	writes    atomic.Int64 // Write calls
-	lastRead  atomic.Int64 // time of the last read that returned data (Unix ns)
-	lastWrite atomic.Int64 // time of the last write that returned (Unix ns)
-
-	mu     sync.Mutex
-	events []ioEvent // the first maxEvents reads and writes
-}
-
-// ioEvent is one read or write on a countingConn.
-type ioEvent struct {
-	write bool
-	n     int
-	at    time.Time
-}
-
-const maxEvents = 32
-
-func (c *countingConn) note(write bool, n int) {
-	c.mu.Lock()
-	if len(c.events) < maxEvents {
-		c.events = append(c.events, ioEvent{write, n, time.Now()})
-	}
-	c.mu.Unlock()
+	n      atomic.Int64 // bytes read
+	writes atomic.Int64 // Write calls
 }
 
 func (c *countingConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	if n > 0 {
-		c.n.Add(int64(n))
-		c.lastRead.Store(time.Now().UnixNano())
-		c.note(false, n)
-	}
+	c.n.Add(int64(n))
 	return n, err
 }
 
 func (c *countingConn) Write(p []byte) (int, error) {
 	c.writes.Add(1)
-	n, err := c.Conn.Write(p)
-	c.sent.Add(int64(n))
-	c.lastWrite.Store(time.Now().UnixNano())
-	c.note(true, n)
-	return n, err
-}
-
-// SyscallConn exposes the TCP socket, so that the server tunes it (send
-// buffer, and so on) as it does an unwrapped connection.
-func (c *countingConn) SyscallConn() (syscall.RawConn, error) {
-	sc, ok := c.Conn.(syscall.Conn)
-	if !ok {
-		return nil, errors.ErrUnsupported
-	}
-	return sc.SyscallConn()
-}
-
-// describe describes the connection's traffic so far, times relative to
-// since.
-func (c *countingConn) describe(since time.Time) string {
-	at := func(ns int64) string {
-		if ns == 0 {
-			return "never"
-		}
-		return fmt.Sprintf("%.2fs", time.Unix(0, ns).Sub(since).Seconds())
-	}
-	d := fmt.Sprintf("received %d bytes (last at %s), sent %d bytes in %d writes (last at %s)",
-		c.n.Load(), at(c.lastRead.Load()), c.sent.Load(), c.writes.Load(), at(c.lastWrite.Load()))
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if len(c.events) < maxEvents { // a short connection: all of it
-		for _, e := range c.events {
-			op := "read"
-			if e.write {
-				op = "wrote"
-			}
-			d += fmt.Sprintf("; %s %d at %s", op, e.n, at(e.at.UnixNano()))
-		}
-	}
-	return d
+	return c.Conn.Write(p)
 }
 
 func (l *countingListener) Accept() (net.Conn, error) {
@@ -293,18 +224,6 @@ func (l *countingListener) received() []int64 {
 		r = append(r, c.n.Load())
 	}
 	return r
-}
-
-// traffic describes each connection's traffic, in accept order, times
-// relative to since.
-func (l *countingListener) traffic(since time.Time) string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var b strings.Builder
-	for i, c := range l.conns {
-		fmt.Fprintf(&b, "connection %d: %s\n", i, c.describe(since))
-	}
-	return b.String()
 }
 
 // conn returns the i'th accepted connection.
