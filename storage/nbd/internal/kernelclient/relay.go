@@ -88,31 +88,22 @@ func (k *tracker) toServer(p []byte) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.t.ToServer += int64(len(p))
-	for k.t.Malformed == "" {
-		var h []byte
-		if h, p = k.up.next(p, requestHeaderLen); h == nil {
-			return
-		}
-		if m := binary.BigEndian.Uint32(h); m != requestMagic {
-			k.t.Malformed = fmt.Sprintf("request magic %#x", m)
-			return
-		}
+	k.eachHeader(&k.up, p, requestHeaderLen, requestMagic, "request", func(h []byte) {
 		typ := binary.BigEndian.Uint16(h[6:])
-		cookie := binary.BigEndian.Uint64(h[8:])
 		length := binary.BigEndian.Uint32(h[24:])
-		switch typ {
-		case cmdDisc:
-			continue
-		case cmdWrite:
+		if typ == cmdDisc {
+			return
+		}
+		if typ == cmdWrite {
 			k.up.skip = int64(length)
 		}
 		r := pending{at: k.now()}
 		if typ == cmdRead {
 			r.readLen = length
 		}
-		k.pending[cookie] = r
+		k.pending[binary.BigEndian.Uint64(h[8:])] = r
 		k.t.Requests++
-	}
+	})
 }
 
 // toKernel records bytes relayed from the server to the kernel.
@@ -120,16 +111,7 @@ func (k *tracker) toKernel(p []byte) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.t.ToKernel += int64(len(p))
-	for k.t.Malformed == "" {
-		var h []byte
-		if h, p = k.down.next(p, replyHeaderLen); h == nil {
-			return
-		}
-		if m := binary.BigEndian.Uint32(h); m != simpleReplyMagic {
-			k.t.Malformed = fmt.Sprintf("reply magic %#x", m)
-			return
-		}
-		errno := binary.BigEndian.Uint32(h[4:])
+	k.eachHeader(&k.down, p, replyHeaderLen, simpleReplyMagic, "reply", func(h []byte) {
 		cookie := binary.BigEndian.Uint64(h[8:])
 		r, ok := k.pending[cookie]
 		if !ok {
@@ -137,11 +119,28 @@ func (k *tracker) toKernel(p []byte) {
 			return
 		}
 		delete(k.pending, cookie)
-		if errno == 0 {
+		if binary.BigEndian.Uint32(h[4:]) == 0 { // no error: a read's data follows
 			k.down.skip = int64(r.readLen)
 		}
 		k.t.Replies++
 		k.t.SlowestReply = max(k.t.SlowestReply, k.now().Sub(r.at))
+	})
+}
+
+// eachHeader passes each complete header in p (after the payload still
+// to skip) to each, once its magic is checked. A framing error stops the
+// tracking for good.
+func (k *tracker) eachHeader(f *framer, p []byte, size int, magic uint32, what string, each func(h []byte)) {
+	for k.t.Malformed == "" {
+		var h []byte
+		if h, p = f.next(p, size); h == nil {
+			return
+		}
+		if m := binary.BigEndian.Uint32(h); m != magic {
+			k.t.Malformed = fmt.Sprintf("%s magic %#x", what, m)
+			return
+		}
+		each(h)
 	}
 }
 
