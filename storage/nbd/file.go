@@ -70,25 +70,22 @@ func (b *File) readAtNoWait(p []byte, off int64) (int, error) {
 		iov := unix.Iovec{Base: &p[done], Len: uint64(len(p) - done)}
 		r, _, errno := unix.RawSyscall6(unix.SYS_PREADV2, uintptr(b.fd), uintptr(unsafe.Pointer(&iov)), 1,
 			uintptr(off+int64(done)), 0, unix.RWF_NOWAIT)
-		k := int(r)
-		var err error
-		if errno != 0 {
-			err = errno
-		}
-		switch {
-		case err == unix.EINTR:
+		switch errno {
+		case 0:
+		case unix.EINTR:
 			continue
-		case err == unix.EAGAIN:
+		case unix.EAGAIN:
 			return 0, errWouldBlock
-		case errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EINVAL):
+		case unix.EOPNOTSUPP, unix.ENOSYS, unix.EINVAL:
 			b.noNowait.Store(true)
 			return 0, errWouldBlock
-		case err != nil:
-			return done, &os.PathError{Op: "preadv2", Path: b.f.Name(), Err: err}
-		case k == 0:
+		default:
+			return done, &os.PathError{Op: "preadv2", Path: b.f.Name(), Err: errno}
+		}
+		if r == 0 {
 			return done, io.EOF
 		}
-		done += k
+		done += int(r)
 	}
 	return done, nil
 }
