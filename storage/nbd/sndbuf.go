@@ -55,17 +55,9 @@ func sendBufferFor(minRTT time.Duration, autotuneMax int) int {
 // (kernel-accounted bytes; 0 if it left autotuning alone). A connection
 // that is not TCP is left alone.
 func sizeSendBuffer(nc net.Conn) (minRTT time.Duration, set int, err error) {
-	sc, ok := nc.(syscall.Conn)
-	if !ok {
-		return 0, 0, nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return 0, 0, err
-	}
 	var opErr error
-	err = rc.Control(func(fd uintptr) {
-		info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	err = controlSocket(nc, func(fd int) {
+		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
 		if err != nil {
 			if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOPROTOOPT) {
 				return // not a TCP socket
@@ -84,13 +76,13 @@ func sizeSendBuffer(nc net.Conn) (minRTT time.Duration, set int, err error) {
 		// it to net.core.wmem_max (208 KiB by default), below the floor, so
 		// the privileged SO_SNDBUFFORCE is tried first (the appliance runs
 		// as root), and SO_SNDBUF used only where wmem_max allows the size.
-		err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, set/2)
+		err = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, set/2)
 		if errors.Is(err, unix.EPERM) {
 			if set/2 > wmemMax() {
 				set = 0 // a smaller buffer than wanted would do harm
 				return
 			}
-			err = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, set/2)
+			err = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, set/2)
 		}
 		if err != nil {
 			opErr = fmt.Errorf("nbd: setting the send buffer: %w", err)
@@ -119,27 +111,33 @@ const tlsUnsentLimit = 64 << 10
 // limitUnsent sets nc's TCP_NOTSENT_LOWAT to tlsUnsentLimit and returns
 // it, or 0 for a connection that is not TCP.
 func limitUnsent(nc net.Conn) (int, error) {
-	sc, ok := nc.(syscall.Conn)
-	if !ok {
-		return 0, nil
-	}
-	rc, err := sc.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var opErr error
-	if err := rc.Control(func(fd uintptr) {
-		opErr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, tlsUnsentLimit)
+	opErr := errors.ErrUnsupported // stays so when nc is no socket
+	if err := controlSocket(nc, func(fd int) {
+		opErr = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, tlsUnsentLimit)
 	}); err != nil {
 		return 0, err
 	}
 	switch {
-	case errors.Is(opErr, unix.EOPNOTSUPP) || errors.Is(opErr, unix.ENOPROTOOPT):
+	case errors.Is(opErr, errors.ErrUnsupported) || errors.Is(opErr, unix.EOPNOTSUPP) || errors.Is(opErr, unix.ENOPROTOOPT):
 		return 0, nil // not a TCP socket
 	case opErr != nil:
 		return 0, fmt.Errorf("nbd: setting TCP_NOTSENT_LOWAT: %w", opErr)
 	}
 	return tlsUnsentLimit, nil
+}
+
+// controlSocket runs f on nc's socket descriptor; a connection that is
+// not a socket (no syscall.Conn) is left alone, f not run.
+func controlSocket(nc net.Conn, f func(fd int)) error {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	return rc.Control(func(fd uintptr) { f(int(fd)) })
 }
 
 // tcpWmemMax is the kernel's send buffer autotuning maximum
