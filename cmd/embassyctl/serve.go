@@ -228,9 +228,13 @@ func openStore(path, kekFile, counterFile, formatSize string, readOnly bool, log
 		if err != nil || size <= 0 {
 			return nil, nil, fmt.Errorf("%w: --format %q: want a positive size such as 1G", errUsage, formatSize)
 		}
-		// Two slots per data block plus metadata; the file is sparse.
+		// Two slots per data block plus metadata, allocated in full.
 		dev, err = storage.CreateFileDevice(path, 2*size+size/16+16<<20)
 		if err != nil {
+			return nil, nil, err
+		}
+		if err := dev.Allocate(); err != nil {
+			dev.Close()
 			return nil, nil, err
 		}
 		st, err = storage.Format(dev, storage.FormatOptions{KEK: kek, Size: size, Counter: counter, Open: open})

@@ -230,7 +230,8 @@ func storeFormat(args []string, stdout, stderr io.Writer) error {
 	kekPath := fs.String("kek", "", "KEK file (required)")
 	pubPath := fs.String("recovery-pub", "", "recovery public key file (PEM)")
 	size := fs.String("size", "", "logical store size (e.g. 10G); default: the largest that fits")
-	create := fs.String("create", "", "create DEVICE as a regular file of this size first (e.g. 21G)")
+	create := fs.String("create", "", "create DEVICE as a regular file of this size first (e.g. 21G), allocated in full")
+	sparse := fs.Bool("sparse", false, "with --create: leave the file sparse (writes can then fail when its filesystem fills up)")
 	counter := fs.String("counter", "", "file-backed monotonic counter to bind the store to")
 	asJSON := fs.Bool("json", false, "print the header as JSON")
 	if err := parseStoreFlags(fs, args, 1); err != nil {
@@ -272,6 +273,14 @@ func storeFormat(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
+		if !*sparse {
+			if err := dev.Allocate(); err != nil {
+				dev.Close()
+				return fmt.Errorf("%w (--sparse leaves the file sparse)", err)
+			}
+		}
+	} else if *sparse {
+		return fmt.Errorf("%w: --sparse goes with --create", errUsage)
 	} else if dev, err = storage.OpenFileDevice(path, false); err != nil {
 		return err
 	}
