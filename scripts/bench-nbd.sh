@@ -8,9 +8,10 @@
 #   - nbdkit file --filter=luks (LUKS1, aes-xts-plain64), with and without TLS
 # It prints one table with ratios and writes it to docs/performance-nbd.md.
 #
-# Environment: RUNTIME (seconds per fio job, default 10), ROUNDS (default 1;
-# cells are medians over rounds), SIZE (default 1G), SERVERS (space-separated
-# server names to run, e.g. "nbdkit-file embassy-file"; default all), FIO_JOBS
+# Environment: RUNTIME (seconds per fio job, default 6), ROUNDS (default 3;
+# cells are medians over rounds, as single runs swing on a shared
+# machine), SIZE (default 1G), SERVERS (space-separated server names to
+# run, e.g. "nbdkit-file embassy-file"; default all), FIO_JOBS
 # (space-separated fio rw names among write read randwrite randread; default
 # all), PROFILE_DIR (if set, each embassyctl writes a CPU profile there,
 # <server>.pprof, when it stops). With SERVERS or FIO_JOBS set the table is
@@ -20,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-RUNTIME=${RUNTIME:-10}
+RUNTIME=${RUNTIME:-6}
 SIZE=${SIZE:-1G}
 if [[ -n ${SERVERS:-}${FIO_JOBS:-} ]]; then OUT=${OUT:-/dev/null}; fi
 OUT=${OUT:-$ROOT/docs/performance-nbd.md}
@@ -194,7 +195,7 @@ print("%.0f\t%.1f" % (v, cpu_us/ios if ios else float("nan")))
 # order every other round: load from other processes on the machine then
 # hits every server alike, and no server always runs right after another.
 # Each cell is the median over the rounds.
-ROUNDS=${ROUNDS:-1}
+ROUNDS=${ROUNDS:-3}
 JOBS=("write 1M 8" "read 1M 8" "randwrite 4k 32" "randread 4k 32")
 WANTJOBS=${FIO_JOBS:-}
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -237,9 +238,10 @@ requests").
 Method: nbdkit-file and embassy-file (with and without TLS) serve the
 same file, since the page-cache state of a file (how it was written,
 what is dirty or under writeback) changed the same server's CPU per GiB
-by up to 1.4x; every job starts after `sync`; every other round visits
-the servers in reverse order. The `ceiling` rows divide nbdkit-file by
-nbdkit-luks: a server that encrypts cannot beat one that does not with
+by up to 1.4x; the store's file and the LUKS image are allocated in
+full, as writes into holes cost more; every job starts after `sync`;
+every other round visits the servers in reverse order. The `ceiling`
+rows divide nbdkit-file by nbdkit-luks: a server that encrypts cannot beat one that does not with
 the same client, so the ceiling bounds embassy-store / nbdkit-luks.
 With TLS, fio's own TLS (GnuTLS, one thread) limits every server; there
 the ceiling can fall below 3x. Profiles (`PROFILE_DIR=dir` for Go CPU profiles;
@@ -248,9 +250,9 @@ in the kernel, in thread switches, which are costly on this VM: fewer
 goroutine hand-offs lowered CPU per byte far more than fewer copies did
 (sendfile for reads was tried and did not lower it). On this 2-core
 machine fio, the server and other jobs compete for the cores, so single
-runs swing by 2x; use ROUNDS=3 or more for decisions. Go benchmarks
-(in-process client, for regressions): `go test ./storage/nbd -run '^$'
--bench .`.
+runs swing by 2x; hence the default of 3 rounds, and more for
+decisions. Go benchmarks (in-process client, for regressions): `go test
+./storage/nbd -run '^$' -bench .`.
 """
 vals = {}
 cpus = {}
