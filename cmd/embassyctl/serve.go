@@ -71,7 +71,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	storePath := fs.String("store", "", "serve the authenticated store on this file or block device")
 	kekFile := fs.String("kek-file", "", "file holding the store's 32-byte KEK (with --store)")
 	counterFile := fs.String("counter-file", "", "file-backed rollback counter for the store (with --store; optional)")
-	formatSize := fs.String("format", "", "first format a new store of this logical size (e.g. 1G) at --store, destroying its contents")
+	formatSize := fs.String("format", "", "first format a new store of this logical size (e.g. 1G) at --store, destroying its contents; the file is allocated in full (2.0625x the size plus 16 MiB)")
 	export := fs.String("export", "disk", "export name")
 	desc := fs.String("description", "", "export description")
 	readOnly := fs.Bool("read-only", false, "export read-only")
