@@ -111,19 +111,21 @@ const tlsUnsentLimit = 64 << 10
 // limitUnsent sets nc's TCP_NOTSENT_LOWAT to tlsUnsentLimit and returns
 // it, or 0 for a connection that is not TCP.
 func limitUnsent(nc net.Conn) (int, error) {
-	opErr := errors.ErrUnsupported // stays so when nc is no socket
+	set := 0 // stays 0 when nc is no socket
+	var opErr error
 	if err := controlSocket(nc, func(fd int) {
 		opErr = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, tlsUnsentLimit)
+		set = tlsUnsentLimit
 	}); err != nil {
 		return 0, err
 	}
 	switch {
-	case errors.Is(opErr, errors.ErrUnsupported) || errors.Is(opErr, unix.EOPNOTSUPP) || errors.Is(opErr, unix.ENOPROTOOPT):
+	case errors.Is(opErr, unix.EOPNOTSUPP) || errors.Is(opErr, unix.ENOPROTOOPT):
 		return 0, nil // not a TCP socket
 	case opErr != nil:
 		return 0, fmt.Errorf("nbd: setting TCP_NOTSENT_LOWAT: %w", opErr)
 	}
-	return tlsUnsentLimit, nil
+	return set, nil
 }
 
 // controlSocket runs f on nc's socket descriptor; a connection that is
