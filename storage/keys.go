@@ -182,3 +182,31 @@ func superblockMAC(key, body []byte) [32]byte {
 	m.Sum(out[:0])
 	return out
 }
+
+// Rewrap replaces the KEK key slot with the DEK wrapped under newKEK. No
+// data is re-encrypted. Both superblock copies are rewritten, so the old
+// KEK no longer opens this device (copies of older images aside). If
+// Rewrap fails or power is lost during it, the store opens with the new
+// KEK or, failing that (ErrKey), with the old one: call Rewrap again.
+func (s *Store) Rewrap(newKEK []byte) error {
+	s.flushMu.Lock()
+	defer s.flushMu.Unlock()
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.commitMu.Lock()
+	defer s.commitMu.Unlock()
+	if err := s.usableLocked(true); err != nil {
+		return err
+	}
+	slot, err := wrapKEK(newKEK, s.dek, s.sb.uuid)
+	if err != nil {
+		return err
+	}
+	s.sb.kekSlot = slot
+	for i := 0; i < sbCopies; i++ {
+		if err := s.commitLocked(true, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
