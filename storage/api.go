@@ -5,6 +5,16 @@
 // monotonic counter kept outside the disk.
 //
 // The on-disk format is documented in docs/storage-format.md.
+//
+// Each file holds one concept. The Store: store.go (type, accessors,
+// Close), open.go (Format, Open), superblock.go (reading and writing it),
+// commit.go (Flush and metadata commits), keys.go (key slots, Rewrap).
+// Its operations: read.go (ReadAt), write.go (WriteAt), trim.go (Trim,
+// WriteZeroes), blockstatus.go, cache.go (Cache), verify.go. What they
+// share: locks.go (lock order), chunk.go (request chunks, scratch buffers,
+// parallel AES-GCM), nonce.go (data nonces and associated data), tree.go
+// (metadata tree and its cache), format.go (on-disk encodings), mmap*.go
+// (memory-mapped reads), device*.go, counter.go, info.go, errors.go.
 package storage
 
 import "errors"

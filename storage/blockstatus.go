@@ -27,11 +27,10 @@ func (s *Store) BlockStatus(off, length int64) ([]Extent, error) {
 }
 
 func (s *Store) statusLeaf(li uint64, pos, end int64, add func(int64, int64, bool)) (int64, error) {
-	s.commitMu.RLock()
-	defer s.commitMu.RUnlock()
-	if err := s.usableLocked(false); err != nil {
+	if err := s.lockShared(false); err != nil {
 		return 0, err
 	}
+	defer s.unlockShared(false)
 	skip, err := s.absentLeaves(li)
 	if err != nil {
 		return 0, err

@@ -24,11 +24,10 @@ func (s *Store) Cache(off, length int64) error {
 }
 
 func (s *Store) cacheLeaf(li uint64) (uint64, error) {
-	s.commitMu.RLock()
-	defer s.commitMu.RUnlock()
-	if err := s.usableLocked(false); err != nil {
+	if err := s.lockShared(false); err != nil {
 		return 0, err
 	}
+	defer s.unlockShared(false)
 	if skip, err := s.absentLeaves(li); err != nil || skip > 0 {
 		return skip, err
 	}

@@ -16,6 +16,24 @@ func chunkBlocks(pos, end int64) (b0, b1 uint64) {
 	return b0, min(b1, b0+maxChunk)
 }
 
+// eachChunk hands the len(p) bytes at off to span a chunk (see chunkBlocks)
+// at a time, in order, with the part of p from pos on, and returns how many
+// bytes span took in all: up to and including the call that failed, whose
+// error it returns.
+func eachChunk(p []byte, off int64, span func(p []byte, pos int64, b0, b1 uint64) (int, error)) (int, error) {
+	n := 0
+	for n < len(p) {
+		pos := off + int64(n)
+		b0, b1 := chunkBlocks(pos, off+int64(len(p)))
+		m, err := span(p[n:], pos, b0, b1)
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
 // Scratch buffers come from two pools so that 4 KiB requests do not
 // allocate (and zero) 1 MiB buffers whenever the GC empties the pools.
 const smallBufBlocks = 4

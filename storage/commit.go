@@ -8,12 +8,8 @@ import (
 // Flush commits every write completed before it: after Flush returns they
 // survive a power cut.
 func (s *Store) Flush() error {
-	s.flushMu.Lock()
-	defer s.flushMu.Unlock()
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	s.commitMu.Lock()
-	defer s.commitMu.Unlock()
+	s.lockExclusive()
+	defer s.unlockExclusive()
 	if err := s.usableLocked(true); err != nil {
 		return err
 	}

@@ -189,12 +189,8 @@ func superblockMAC(key, body []byte) [32]byte {
 // Rewrap fails or power is lost during it, the store opens with the new
 // KEK or, failing that (ErrKey), with the old one: call Rewrap again.
 func (s *Store) Rewrap(newKEK []byte) error {
-	s.flushMu.Lock()
-	defer s.flushMu.Unlock()
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	s.commitMu.Lock()
-	defer s.commitMu.Unlock()
+	s.lockExclusive()
+	defer s.unlockExclusive()
 	if err := s.usableLocked(true); err != nil {
 		return err
 	}

@@ -138,30 +138,9 @@ func Open(dev Device, opts OpenOptions) (*Store, error) {
 	if (opts.KEK == nil) == (opts.Recovery == nil) {
 		return nil, errors.New("storage: Open needs exactly one of KEK and Recovery")
 	}
-	var best *superblock
-	var bestDEK []byte
-	var bestKeys *storeKeys
-	var firstErr error
-	buf := make([]byte, BlockSize)
-	for c := int64(0); c < sbCopies; c++ {
-		if _, err := dev.ReadAt(buf, c*BlockSize); err != nil {
-			return nil, fmt.Errorf("storage: read superblock: %w", err)
-		}
-		sb, dek, keys, err := unlockSuperblock(buf, opts)
-		if err != nil {
-			firstErr = worseOpenError(firstErr, err)
-			continue
-		}
-		if sb.epoch%sbCopies != uint64(c) {
-			firstErr = worseOpenError(firstErr, &IntegrityError{Block: -1, Level: -1, Reason: "superblock in the wrong copy"})
-			continue
-		}
-		if best == nil || sb.epoch > best.epoch {
-			best, bestDEK, bestKeys = sb, dek, keys
-		}
-	}
-	if best == nil {
-		return nil, firstErr
+	best, bestDEK, bestKeys, err := loadSuperblock(dev, opts)
+	if err != nil {
+		return nil, err
 	}
 	g, _ := newGeometry(best.blocks) // validated by decodeSuperblock
 	devSize, err := dev.Size()
@@ -212,16 +191,12 @@ func Open(dev Device, opts OpenOptions) (*Store, error) {
 	if opts.ReadOnly {
 		return s, nil
 	}
-	s.flushMu.Lock()
-	s.writeMu.Lock()
-	s.commitMu.Lock()
+	s.lockExclusive()
 	if opts.Counter != nil {
 		s.sb.counter = cval + 1
 	}
 	err = s.commitLocked(true, false)
-	s.commitMu.Unlock()
-	s.writeMu.Unlock()
-	s.flushMu.Unlock()
+	s.unlockExclusive()
 	if err != nil {
 		return nil, err
 	}

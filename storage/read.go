@@ -24,16 +24,10 @@ func (s *Store) ReadAt(p []byte, off int64) (int, error) {
 	if int64(want) > size-off {
 		p = p[:size-off]
 	}
-	n := 0
-	for n < len(p) {
-		pos := off + int64(n)
-		b0, b1 := chunkBlocks(pos, off+int64(len(p)))
-		m, err := s.readSpan(p[n:], pos, b0, b1)
-		n += m
-		if err != nil {
-			clear(p[n:])
-			return n, err
-		}
+	n, err := eachChunk(p, off, s.readSpan)
+	if err != nil {
+		clear(p[n:])
+		return n, err
 	}
 	if n < want {
 		return n, io.EOF
@@ -44,11 +38,10 @@ func (s *Store) ReadAt(p []byte, off int64) (int, error) {
 // readSpan reads the part of blocks [b0, b1) starting at pos into p and
 // returns how many bytes it copied.
 func (s *Store) readSpan(p []byte, pos int64, b0, b1 uint64) (int, error) {
-	s.commitMu.RLock()
-	defer s.commitMu.RUnlock()
-	if err := s.usableLocked(false); err != nil {
+	if err := s.lockShared(false); err != nil {
 		return 0, err
 	}
+	defer s.unlockShared(false)
 	s.lockRange(b0, b1, false)
 	defer s.unlockRange(b0, b1, false)
 	start := int(pos - int64(b0)*BlockSize)

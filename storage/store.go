@@ -93,6 +93,7 @@ func (s *Store) integrity(e *IntegrityError) error {
 	return e
 }
 
+// checkRange rejects [off, off+length) unless it lies within the store.
 func (s *Store) checkRange(off, length int64) error {
 	if off < 0 || length < 0 || off > s.Size() || length > s.Size()-off {
 		return ErrOutOfRange
@@ -100,6 +101,8 @@ func (s *Store) checkRange(off, length int64) error {
 	return nil
 }
 
+// usableLocked returns why the store cannot serve an operation (a write,
+// with write) now, or nil. Called with commitMu held.
 func (s *Store) usableLocked(write bool) error {
 	switch {
 	case s.closed:
@@ -115,12 +118,8 @@ func (s *Store) usableLocked(write bool) error {
 // Close commits outstanding writes and closes the store. It does not close
 // the device.
 func (s *Store) Close() error {
-	s.flushMu.Lock()
-	defer s.flushMu.Unlock()
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
-	s.commitMu.Lock()
-	defer s.commitMu.Unlock()
+	s.lockExclusive()
+	defer s.unlockExclusive()
 	if s.closed {
 		return ErrClosed
 	}

@@ -19,6 +19,38 @@ func writeSuperblock(dev Device, keys *storeKeys, sb *superblock) error {
 	return nil
 }
 
+// loadSuperblock reads both superblock copies of dev and returns the newest
+// that opts unlocks, with its DEK and keys; if neither does, the error
+// worseOpenError picks.
+func loadSuperblock(dev Device, opts OpenOptions) (*superblock, []byte, *storeKeys, error) {
+	var best *superblock
+	var bestDEK []byte
+	var bestKeys *storeKeys
+	var firstErr error
+	buf := make([]byte, BlockSize)
+	for c := int64(0); c < sbCopies; c++ {
+		if _, err := dev.ReadAt(buf, c*BlockSize); err != nil {
+			return nil, nil, nil, fmt.Errorf("storage: read superblock: %w", err)
+		}
+		sb, dek, keys, err := unlockSuperblock(buf, opts)
+		if err != nil {
+			firstErr = worseOpenError(firstErr, err)
+			continue
+		}
+		if sb.epoch%sbCopies != uint64(c) {
+			firstErr = worseOpenError(firstErr, &IntegrityError{Block: -1, Level: -1, Reason: "superblock in the wrong copy"})
+			continue
+		}
+		if best == nil || sb.epoch > best.epoch {
+			best, bestDEK, bestKeys = sb, dek, keys
+		}
+	}
+	if best == nil {
+		return nil, nil, nil, firstErr
+	}
+	return best, bestDEK, bestKeys, nil
+}
+
 // worseOpenError picks the error Open reports when no superblock copy is
 // usable: ErrKey first (one copy may be torn by a crash during Rewrap, the
 // other wrapped for a different key: the caller should try its other

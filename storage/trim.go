@@ -58,13 +58,10 @@ func (s *Store) unmap(b0, b1 uint64) error {
 // unmapLeaf unmaps the blocks of leaf li inside [b0, b1) and returns how
 // many leaves it covered (more than one when a whole subtree is a hole).
 func (s *Store) unmapLeaf(li, b0, b1 uint64) (uint64, error) {
-	s.writeMu.RLock()
-	defer s.writeMu.RUnlock()
-	s.commitMu.RLock()
-	defer s.commitMu.RUnlock()
-	if err := s.usableLocked(true); err != nil {
+	if err := s.lockShared(true); err != nil {
 		return 0, err
 	}
+	defer s.unlockShared(true)
 	if skip, err := s.absentLeaves(li); err != nil || skip > 0 {
 		return skip, err
 	}

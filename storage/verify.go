@@ -33,11 +33,10 @@ func (s *Store) Verify() ([]BadRange, error) {
 }
 
 func (s *Store) verifyLeaf(li uint64, dst []byte, mark func(uint64, uint64, error)) (uint64, error) {
-	s.commitMu.RLock()
-	defer s.commitMu.RUnlock()
-	if err := s.usableLocked(false); err != nil {
+	if err := s.lockShared(false); err != nil {
 		return 0, err
 	}
+	defer s.unlockShared(false)
 	skip, err := s.absentLeaves(li)
 	if err != nil {
 		return s.verifyMetaFail(li, err, mark)

@@ -14,20 +14,13 @@ func (s *Store) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 || off > s.Size() || int64(len(p)) > s.Size()-off {
 		return 0, ErrOutOfRange
 	}
-	n := 0
-	for n < len(p) {
-		pos := off + int64(n)
-		b0, b1 := chunkBlocks(pos, off+int64(len(p)))
-		m, err := s.writeSpan(p[n:], pos, b0, b1)
-		n += m
-		if err != nil {
-			return n, err
+	return eachChunk(p, off, func(p []byte, pos int64, b0, b1 uint64) (int, error) {
+		m, err := s.writeSpan(p, pos, b0, b1)
+		if err == nil {
+			err = s.maybeCommit()
 		}
-		if err := s.maybeCommit(); err != nil {
-			return n, err
-		}
-	}
-	return n, nil
+		return m, err
+	})
 }
 
 // errRetry asks writeSpan's caller to retry after a commit.
@@ -59,13 +52,10 @@ func (s *Store) writeSpan(p []byte, pos int64, b0, b1 uint64) (int, error) {
 }
 
 func (s *Store) writeSpanOnce(p []byte, pos int64, b0, b1 uint64) (int, error) {
-	s.writeMu.RLock()
-	defer s.writeMu.RUnlock()
-	s.commitMu.RLock()
-	defer s.commitMu.RUnlock()
-	if err := s.usableLocked(true); err != nil {
+	if err := s.lockShared(true); err != nil {
 		return 0, err
 	}
+	defer s.unlockShared(true)
 	nb := int(b1 - b0)
 	// Reserve nonces first: past the superblock's reservation we must
 	// commit (which reserves more) before using them.
