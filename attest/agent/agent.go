@@ -385,7 +385,7 @@ func (a *Agent) unlock(ctx context.Context, epoch uint64, sealedFor func(release
 		return nil, err
 	}
 	defer ExtendPhase(a.cfg.TPM)
-	if resp.Decision != "released" || len(resp.ImportBlob) == 0 {
+	if resp.Decision != protocol.DecisionGranted || len(resp.ImportBlob) == 0 {
 		return nil, fmt.Errorf("agent: verifier answered %q without a share", resp.Decision)
 	}
 	var blob tpmpb.ImportBlob

@@ -411,7 +411,7 @@ func TestVerifierRestartMidSession(t *testing.T) {
 	if e != nil {
 		t.Fatalf("nonce issued before the restart refused: %+v", e)
 	}
-	if resp.Decision != "released" || len(resp.ImportBlob) == 0 {
+	if resp.Decision != protocol.DecisionGranted || len(resp.ImportBlob) == 0 {
 		t.Fatalf("response %+v", resp)
 	}
 	// Used state survives too.
