@@ -3,7 +3,7 @@ package verifier
 import "errors"
 
 // migrations are applied in order; schema_version holds how many ran. Never
-// edit a released migration: append a new one.
+// edit a migration that has shipped: append a new one.
 var migrations = []string{
 	// 1: initial schema.
 	`

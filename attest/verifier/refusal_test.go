@@ -150,7 +150,7 @@ func TestTamperedRequest(t *testing.T) {
 		tamper: func(_ *testing.T, req *protocol.AttestRequest) { req.StoreEpoch = 6 },
 		check:  "quote", pcr: -1,
 	}, {
-		// Claim the released binary while PCR 15 holds something else.
+		// Claim the release's binary while PCR 15 holds something else.
 		name: "appliance log", purpose: protocol.PurposeUnlock,
 		tamper: func(_ *testing.T, req *protocol.AttestRequest) {
 			evil := measure.NewEvent("binary", "/bbin/embassy-appliance", []byte("evil"))
