@@ -182,3 +182,22 @@ func (d *DB) txExec(ctx context.Context, tx *sql.Tx, q string, args ...any) (sql
 	}
 	return tx.StmtContext(ctx, st).ExecContext(ctx, args...)
 }
+
+// queryAll runs the query q and reads every row with scan; what names the
+// query in the error.
+func queryAll[T any](ctx context.Context, d *DB, what, q string, args []any, scan func(*sql.Rows) (T, error)) ([]T, error) {
+	rows, err := d.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("verifier: %s: %w", what, err)
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}

@@ -134,20 +134,14 @@ func (a *ApplianceInfo) State() string {
 
 // Appliances lists all appliances, ordered by id.
 func (d *DB) Appliances(ctx context.Context) ([]ApplianceInfo, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT id FROM appliances ORDER BY id`)
-	if err != nil {
-		return nil, fmt.Errorf("verifier: list: %w", err)
-	}
-	var ids []string
-	for rows.Next() {
+	ids, err := queryAll(ctx, d, "list", `SELECT id FROM appliances ORDER BY id`, nil, func(rows *sql.Rows) (string, error) {
 		var id string
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		ids = append(ids, id)
+		err := rows.Scan(&id)
+		return id, err
+	})
+	if err != nil {
+		return nil, err
 	}
-	rows.Close()
 	out := make([]ApplianceInfo, 0, len(ids))
 	for _, id := range ids {
 		a, err := d.Appliance(ctx, id)

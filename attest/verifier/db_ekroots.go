@@ -53,13 +53,7 @@ func (d *DB) AddEKRoot(ctx context.Context, cert *x509.Certificate, actor string
 }
 
 func (d *DB) ekRoots(ctx context.Context) ([]*x509.Certificate, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT der FROM ek_roots`)
-	if err != nil {
-		return nil, fmt.Errorf("verifier: EK roots: %w", err)
-	}
-	defer rows.Close()
-	var out []*x509.Certificate
-	for rows.Next() {
+	return queryAll(ctx, d, "EK roots", `SELECT der FROM ek_roots`, nil, func(rows *sql.Rows) (*x509.Certificate, error) {
 		var der []byte
 		if err := rows.Scan(&der); err != nil {
 			return nil, err
@@ -68,9 +62,8 @@ func (d *DB) ekRoots(ctx context.Context) ([]*x509.Certificate, error) {
 		if err != nil {
 			return nil, fmt.Errorf("verifier: stored EK root: %w", err)
 		}
-		out = append(out, c)
-	}
-	return out, rows.Err()
+		return c, nil
+	})
 }
 
 // EKRoot is a trusted EK CA.
@@ -81,18 +74,13 @@ type EKRoot struct {
 
 // EKRoots lists the trusted EK CAs.
 func (d *DB) EKRoots(ctx context.Context) ([]EKRoot, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT fingerprint, subject FROM ek_roots ORDER BY subject`)
-	if err != nil {
-		return nil, fmt.Errorf("verifier: EK roots: %w", err)
-	}
-	defer rows.Close()
-	out := []EKRoot{}
-	for rows.Next() {
+	out, err := queryAll(ctx, d, "EK roots", `SELECT fingerprint, subject FROM ek_roots ORDER BY subject`, nil, func(rows *sql.Rows) (EKRoot, error) {
 		var r EKRoot
-		if err := rows.Scan(&r.Fingerprint, &r.Subject); err != nil {
-			return nil, err
-		}
-		out = append(out, r)
+		err := rows.Scan(&r.Fingerprint, &r.Subject)
+		return r, err
+	})
+	if out == nil && err == nil {
+		out = []EKRoot{} // JSON [] rather than null
 	}
-	return out, rows.Err()
+	return out, err
 }

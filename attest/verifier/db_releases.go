@@ -39,23 +39,17 @@ func (d *DB) SetReleaseThreshold(ctx context.Context, k int, actor string) error
 
 // ReleaseKeys returns the trusted release keys and the threshold.
 func (d *DB) ReleaseKeys(ctx context.Context) ([]ed25519.PublicKey, int, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT public_key FROM release_keys ORDER BY key_id`)
-	if err != nil {
-		return nil, 0, fmt.Errorf("verifier: release keys: %w", err)
-	}
-	defer rows.Close()
-	var keys []ed25519.PublicKey
-	for rows.Next() {
+	keys, err := queryAll(ctx, d, "release keys", `SELECT public_key FROM release_keys ORDER BY key_id`, nil, func(rows *sql.Rows) (ed25519.PublicKey, error) {
 		var b []byte
 		if err := rows.Scan(&b); err != nil {
-			return nil, 0, err
+			return nil, err
 		}
 		if len(b) != ed25519.PublicKeySize {
-			return nil, 0, fmt.Errorf("verifier: stored release key of %d bytes", len(b))
+			return nil, fmt.Errorf("verifier: stored release key of %d bytes", len(b))
 		}
-		keys = append(keys, ed25519.PublicKey(b))
-	}
-	if err := rows.Err(); err != nil {
+		return ed25519.PublicKey(b), nil
+	})
+	if err != nil {
 		return nil, 0, err
 	}
 	ks, err := d.Setting(ctx, "release_threshold", "1")
@@ -130,27 +124,20 @@ type ReleaseInfo struct {
 
 // Releases lists published releases, newest first.
 func (d *DB) Releases(ctx context.Context) ([]ReleaseInfo, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT digest, name, release, published_at, withdrawn_at FROM releases ORDER BY published_at DESC, digest`)
-	if err != nil {
-		return nil, fmt.Errorf("verifier: releases: %w", err)
-	}
-	defer rows.Close()
-	var out []ReleaseInfo
-	for rows.Next() {
+	return queryAll(ctx, d, "releases", `SELECT digest, name, release, published_at, withdrawn_at FROM releases ORDER BY published_at DESC, digest`, nil, func(rows *sql.Rows) (ReleaseInfo, error) {
 		var r ReleaseInfo
 		var pub int64
 		var wd sql.NullInt64
 		if err := rows.Scan(&r.Digest, &r.Name, &r.Release, &pub, &wd); err != nil {
-			return nil, err
+			return r, err
 		}
 		r.Published = time.Unix(pub, 0).UTC()
 		if wd.Valid {
 			t := time.Unix(wd.Int64, 0).UTC()
 			r.Withdrawn = &t
 		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
+		return r, nil
+	})
 }
 
 // storedRelease is a published, not withdrawn release as stored: its
@@ -162,18 +149,9 @@ type storedRelease struct {
 
 // publishedReleases returns the releases not withdrawn, newest first.
 func (d *DB) publishedReleases(ctx context.Context) ([]storedRelease, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT digest, envelope FROM releases WHERE withdrawn_at IS NULL ORDER BY published_at DESC, digest`)
-	if err != nil {
-		return nil, fmt.Errorf("verifier: load releases: %w", err)
-	}
-	defer rows.Close()
-	var out []storedRelease
-	for rows.Next() {
+	return queryAll(ctx, d, "load releases", `SELECT digest, envelope FROM releases WHERE withdrawn_at IS NULL ORDER BY published_at DESC, digest`, nil, func(rows *sql.Rows) (storedRelease, error) {
 		var r storedRelease
-		if err := rows.Scan(&r.digest, &r.envelope); err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
+		err := rows.Scan(&r.digest, &r.envelope)
+		return r, err
+	})
 }
