@@ -309,7 +309,7 @@ func (a *Appliance) session(ctx context.Context) error {
 		if u, err = a.o.Attester.Unlock(ctx, epoch, sealed); err != nil {
 			return err
 		}
-		a.log.Info("verifier released the key", "release", u.Release, "lease", u.Lease, "provision", u.Provision)
+		a.log.Info("verifier granted the key", "release", u.Release, "lease", u.Lease, "provision", u.Provision)
 		return nil
 	}); err != nil {
 		if errors.Is(err, ErrRefused) || errors.Is(err, ErrRevoked) {

@@ -289,8 +289,8 @@ func TestE2ELifecycle(t *testing.T) {
 	}
 	t.Logf("other TPM: %s", l.Text)
 	c.noServing(t, m)
-	if _, err := m.WaitForLine(regexp.MustCompile(`verifier released the key`), time.Millisecond); err == nil {
-		t.Error("the verifier released the key to another TPM")
+	if _, err := m.WaitForLine(regexp.MustCompile(`verifier granted the key`), time.Millisecond); err == nil {
+		t.Error("the verifier granted the key to another TPM")
 	}
 	m.Close()
 

@@ -1,6 +1,6 @@
 // Package agent is the appliance's side of Embassy's remote attestation:
 // it binds the TPM's attestation key to the enrolled EK, attests the boot
-// to the verifier, imports the released remote key share with the EK,
+// to the verifier, imports the granted remote key share with the EK,
 // combines it with the TPM-sealed local share into the KEK, extends the
 // phase PCR, and renews the lease with heartbeats.
 //
@@ -8,7 +8,7 @@
 //
 //	rw, _ := tpm.Open(tpm.DefaultDevice)
 //	var mlog measure.Log
-//	mlog.Measure(rw, measure.NewEvent("binary", "/bbin/embassy-appliance", self))
+//	mlog.Measure(rw, measure.NewEvent("binary", "/bin/embassy-appliance", self))
 //	mlog.Measure(rw, measure.NewEvent("config", "/etc/embassy/appliance.json", cfg))
 //	a, _ := agent.New(agent.Config{
 //		VerifierURL: "https://verifier.example:8443",
@@ -363,7 +363,7 @@ type Unlocked struct {
 // imports the remote share with the EK, unseals the local share from
 // sealedLocal (or, when the verifier says to provision, makes and seals a
 // new one), derives the KEK, and extends the phase PCR. After Unlock, in
-// this boot, the TPM no longer releases either share — even on error past
+// this boot, the TPM gives up neither share again — even on error past
 // the verifier's answer, the phase PCR is extended.
 func (a *Agent) Unlock(ctx context.Context, epoch uint64, sealedLocal []byte) (*Unlocked, error) {
 	return a.unlock(ctx, epoch, func(string) []byte { return sealedLocal })
@@ -385,7 +385,7 @@ func (a *Agent) unlock(ctx context.Context, epoch uint64, sealedFor func(release
 		return nil, err
 	}
 	defer ExtendPhase(a.cfg.TPM)
-	if resp.Decision != "released" || len(resp.ImportBlob) == 0 {
+	if resp.Decision != protocol.DecisionGranted || len(resp.ImportBlob) == 0 {
 		return nil, fmt.Errorf("agent: verifier answered %q without a share", resp.Decision)
 	}
 	var blob tpmpb.ImportBlob

@@ -39,8 +39,18 @@ const (
 	// boot). The phase PCR must still be at its initial value.
 	PurposeUnlock Purpose = "unlock"
 	// PurposeHeartbeat renews the lease of a running appliance; no share is
-	// released.
+	// granted.
 	PurposeHeartbeat Purpose = "heartbeat"
+)
+
+// Decisions in AttestResponse.Decision.
+const (
+	// DecisionGranted answers an unlock: the remote share is granted
+	// (AttestResponse.ImportBlob). Before the key hand-over was called a
+	// grant the wire value was "released".
+	DecisionGranted = "granted"
+	// DecisionRenewed answers a heartbeat: the lease is renewed.
+	DecisionRenewed = "renewed"
 )
 
 // ErrFormat reports a malformed message.
@@ -130,7 +140,7 @@ type AttestRequest struct {
 
 // AttestResponse is the verifier's positive decision.
 type AttestResponse struct {
-	// Decision is "released" (unlock) or "renewed" (heartbeat).
+	// Decision is DecisionGranted (unlock) or DecisionRenewed (heartbeat).
 	Decision string `json:"decision"`
 	// LeaseSeconds is how long the appliance may serve before it must
 	// re-attest.

@@ -150,7 +150,7 @@ func TestTamperedRequest(t *testing.T) {
 		tamper: func(_ *testing.T, req *protocol.AttestRequest) { req.StoreEpoch = 6 },
 		check:  "quote", pcr: -1,
 	}, {
-		// Claim the released binary while PCR 15 holds something else.
+		// Claim the release's binary while PCR 15 holds something else.
 		name: "appliance log", purpose: protocol.PurposeUnlock,
 		tamper: func(_ *testing.T, req *protocol.AttestRequest) {
 			evil := measure.NewEvent("binary", "/bbin/embassy-appliance", []byte("evil"))
@@ -411,7 +411,7 @@ func TestVerifierRestartMidSession(t *testing.T) {
 	if e != nil {
 		t.Fatalf("nonce issued before the restart refused: %+v", e)
 	}
-	if resp.Decision != "released" || len(resp.ImportBlob) == 0 {
+	if resp.Decision != protocol.DecisionGranted || len(resp.ImportBlob) == 0 {
 		t.Fatalf("response %+v", resp)
 	}
 	// Used state survives too.

@@ -180,7 +180,7 @@ func run(ctx context.Context, dir string, sizeMiB int, verbose, buildOnly, diskI
 	if err != nil {
 		return err
 	}
-	if l, err := wait(`msg="verifier released the key"`, time.Second); err == nil {
+	if l, err := wait(`msg="verifier granted the key"`, time.Second); err == nil {
 		step("verifier decision: %s", l.Text[bytes.Index([]byte(l.Text), []byte("msg=")):])
 	}
 	step("SERVING NBD over mutual TLS %.1fs after QEMU start", served.At.Seconds())

@@ -111,20 +111,8 @@ func (d *DB) AuditRecords(ctx context.Context, f AuditFilter) ([]AuditRecord, er
 	if f.Limit > 0 {
 		q += fmt.Sprintf(` LIMIT %d`, f.Limit)
 	}
-	rows, err := d.db.QueryContext(ctx, q, args...)
+	out, err := queryAll(ctx, d, "audit", q, args, scanAudit)
 	if err != nil {
-		return nil, fmt.Errorf("verifier: audit: %w", err)
-	}
-	defer rows.Close()
-	var out []AuditRecord
-	for rows.Next() {
-		r, err := scanAudit(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	if err := rows.Err(); err != nil {
 		return nil, err
 	}
 	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {

@@ -3,11 +3,9 @@ package verifier
 import (
 	"context"
 	"crypto"
-	"crypto/ed25519"
 	"crypto/sha256"
 	"crypto/x509"
 	"database/sql"
-	"encoding/asn1"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -16,7 +14,6 @@ import (
 
 	"github.com/dataembassy/embassy/attest/keys"
 	"github.com/dataembassy/embassy/attest/protocol"
-	"github.com/dataembassy/embassy/attest/release"
 )
 
 // Errors returned by operator functions.
@@ -95,69 +92,6 @@ func (d *DB) Enroll(ctx context.Context, p EnrollParams) error {
 	})
 }
 
-// oidSubjectAltName: EK certificates carry the TPM's identity in a critical
-// SAN of directory names, which crypto/x509 does not handle.
-var oidSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
-
-func verifyEKCert(cert *x509.Certificate, roots []*x509.Certificate) error {
-	// Self-signed CAs are anchors; others (a manufacturer's issuing CA)
-	// are intermediates that must chain to an anchor.
-	pool, inter := x509.NewCertPool(), x509.NewCertPool()
-	for _, r := range roots {
-		if r.CheckSignatureFrom(r) == nil {
-			pool.AddCert(r)
-		} else {
-			inter.AddCert(r)
-		}
-	}
-	c := *cert
-	c.UnhandledCriticalExtensions = nil
-	for _, oid := range cert.UnhandledCriticalExtensions {
-		if !oid.Equal(oidSubjectAltName) {
-			c.UnhandledCriticalExtensions = append(c.UnhandledCriticalExtensions, oid)
-		}
-	}
-	if _, err := c.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		return fmt.Errorf("%w: %v", ErrEKCert, err)
-	}
-	return nil
-}
-
-// AddEKRoot trusts a TPM manufacturer CA (root or intermediate) for EK
-// certificates.
-func (d *DB) AddEKRoot(ctx context.Context, cert *x509.Certificate, actor string) error {
-	sum := sha256.Sum256(cert.Raw)
-	fp := hex.EncodeToString(sum[:])
-	return d.withTx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO ek_roots (fingerprint, der, subject) VALUES (?,?,?)`, fp, cert.Raw, cert.Subject.String()); err != nil {
-			return fmt.Errorf("verifier: add EK root: %w", err)
-		}
-		return d.appendAudit(ctx, tx, &AuditRecord{Actor: actor, Action: "ek-root-add", Outcome: "ok", PCR: -1,
-			Detail: cert.Subject.String() + " sha256 " + fp})
-	})
-}
-
-func (d *DB) ekRoots(ctx context.Context) ([]*x509.Certificate, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT der FROM ek_roots`)
-	if err != nil {
-		return nil, fmt.Errorf("verifier: EK roots: %w", err)
-	}
-	defer rows.Close()
-	var out []*x509.Certificate
-	for rows.Next() {
-		var der []byte
-		if err := rows.Scan(&der); err != nil {
-			return nil, err
-		}
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			return nil, fmt.Errorf("verifier: stored EK root: %w", err)
-		}
-		out = append(out, c)
-	}
-	return out, rows.Err()
-}
-
 // ApplianceInfo is an appliance's record as operators see it (no secrets).
 type ApplianceInfo struct {
 	ID          string            `json:"id"`
@@ -200,20 +134,14 @@ func (a *ApplianceInfo) State() string {
 
 // Appliances lists all appliances, ordered by id.
 func (d *DB) Appliances(ctx context.Context) ([]ApplianceInfo, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT id FROM appliances ORDER BY id`)
-	if err != nil {
-		return nil, fmt.Errorf("verifier: list: %w", err)
-	}
-	var ids []string
-	for rows.Next() {
+	ids, err := queryAll(ctx, d, "list", `SELECT id FROM appliances ORDER BY id`, nil, func(rows *sql.Rows) (string, error) {
 		var id string
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		ids = append(ids, id)
+		err := rows.Scan(&id)
+		return id, err
+	})
+	if err != nil {
+		return nil, err
 	}
-	rows.Close()
 	out := make([]ApplianceInfo, 0, len(ids))
 	for _, id := range ids {
 		a, err := d.Appliance(ctx, id)
@@ -338,147 +266,6 @@ func (d *DB) Revoke(ctx context.Context, id, reason, actor string) error {
 	})
 }
 
-// AddReleaseKey trusts a release signing key.
-func (d *DB) AddReleaseKey(ctx context.Context, pub ed25519.PublicKey, actor string) error {
-	id := release.KeyID(pub)
-	return d.withTx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO release_keys (key_id, public_key, added_at) VALUES (?,?,?)`, id, []byte(pub), d.now().Unix()); err != nil {
-			return fmt.Errorf("verifier: add release key: %w", err)
-		}
-		return d.appendAudit(ctx, tx, &AuditRecord{Actor: actor, Action: "release-key-add", Outcome: "ok", PCR: -1, Detail: id})
-	})
-}
-
-// SetReleaseThreshold sets k, the number of distinct trusted release keys
-// that must sign a release.
-func (d *DB) SetReleaseThreshold(ctx context.Context, k int, actor string) error {
-	if k < 1 {
-		return fmt.Errorf("%w: threshold %d", ErrBadArgument, k)
-	}
-	return d.withTx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO settings (key, value) VALUES ('release_threshold', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value`, strconv.Itoa(k)); err != nil {
-			return fmt.Errorf("verifier: set threshold: %w", err)
-		}
-		return d.appendAudit(ctx, tx, &AuditRecord{Actor: actor, Action: "release-threshold", Outcome: "ok", PCR: -1, Detail: strconv.Itoa(k)})
-	})
-}
-
-// ReleaseKeys returns the trusted release keys and the threshold.
-func (d *DB) ReleaseKeys(ctx context.Context) ([]ed25519.PublicKey, int, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT public_key FROM release_keys ORDER BY key_id`)
-	if err != nil {
-		return nil, 0, fmt.Errorf("verifier: release keys: %w", err)
-	}
-	defer rows.Close()
-	var keys []ed25519.PublicKey
-	for rows.Next() {
-		var b []byte
-		if err := rows.Scan(&b); err != nil {
-			return nil, 0, err
-		}
-		if len(b) != ed25519.PublicKeySize {
-			return nil, 0, fmt.Errorf("verifier: stored release key of %d bytes", len(b))
-		}
-		keys = append(keys, ed25519.PublicKey(b))
-	}
-	if err := rows.Err(); err != nil {
-		return nil, 0, err
-	}
-	ks, err := d.Setting(ctx, "release_threshold", "1")
-	if err != nil {
-		return nil, 0, err
-	}
-	k, err := strconv.Atoi(ks)
-	if err != nil || k < 1 {
-		return nil, 0, fmt.Errorf("verifier: stored release threshold %q", ks)
-	}
-	return keys, k, nil
-}
-
-// PublishRelease verifies env against the trusted release keys and
-// threshold and makes its PCRs acceptable for attestation.
-func (d *DB) PublishRelease(ctx context.Context, env *release.Envelope, actor string) (*release.Verified, error) {
-	trusted, k, err := d.ReleaseKeys(ctx)
-	if err != nil {
-		return nil, err
-	}
-	v, err := env.Verify(trusted, k)
-	if err != nil {
-		return nil, err
-	}
-	raw, err := env.Marshal()
-	if err != nil {
-		return nil, err
-	}
-	dg := hex.EncodeToString(v.Digest[:])
-	err = d.withTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO releases (digest, name, release, envelope, published_at, published_by) VALUES (?,?,?,?,?,?)`,
-			dg, v.Manifest.Name, v.Manifest.Release, raw, d.now().Unix(), actor)
-		if err != nil {
-			return fmt.Errorf("verifier: publish: %w", err)
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return fmt.Errorf("%w: release %s", ErrExists, dg)
-		}
-		return d.appendAudit(ctx, tx, &AuditRecord{Actor: actor, Action: "release-publish", Outcome: "ok", PCR: -1,
-			Detail: fmt.Sprintf("%s %s %s signed by %v", v.Manifest.Name, v.Manifest.Release, dg, v.SignedBy)})
-	})
-	if err != nil {
-		return nil, err
-	}
-	return v, nil
-}
-
-// WithdrawRelease stops accepting a published release.
-func (d *DB) WithdrawRelease(ctx context.Context, digest, actor string) error {
-	return d.withTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE releases SET withdrawn_at = ? WHERE digest = ? AND withdrawn_at IS NULL`, d.now().Unix(), digest)
-		if err != nil {
-			return fmt.Errorf("verifier: withdraw: %w", err)
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return fmt.Errorf("%w: published release %s", ErrNotFound, digest)
-		}
-		return d.appendAudit(ctx, tx, &AuditRecord{Actor: actor, Action: "release-withdraw", Outcome: "ok", PCR: -1, Detail: digest})
-	})
-}
-
-// ReleaseInfo describes a published release.
-type ReleaseInfo struct {
-	Digest    string     `json:"digest"`
-	Name      string     `json:"name"`
-	Release   string     `json:"release"`
-	Published time.Time  `json:"published"`
-	Withdrawn *time.Time `json:"withdrawn,omitempty"`
-	// Manifest is set by Policy (verified releases only).
-	Manifest *release.Manifest `json:"manifest,omitempty"`
-}
-
-// Releases lists published releases, newest first.
-func (d *DB) Releases(ctx context.Context) ([]ReleaseInfo, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT digest, name, release, published_at, withdrawn_at FROM releases ORDER BY published_at DESC, digest`)
-	if err != nil {
-		return nil, fmt.Errorf("verifier: releases: %w", err)
-	}
-	defer rows.Close()
-	var out []ReleaseInfo
-	for rows.Next() {
-		var r ReleaseInfo
-		var pub int64
-		var wd sql.NullInt64
-		if err := rows.Scan(&r.Digest, &r.Name, &r.Release, &pub, &wd); err != nil {
-			return nil, err
-		}
-		r.Published = time.Unix(pub, 0).UTC()
-		if wd.Valid {
-			t := time.Unix(wd.Int64, 0).UTC()
-			r.Withdrawn = &t
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
-}
-
 // SetBaseline records an appliance's firmware baseline explicitly (PCR ->
 // SHA-256 value), replacing any recorded one.
 func (d *DB) SetBaseline(ctx context.Context, id string, pcrs map[int][]byte, actor string) error {
@@ -495,26 +282,38 @@ func (d *DB) SetBaseline(ctx context.Context, id string, pcrs map[int][]byte, ac
 	})
 }
 
-// EKRoot is a trusted EK CA.
-type EKRoot struct {
-	Fingerprint string `json:"sha256"`
-	Subject     string `json:"subject"`
+// appliance is what the attestation checks need from an appliance's rows.
+type appliance struct {
+	id    string
+	ekPub crypto.PublicKey
+	share []byte
+	// akPublic is the activated AK's TPMT_PUBLIC, nil before activation.
+	akPublic []byte
+	revoked  bool
 }
 
-// EKRoots lists the trusted EK CAs.
-func (d *DB) EKRoots(ctx context.Context) ([]EKRoot, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT fingerprint, subject FROM ek_roots ORDER BY subject`)
+// applianceRecord loads appliance id for the checks (ErrNotFound: not
+// enrolled).
+func (d *DB) applianceRecord(ctx context.Context, id string) (*appliance, error) {
+	var a appliance
+	var ekDER []byte
+	err := d.queryRow(ctx, `SELECT a.id, a.ek_public, a.remote_share, e.ak_public, r.appliance IS NOT NULL
+		FROM appliances a LEFT JOIN enrollments e ON e.appliance = a.id LEFT JOIN revocations r ON r.appliance = a.id
+		WHERE a.id = ?`, id).Scan(&a.id, &ekDER, &a.share, &a.akPublic, &a.revoked)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("%w: appliance %q", ErrNotFound, id)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("verifier: EK roots: %w", err)
+		return nil, fmt.Errorf("verifier: load appliance: %w", err)
 	}
-	defer rows.Close()
-	out := []EKRoot{}
-	for rows.Next() {
-		var r EKRoot
-		if err := rows.Scan(&r.Fingerprint, &r.Subject); err != nil {
-			return nil, err
-		}
-		out = append(out, r)
+	if a.ekPub, err = x509.ParsePKIXPublicKey(ekDER); err != nil {
+		return nil, fmt.Errorf("verifier: stored EK of %s: %w", id, err)
 	}
-	return out, rows.Err()
+	return &a, nil
+}
+
+// firmwareBaseline returns appliance id's firmware baseline (PCR ->
+// value), empty when none is recorded.
+func (d *DB) firmwareBaseline(ctx context.Context, id string) (map[int][]byte, error) {
+	return d.baseline(ctx, d.db, id)
 }
