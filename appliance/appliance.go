@@ -19,129 +19,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
-	"sort"
 	"time"
 )
-
-// Verifier decisions the appliance acts on. Attesters wrap these.
-var (
-	// ErrRefused: the verifier did not accept the evidence (unknown
-	// measurements, bad quote, unknown TPM, stale nonce ...).
-	ErrRefused = errors.New("appliance: verifier refused attestation")
-	// ErrRevoked: the appliance has been revoked by an operator.
-	ErrRevoked = errors.New("appliance: appliance revoked")
-	// ErrLeaseExpired: the lease ran out before it could be renewed.
-	ErrLeaseExpired = errors.New("appliance: lease expired")
-	// ErrHalted: unlocking failed for a reason retrying cannot fix (a
-	// corrupt header, an integrity or rollback failure on open): the
-	// appliance stops and waits for an operator.
-	ErrHalted = errors.New("appliance: halted")
-	// ErrLocked: the local share was already released this boot (phase PCR
-	// extended); unlocking again needs a reboot.
-	ErrLocked = errors.New("appliance: local key share locked until reboot")
-)
-
-// Unlocked is the result of a successful unlock: the verifier released its
-// share and the TPM combined it with the local share.
-type Unlocked struct {
-	// KEK is the store's key-encryption key. The appliance zeroizes it.
-	KEK []byte
-	// Provision is set when the verifier has never seen a store from this
-	// appliance: format the data disk.
-	Provision bool
-	// SealedLocal is the newly sealed local share when Provision is set;
-	// it goes into the data disk header.
-	SealedLocal []byte
-	// Lease is how long the appliance may serve before a heartbeat.
-	Lease time.Duration
-	// Release names the release the verifier matched (for the console).
-	Release string
-}
-
-// Attester is the appliance side of the verifier protocol (attest/agent).
-type Attester interface {
-	// Unlock attests the boot, reporting the store's last known epoch,
-	// imports the verifier's share, unseals the local share from
-	// sealedLocal (nil on a blank disk) or seals a new one, derives the KEK
-	// and extends the phase PCR. Refusal and revocation are errors wrapping
-	// ErrRefused or ErrRevoked (the phase PCR is then untouched); other
-	// errors are transient unless Locked reports the phase PCR extended.
-	Unlock(ctx context.Context, epoch uint64, sealedLocal []byte) (*Unlocked, error)
-	// Heartbeat re-attests a running appliance and returns the renewed
-	// lease; serverCert (DER, nil when not serving) is the NBD server
-	// certificate, reported under the quote for the verifier to record.
-	// Same error contract as Unlock.
-	Heartbeat(ctx context.Context, epoch uint64, serverCert []byte) (time.Duration, error)
-	// Locked reports whether the phase PCR has been extended this boot, so
-	// that no share can be unsealed again until reboot.
-	Locked() (bool, error)
-}
-
-// Store is an open store. The appliance treats it as opaque and hands it
-// to the Exporter.
-type Store interface {
-	// Epoch is the store's commit epoch, reported to the verifier.
-	Epoch() uint64
-	// Flush makes completed writes durable.
-	Flush() error
-	// Close flushes, wipes the store's keys from memory and releases it.
-	Close() error
-}
-
-// Storage formats and opens stores.
-type Storage interface {
-	// Format creates a new store on dev under kek and opens it.
-	Format(dev Device, kek []byte) (Store, error)
-	// Open opens the store on dev with kek. Rollback and integrity failures
-	// are errors (and are fatal for this attempt).
-	Open(dev Device, kek []byte) (Store, error)
-}
-
-// Exporter serves a store over NBD.
-type Exporter interface {
-	// Serve listens and serves store with the server identity id until ctx
-	// ends, then closes the listener and every connection before
-	// returning. ready is called once the listener is open.
-	Serve(ctx context.Context, store Store, id *ServerIdentity, ready func(addr string)) error
-}
-
-// Platform is the machine: kernel modules, network, data disk, power.
-type Platform interface {
-	// LoadModules loads the kernel modules shipped in the image.
-	LoadModules(ctx context.Context) error
-	// ConfigureNetwork brings up the interface and returns its address.
-	ConfigureNetwork(ctx context.Context, cfg NetworkConfig) (string, error)
-	// OpenDisk opens the data disk read-write.
-	OpenDisk(ctx context.Context, path string) (Device, error)
-	// Reboot restarts the machine (to unseal again after a lock).
-	Reboot() error
-}
-
-// Measurer extends the appliance's own PCR and keeps its event log.
-type Measurer interface {
-	// Measure records an event: its digest extends the PCR and the event
-	// goes into the log the verifier replays.
-	Measure(typ, name string, data []byte) error
-}
-
-// PCRReader reads PCR values for the console report.
-type PCRReader interface {
-	ReadPCRs(pcrs []int) (map[int][]byte, error)
-}
-
-// Measurement is one thing the appliance measures at start.
-type Measurement struct {
-	// Type is the event type ("binary", "config").
-	Type string
-	// Name names what was measured (its path).
-	Name string
-	// Data is what is hashed.
-	Data []byte
-}
 
 // Options wire an Appliance.
 type Options struct {
@@ -287,12 +169,10 @@ func reason(err error) string {
 // session attests, unlocks and serves until the lease is lost. It always
 // returns a non-nil error saying why it stopped, after zeroizing.
 func (a *Appliance) session(ctx context.Context) error {
-	cfg := a.o.Config
 	if locked, err := a.o.Attester.Locked(); err == nil && locked {
 		return a.waitForReadmission(ctx)
 	}
-
-	hdr, err := ReadHeader(a.disk, cfg.Disk.HeaderSize)
+	hdr, err := ReadHeader(a.disk, a.o.Config.Disk.HeaderSize)
 	blank := errors.Is(err, ErrNoHeader)
 	if err != nil && !blank {
 		return fmt.Errorf("%w: %w", ErrHalted, err)
@@ -303,34 +183,65 @@ func (a *Appliance) session(ctx context.Context) error {
 		sealed, epoch = hdr.SealedLocal, hdr.Epoch
 	}
 
+	u, err := a.unlock(ctx, epoch, sealed)
+	if err != nil {
+		return err
+	}
+	defer clear(u.KEK)
+	a.reportPCRs("after unlocking")
+
+	store, err := a.openStore(u, blank, epoch)
+	if err != nil {
+		return err
+	}
+	id, err := DeriveServerIdentity(u.KEK, a.o.Config.Identity, a.certIPs())
+	clear(u.KEK)
+	if err != nil {
+		store.Close()
+		return fmt.Errorf("%w: %w", ErrHalted, err)
+	}
+	defer id.Zeroize()
+	a.log.Info("nbd server identity", "sha256", id.Fingerprint,
+		"cert", base64.StdEncoding.EncodeToString(id.Certificate.Certificate[0]))
+	return a.serve(ctx, store, id, u.Lease)
+}
+
+// unlock attests the boot and receives the KEK. Refusal and revocation are
+// returned as they are; any other failure after the unseal window closed
+// halts the appliance, since retrying this boot cannot succeed.
+func (a *Appliance) unlock(ctx context.Context, epoch uint64, sealed []byte) (*Unlocked, error) {
 	var u *Unlocked
-	if err := a.step("attest+unlock", func() error {
+	err := a.step("attest+unlock", func() error {
 		var err error
 		if u, err = a.o.Attester.Unlock(ctx, epoch, sealed); err != nil {
 			return err
 		}
 		a.log.Info("verifier granted the key", "release", u.Release, "lease", u.Lease, "provision", u.Provision)
 		return nil
-	}); err != nil {
-		if errors.Is(err, ErrRefused) || errors.Is(err, ErrRevoked) {
-			return err
-		}
-		if locked, lerr := a.o.Attester.Locked(); lerr == nil && locked {
-			// The verifier answered and the unseal window is closed:
-			// retrying this boot cannot succeed.
-			return fmt.Errorf("%w: %w", ErrHalted, err)
-		}
-		return err
+	})
+	if err == nil {
+		return u, nil
 	}
-	defer clear(u.KEK)
-	a.reportPCRs("after unlocking")
+	if errors.Is(err, ErrRefused) || errors.Is(err, ErrRevoked) {
+		return nil, err
+	}
+	if locked, lerr := a.o.Attester.Locked(); lerr == nil && locked {
+		return nil, fmt.Errorf("%w: %w", ErrHalted, err)
+	}
+	return nil, err
+}
 
+// openStore formats the store on a blank disk the verifier says to
+// provision, or opens the existing one and checks its authenticated epoch
+// against the one reported to the verifier. Every failure halts.
+func (a *Appliance) openStore(u *Unlocked, blank bool, epoch uint64) (Store, error) {
+	cfg := a.o.Config
 	storeDev, err := NewWindow(a.disk, cfg.Disk.HeaderSize)
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrHalted, err)
+		return nil, fmt.Errorf("%w: %w", ErrHalted, err)
 	}
 	var store Store
-	if err := a.step("open store", func() error {
+	err = a.step("open store", func() error {
 		var err error
 		switch {
 		case u.Provision && blank:
@@ -361,19 +272,14 @@ func (a *Appliance) session(ctx context.Context) error {
 			a.log.Info("store opened", "epoch", store.Epoch())
 		}
 		return nil
-	}); err != nil {
-		return err
-	}
-	id, err := DeriveServerIdentity(u.KEK, cfg.Identity, a.certIPs())
-	clear(u.KEK)
-	if err != nil {
-		store.Close()
-		return fmt.Errorf("%w: %w", ErrHalted, err)
-	}
-	defer id.Zeroize()
-	a.log.Info("nbd server identity", "sha256", id.Fingerprint,
-		"cert", base64.StdEncoding.EncodeToString(id.Certificate.Certificate[0]))
+	})
+	return store, err
+}
 
+// serve exports store until the lease is lost, ctx ends or the NBD server
+// stops, renewing the lease by heartbeat; then it stops serving and closes
+// (zeroizes) the store, and returns why.
+func (a *Appliance) serve(ctx context.Context, store Store, id *ServerIdentity, lease time.Duration) error {
 	serveCtx, stopServing := context.WithCancel(ctx)
 	served := make(chan error, 1)
 	go func() {
@@ -392,7 +298,7 @@ func (a *Appliance) session(ctx context.Context) error {
 		return why
 	}
 
-	expires := time.Now().Add(u.Lease)
+	expires := time.Now().Add(lease)
 	// The first heartbeat goes out at once: it reports the server identity
 	// under a quote, so the home state's clients can pin it from the
 	// verifier instead of trusting this console.
@@ -406,66 +312,18 @@ func (a *Appliance) session(ctx context.Context) error {
 			return stop(fmt.Errorf("NBD server stopped: %w", err))
 		case <-time.After(wait):
 		}
-		lease, err := a.heartbeat(ctx, store, expires, id.Certificate.Certificate[0])
+		renewed, err := a.heartbeat(ctx, store, expires, id.Certificate.Certificate[0])
 		if err != nil {
 			return stop(err)
 		}
-		expires = time.Now().Add(lease)
+		expires = time.Now().Add(renewed)
 		if first {
-			a.log.Info("server identity reported to the verifier", "sha256", id.Fingerprint, "lease", lease)
+			a.log.Info("server identity reported to the verifier", "sha256", id.Fingerprint, "lease", renewed)
 		} else {
-			a.log.Info("lease renewed", "lease", lease, "epoch", store.Epoch())
+			a.log.Info("lease renewed", "lease", renewed, "epoch", store.Epoch())
 		}
 		wait = time.Duration(float64(time.Until(expires)) * a.o.RenewFraction)
 	}
-}
-
-// heartbeat re-attests, reporting the NBD server certificate serverCert
-// (DER), retrying transient failures until the lease expires. The store's
-// epoch is recorded in the disk header first, so the next boot reports an
-// epoch the verifier has seen (or a newer one).
-func (a *Appliance) heartbeat(ctx context.Context, store Store, expires time.Time, serverCert []byte) (time.Duration, error) {
-	cfg := a.o.Config
-	delay := 200 * time.Millisecond
-	for {
-		epoch := store.Epoch()
-		if err := UpdateHeaderEpoch(a.disk, epoch, cfg.Disk.HeaderSize); err != nil {
-			a.log.Error("recording the epoch in the disk header", "err", err)
-		}
-		l, err := a.o.Attester.Heartbeat(ctx, epoch, serverCert)
-		if err == nil {
-			return l, nil
-		}
-		if errors.Is(err, ErrRefused) || errors.Is(err, ErrRevoked) {
-			return 0, err
-		}
-		left := time.Until(expires)
-		if left <= 0 {
-			return 0, fmt.Errorf("%w (last error: %v)", ErrLeaseExpired, err)
-		}
-		a.log.Warn("heartbeat failed, retrying", "err", err, "lease_left", left.Round(time.Millisecond))
-		select {
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		case <-time.After(min(delay, left)):
-		}
-		delay = min(2*delay, 5*time.Second)
-	}
-}
-
-// waitForReadmission runs when this boot's unseal window is closed (after a
-// revocation, refusal or lost lease): it asks the verifier, by heartbeat,
-// whether the appliance is admitted again, and returns ErrLocked (reboot)
-// when it is.
-func (a *Appliance) waitForReadmission(ctx context.Context) error {
-	hdr, err := ReadHeader(a.disk, a.o.Config.Disk.HeaderSize)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrHalted, err)
-	}
-	if _, err := a.o.Attester.Heartbeat(ctx, hdr.Epoch, nil); err != nil {
-		return err
-	}
-	return ErrLocked
 }
 
 // certIPs are the addresses the server certificate names: the static
@@ -477,29 +335,4 @@ func (a *Appliance) certIPs() []net.IP {
 		ips = append(ips, net.IP(p.Addr().AsSlice()))
 	}
 	return ips
-}
-
-func (a *Appliance) reportPCRs(when string) {
-	if a.o.PCRs == nil || len(a.o.ReportPCRs) == 0 {
-		return
-	}
-	vals, err := a.o.PCRs.ReadPCRs(a.o.ReportPCRs)
-	if err != nil {
-		a.log.Warn("reading PCRs", "err", err)
-		return
-	}
-	idx := make([]int, 0, len(vals))
-	for i := range vals {
-		idx = append(idx, i)
-	}
-	sort.Ints(idx)
-	for _, i := range idx {
-		a.log.Info("pcr", "when", when, "index", i, "sha256", hex.EncodeToString(vals[i]))
-	}
-}
-
-// ConsoleLogger returns the appliance's console logger: slog's text handler
-// on w (the serial console), with times.
-func ConsoleLogger(w io.Writer) *slog.Logger {
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
