@@ -73,3 +73,29 @@ func BenchmarkWrite1MQD8(b *testing.B)       { benchQD(b, cmdWrite, 1<<20, 8, fa
 
 func BenchmarkFileRead1MQD8(b *testing.B)  { benchFileQD(b, cmdRead, 1<<20, 8) }
 func BenchmarkFileWrite1MQD8(b *testing.B) { benchFileQD(b, cmdWrite, 1<<20, 8) }
+
+// benchStoreQD is benchQD against the authenticated store, as the
+// appliance serves it (through appliance/wiring's adapter).
+func benchStoreQD(b *testing.B, typ uint16, size uint32, depth int) {
+	st, _ := newStore(b, 64<<20)
+	srv := startServer(b, nbd.ServerOptions{
+		Exports:   []nbd.Export{{Name: "store", Backend: st}},
+		Grants:    []nbd.Grant{{Identity: nbd.AnyIdentity, Export: "store", Access: nbd.ReadWrite}},
+		Plaintext: true,
+	})
+	c := dialExport(b, srv.addr, "store", true)
+	if typ == cmdRead { // write the whole store first: reads then decrypt
+		buf := make([]byte, 1<<20)
+		for off := uint64(0); off < 64<<20; off += 1 << 20 {
+			if r := c.do(cmdWrite, 0, off, 1<<20, buf); r.errno != 0 {
+				b.Fatalf("fill: errno %d", r.errno)
+			}
+		}
+	}
+	benchConn(b, c, typ, size, depth)
+}
+
+func BenchmarkStoreRead4KQD32(b *testing.B)  { benchStoreQD(b, cmdRead, 4096, 32) }
+func BenchmarkStoreWrite4KQD32(b *testing.B) { benchStoreQD(b, cmdWrite, 4096, 32) }
+func BenchmarkStoreRead1MQD8(b *testing.B)   { benchStoreQD(b, cmdRead, 1<<20, 8) }
+func BenchmarkStoreWrite1MQD8(b *testing.B)  { benchStoreQD(b, cmdWrite, 1<<20, 8) }
