@@ -12,31 +12,35 @@ import (
 	"github.com/dataembassy/embassy/storage/nbd"
 )
 
-// newBackend formats a store of size bytes in a temp file and returns it
-// through the adapter, and the store itself.
-func newBackend(t *testing.T, size int64) (wiring.StoreBackend, *storage.Store) {
+// newStore formats a store on a 64 MiB file with wiring.Storage, as the
+// appliance does, and returns it with its KEK.
+func newStore(t *testing.T) (*storage.Store, []byte) {
 	t.Helper()
-	dev, err := storage.CreateFileDevice(filepath.Join(t.TempDir(), "disk.img"), 2*size+size/16+16<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
 	kek := make([]byte, storage.KEKSize)
 	rand.Read(kek)
-	st, err := storage.Format(dev, storage.FormatOptions{KEK: kek, Size: size})
+	dev, err := storage.CreateFileDevice(filepath.Join(t.TempDir(), "disk.img"), 64<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		st.Close()
-		dev.Close()
-	})
+	t.Cleanup(func() { dev.Close() })
+	st, err := (&wiring.Storage{}).Format(dev, kek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st.(*storage.Store), kek
+}
+
+// newBackend returns a new store through the adapter, and the store.
+func newBackend(t *testing.T) (wiring.StoreBackend, *storage.Store) {
+	st, _ := newStore(t)
 	return wiring.StoreBackend{Store: st}, st
 }
 
 // TestStoreBackend checks that the adapter passes data through and
 // reports the store's extents unchanged.
 func TestStoreBackend(t *testing.T) {
-	be, st := newBackend(t, 4<<20)
+	be, st := newBackend(t)
 	data := bytes.Repeat([]byte{0x5a}, 3*storage.BlockSize)
 	if _, err := be.WriteAt(data, 8*storage.BlockSize); err != nil {
 		t.Fatal(err)
@@ -65,7 +69,7 @@ func TestStoreBackend(t *testing.T) {
 		t.Errorf("written range reported as %+v", ext[1])
 	}
 	// Errors that are not about integrity are passed on as they are.
-	if err := be.Trim(4<<20, storage.BlockSize); !errors.Is(err, storage.ErrOutOfRange) || errors.Is(err, nbd.ErrIntegrity) {
+	if err := be.Trim(be.Size(), storage.BlockSize); !errors.Is(err, storage.ErrOutOfRange) || errors.Is(err, nbd.ErrIntegrity) {
 		t.Errorf("trim beyond the end: %v", err)
 	}
 }
@@ -73,7 +77,7 @@ func TestStoreBackend(t *testing.T) {
 // TestStoreBackendAllocations checks that the adapter adds no allocation
 // to reads, writes and block status.
 func TestStoreBackendAllocations(t *testing.T) {
-	be, st := newBackend(t, 4<<20)
+	be, st := newBackend(t)
 	buf := make([]byte, 64<<10)
 	rand.Read(buf)
 	if _, err := st.WriteAt(buf, 0); err != nil {

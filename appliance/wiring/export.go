@@ -30,7 +30,7 @@ var ErrNotBackend = errors.New("wiring: store does not implement nbd.Backend")
 // Serve listens on Config.Listen and serves store as every configured
 // export until ctx ends.
 func (e *Exporter) Serve(ctx context.Context, store appliance.Store, id *appliance.ServerIdentity, ready func(string)) error {
-	backend, err := Backend(store)
+	backend, err := asBackend(store)
 	if err != nil {
 		return err
 	}
@@ -74,9 +74,9 @@ func (e *Exporter) Serve(ctx context.Context, store appliance.Store, id *applian
 	return srv.Serve(ctx, l)
 }
 
-// Backend returns store as an NBD backend: an authenticated store through
-// StoreBackend, anything else if it is one already.
-func Backend(store appliance.Store) (nbd.Backend, error) {
+// asBackend returns store as an NBD backend: an authenticated store
+// through StoreBackend, anything else if it is one already.
+func asBackend(store appliance.Store) (nbd.Backend, error) {
 	switch st := store.(type) {
 	case *storage.Store:
 		return StoreBackend{st}, nil

@@ -26,15 +26,20 @@ func benchFileQD(b *testing.B, typ uint16, size uint32, depth int) {
 		MaxPayload: 1 << 20,
 	})
 	c := dialExport(b, srv.addr, "disk", true)
-	if typ == cmdRead { // allocate and cache the whole file first
-		buf := make([]byte, 1<<20)
-		for off := uint64(0); off < 64<<20; off += 1 << 20 {
-			if r := c.do(cmdWrite, 0, off, 1<<20, buf); r.errno != 0 {
-				b.Fatalf("fill: errno %d", r.errno)
-			}
-		}
+	if typ == cmdRead {
+		fill(b, c) // allocate and cache the whole file first
 	}
 	benchConn(b, c, typ, size, depth)
+}
+
+// fill writes the whole 64 MiB export.
+func fill(b *testing.B, c *client) {
+	buf := make([]byte, 1<<20)
+	for off := uint64(0); off < 64<<20; off += 1 << 20 {
+		if r := c.do(cmdWrite, 0, off, 1<<20, buf); r.errno != 0 {
+			b.Fatalf("fill: errno %d", r.errno)
+		}
+	}
 }
 
 func benchConn(b *testing.B, c *client, typ uint16, size uint32, depth int) {
@@ -84,13 +89,8 @@ func benchStoreQD(b *testing.B, typ uint16, size uint32, depth int) {
 		Plaintext: true,
 	})
 	c := dialExport(b, srv.addr, "store", true)
-	if typ == cmdRead { // write the whole store first: reads then decrypt
-		buf := make([]byte, 1<<20)
-		for off := uint64(0); off < 64<<20; off += 1 << 20 {
-			if r := c.do(cmdWrite, 0, off, 1<<20, buf); r.errno != 0 {
-				b.Fatalf("fill: errno %d", r.errno)
-			}
-		}
+	if typ == cmdRead {
+		fill(b, c) // reads then decrypt every block
 	}
 	benchConn(b, c, typ, size, depth)
 }
