@@ -35,6 +35,7 @@ type conn struct {
 	dirty    atomic.Bool // a write was done since the last flush
 }
 
+// newConn wraps nc, a connection accepted by s, for the handshake.
 func newConn(s *Server, nc net.Conn) *conn {
 	nc = newRawSocket(nc)
 	c := &conn{s: s, raw: nc, nc: nc}
