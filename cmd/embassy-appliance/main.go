@@ -80,7 +80,7 @@ func run(ctx context.Context, log *slog.Logger, configPath, tpmPath string) erro
 		return fmt.Errorf("rollback counter: %w", err)
 	}
 
-	measurer, attester, err := newAttestation(cfg, agentTPM, log)
+	measurer, attester, err := wiring.NewAttestation(cfg, agentTPM, log)
 	if err != nil {
 		return err
 	}

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/dataembassy/embassy/appliance/wiring"
 	"github.com/dataembassy/embassy/storage"
 	"github.com/dataembassy/embassy/storage/nbd"
 )
@@ -164,7 +165,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 				fmt.Fprintf(stderr, "closing store: %v\n", err)
 			}
 		}()
-		backend = st
+		backend = wiring.StoreBackend{Store: st}
 	}
 	opts.Exports = []nbd.Export{{
 		Name: *export, Description: *desc, Backend: backend,

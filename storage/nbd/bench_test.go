@@ -26,15 +26,20 @@ func benchFileQD(b *testing.B, typ uint16, size uint32, depth int) {
 		MaxPayload: 1 << 20,
 	})
 	c := dialExport(b, srv.addr, "disk", true)
-	if typ == cmdRead { // allocate and cache the whole file first
-		buf := make([]byte, 1<<20)
-		for off := uint64(0); off < 64<<20; off += 1 << 20 {
-			if r := c.do(cmdWrite, 0, off, 1<<20, buf); r.errno != 0 {
-				b.Fatalf("fill: errno %d", r.errno)
-			}
-		}
+	if typ == cmdRead {
+		fill(b, c) // allocate and cache the whole file first
 	}
 	benchConn(b, c, typ, size, depth)
+}
+
+// fill writes the whole 64 MiB export.
+func fill(b *testing.B, c *client) {
+	buf := make([]byte, 1<<20)
+	for off := uint64(0); off < 64<<20; off += 1 << 20 {
+		if r := c.do(cmdWrite, 0, off, 1<<20, buf); r.errno != 0 {
+			b.Fatalf("fill: errno %d", r.errno)
+		}
+	}
 }
 
 func benchConn(b *testing.B, c *client, typ uint16, size uint32, depth int) {
@@ -73,3 +78,24 @@ func BenchmarkWrite1MQD8(b *testing.B)       { benchQD(b, cmdWrite, 1<<20, 8, fa
 
 func BenchmarkFileRead1MQD8(b *testing.B)  { benchFileQD(b, cmdRead, 1<<20, 8) }
 func BenchmarkFileWrite1MQD8(b *testing.B) { benchFileQD(b, cmdWrite, 1<<20, 8) }
+
+// benchStoreQD is benchQD against the authenticated store, as the
+// appliance serves it (through appliance/wiring's adapter).
+func benchStoreQD(b *testing.B, typ uint16, size uint32, depth int) {
+	st, _ := newStore(b, 64<<20)
+	srv := startServer(b, nbd.ServerOptions{
+		Exports:   []nbd.Export{{Name: "store", Backend: st}},
+		Grants:    []nbd.Grant{{Identity: nbd.AnyIdentity, Export: "store", Access: nbd.ReadWrite}},
+		Plaintext: true,
+	})
+	c := dialExport(b, srv.addr, "store", true)
+	if typ == cmdRead {
+		fill(b, c) // reads then decrypt every block
+	}
+	benchConn(b, c, typ, size, depth)
+}
+
+func BenchmarkStoreRead4KQD32(b *testing.B)  { benchStoreQD(b, cmdRead, 4096, 32) }
+func BenchmarkStoreWrite4KQD32(b *testing.B) { benchStoreQD(b, cmdWrite, 4096, 32) }
+func BenchmarkStoreRead1MQD8(b *testing.B)   { benchStoreQD(b, cmdRead, 1<<20, 8) }
+func BenchmarkStoreWrite1MQD8(b *testing.B)  { benchStoreQD(b, cmdWrite, 1<<20, 8) }

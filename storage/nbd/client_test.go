@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/dataembassy/embassy/storage"
+	"github.com/dataembassy/embassy/storage/nbd"
 )
 
 // Wire constants, restated from the spec so the tests check the server
@@ -110,7 +110,7 @@ func (m *memBackend) ReadAt(p []byte, off int64) (int, error) {
 type integrityErr struct{ off int64 }
 
 func (e *integrityErr) Error() string { return fmt.Sprintf("block at %d: tag mismatch", e.off) }
-func (e *integrityErr) Unwrap() error { return storage.ErrIntegrity }
+func (e *integrityErr) Unwrap() error { return nbd.ErrIntegrity }
 
 func (m *memBackend) WriteAt(p []byte, off int64) (int, error) {
 	defer m.enter(off)()
@@ -131,17 +131,17 @@ func (m *memBackend) WriteZeroes(off, n int64) error {
 	return nil
 }
 
-func (m *memBackend) BlockStatus(off, n int64) ([]storage.Extent, error) {
+func (m *memBackend) BlockStatus(off, n int64) ([]nbd.Extent, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var out []storage.Extent
+	var out []nbd.Extent
 	for pos := off; pos < off+n; {
 		k := min(4096-pos%4096, off+n-pos)
 		zero := bytes.Count(m.data[pos:pos+k], []byte{0}) == int(k)
 		if l := len(out); l > 0 && out[l-1].Zero == zero {
 			out[l-1].Length += k
 		} else {
-			out = append(out, storage.Extent{Offset: pos, Length: k, Zero: zero})
+			out = append(out, nbd.Extent{Offset: pos, Length: k, Zero: zero})
 		}
 		pos += k
 	}

@@ -9,8 +9,6 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/dataembassy/embassy/storage"
 )
 
 // File is a plain, unencrypted file or block device as a Backend: for
@@ -137,20 +135,20 @@ func (b *File) Cache(off, length int64) error {
 
 // BlockStatus reports holes and data with SEEK_DATA/SEEK_HOLE. A file
 // system without them reports everything as data.
-func (b *File) BlockStatus(off, length int64) ([]storage.Extent, error) {
+func (b *File) BlockStatus(off, length int64) ([]Extent, error) {
 	end := min(off+length, b.size)
-	var out []storage.Extent
+	var out []Extent
 	pos := off
 	for pos < end {
 		data, err := unix.Seek(b.fd, pos, unix.SEEK_DATA)
 		if errors.Is(err, unix.ENXIO) {
 			data = b.size // only a hole up to the end
 		} else if err != nil {
-			return []storage.Extent{{Offset: pos, Length: end - pos}}, nil
+			return []Extent{{Offset: pos, Length: end - pos}}, nil
 		}
 		if data > pos {
 			h := min(data, end) - pos
-			out = append(out, storage.Extent{Offset: pos, Length: h, Zero: true})
+			out = append(out, Extent{Offset: pos, Length: h, Zero: true})
 			pos += h
 			continue
 		}
@@ -159,7 +157,7 @@ func (b *File) BlockStatus(off, length int64) ([]storage.Extent, error) {
 			hole = end
 		}
 		hole = min(max(hole, pos+1), end)
-		out = append(out, storage.Extent{Offset: pos, Length: hole - pos})
+		out = append(out, Extent{Offset: pos, Length: hole - pos})
 		pos = hole
 	}
 	return out, nil

@@ -21,33 +21,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/dataembassy/embassy/storage"
 )
-
-// Backend is the block device behind an export. *storage.Store implements
-// it, and so does File.
-//
-// Methods are called concurrently from many goroutines. WriteAt and ReadAt
-// accept any offset and length inside Size; a backend with larger internal
-// blocks does read-modify-write itself.
-type Backend interface {
-	ReadAt(p []byte, off int64) (int, error)
-	WriteAt(p []byte, off int64) (int, error)
-	// Flush makes every write that has completed durable.
-	Flush() error
-	// Trim discards the range; it then reads as zeros.
-	Trim(off, length int64) error
-	// WriteZeroes makes the range read as zeros. It should be fast (no data
-	// written); a backend that cannot zero quickly returns an error wrapping
-	// errors.ErrUnsupported and the server falls back to writing zeros.
-	WriteZeroes(off, length int64) error
-	// BlockStatus reports the allocation state of the range as consecutive
-	// extents starting at off.
-	BlockStatus(off, length int64) ([]storage.Extent, error)
-	// Size is the export size in bytes.
-	Size() int64
-}
 
 // Access is what a grant allows on an export.
 type Access int
@@ -99,7 +73,7 @@ type Export struct {
 	ReadOnly bool
 	// MultiConn advertises NBD_FLAG_CAN_MULTI_CONN. Set it only when the
 	// backend's Flush makes writes from all connections durable (true for
-	// File and *storage.Store, which are shared by all connections).
+	// File and the store, which are shared by all connections).
 	MultiConn bool
 }
 
@@ -142,7 +116,8 @@ type Stats struct {
 	Refused uint64
 	// Requests is the number of transmission requests handled.
 	Requests uint64
-	// IntegrityErrors counts requests that failed with storage.ErrIntegrity.
+	// IntegrityErrors counts requests that failed with an error wrapping
+	// ErrIntegrity.
 	IntegrityErrors uint64
 }
 

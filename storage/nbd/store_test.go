@@ -7,12 +7,14 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/dataembassy/embassy/appliance/wiring"
 	"github.com/dataembassy/embassy/storage"
 	"github.com/dataembassy/embassy/storage/nbd"
 )
 
-// newStore formats an authenticated store of size bytes in a temp file.
-func newStore(t testing.TB, size int64) (*storage.Store, string) {
+// newStore formats an authenticated store of size bytes in a temp file and
+// returns it as the appliance serves it: through wiring's adapter.
+func newStore(t testing.TB, size int64) (wiring.StoreBackend, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "store.img")
 	dev, err := storage.CreateFileDevice(path, 2*size+size/16+16<<20)
@@ -29,11 +31,8 @@ func newStore(t testing.TB, size int64) (*storage.Store, string) {
 		st.Close()
 		dev.Close()
 	})
-	return st, path
+	return wiring.StoreBackend{Store: st}, path
 }
-
-// The store satisfies the interface the server consumes.
-var _ nbd.Backend = (*storage.Store)(nil)
 
 func TestStoreOverNBD(t *testing.T) {
 	st, _ := newStore(t, 8<<20)

@@ -1,7 +1,3 @@
-// Package wiring adapts Embassy's real components to the interfaces the
-// appliance's boot sequence consumes: the authenticated store
-// (storage.Format/Open, bound to a monotonic counter) and the NBD server
-// over mutual TLS (storage/nbd).
 package wiring
 
 import (
@@ -16,38 +12,6 @@ import (
 	"github.com/dataembassy/embassy/storage"
 	"github.com/dataembassy/embassy/storage/nbd"
 )
-
-// Storage implements appliance.Storage with package storage.
-type Storage struct {
-	// Counter is the monotonic counter the store is bound to (the TPM NV
-	// counter on the appliance). Nil disables whole-disk rollback detection
-	// and is only for tests.
-	Counter storage.Counter
-	// Logger receives the store's integrity failures.
-	Logger *slog.Logger
-}
-
-// Format creates a store on dev under kek.
-func (s *Storage) Format(dev appliance.Device, kek []byte) (appliance.Store, error) {
-	st, err := storage.Format(dev, storage.FormatOptions{
-		KEK:     kek,
-		Counter: s.Counter,
-		Open:    storage.OpenOptions{Counter: s.Counter, Logger: s.Logger},
-	})
-	if err != nil {
-		return nil, err
-	}
-	return st, nil
-}
-
-// Open opens the store on dev with kek.
-func (s *Storage) Open(dev appliance.Device, kek []byte) (appliance.Store, error) {
-	st, err := storage.Open(dev, storage.OpenOptions{KEK: kek, Counter: s.Counter, Logger: s.Logger})
-	if err != nil {
-		return nil, err
-	}
-	return st, nil
-}
 
 // Exporter implements appliance.Exporter with storage/nbd over mutual TLS.
 type Exporter struct {
@@ -66,9 +30,9 @@ var ErrNotBackend = errors.New("wiring: store does not implement nbd.Backend")
 // Serve listens on Config.Listen and serves store as every configured
 // export until ctx ends.
 func (e *Exporter) Serve(ctx context.Context, store appliance.Store, id *appliance.ServerIdentity, ready func(string)) error {
-	backend, ok := store.(nbd.Backend)
-	if !ok {
-		return ErrNotBackend
+	backend, err := asBackend(store)
+	if err != nil {
+		return err
 	}
 	clientCAs, err := appliance.ParseCertPool(e.Config.ClientCAPEM)
 	if err != nil {
@@ -108,4 +72,16 @@ func (e *Exporter) Serve(ctx context.Context, store appliance.Store, id *applian
 	}
 	ready(l.Addr().String())
 	return srv.Serve(ctx, l)
+}
+
+// asBackend returns store as an NBD backend: an authenticated store
+// through StoreBackend, anything else if it is one already.
+func asBackend(store appliance.Store) (nbd.Backend, error) {
+	switch st := store.(type) {
+	case *storage.Store:
+		return StoreBackend{st}, nil
+	case nbd.Backend:
+		return st, nil
+	}
+	return nil, ErrNotBackend
 }

@@ -16,7 +16,6 @@ import (
 	"github.com/dataembassy/embassy/appliance/wiring"
 	"github.com/dataembassy/embassy/internal/pki"
 	"github.com/dataembassy/embassy/internal/testenv"
-	"github.com/dataembassy/embassy/storage"
 )
 
 // clientPKI writes a CA and a client certificate for identity into dir
@@ -47,18 +46,7 @@ func TestExporterWithNbdcopy(t *testing.T) {
 	os.Mkdir(certs, 0o700)
 	clientCA := clientPKI(t, certs, "tallinn-client")
 
-	kek := make([]byte, storage.KEKSize)
-	rand.Read(kek)
-	dev, err := storage.CreateFileDevice(filepath.Join(dir, "disk.img"), 64<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-	st, err := (&wiring.Storage{}).Format(dev, kek)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st, kek := newStore(t)
 	id, err := appliance.DeriveServerIdentity(kek, "lux-01", []net.IP{net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package main
+package wiring
 
 import (
 	"context"
@@ -15,9 +15,11 @@ import (
 	"github.com/dataembassy/embassy/attest/tpm"
 )
 
-// newAttestation returns the PCR 15 measurer and the verifier client built
-// on attest/measure and attest/agent.
-func newAttestation(cfg *appliance.Config, rw io.ReadWriter, log *slog.Logger) (appliance.Measurer, appliance.Attester, error) {
+// NewAttestation returns the appliance's PCR 15 measurer and its verifier
+// client, built on attest/measure and attest/agent: both use the TPM rw
+// and share one measurement log, which the agent sends as evidence. The
+// verifier's URL and CA and the appliance's identity come from cfg.
+func NewAttestation(cfg *appliance.Config, rw io.ReadWriter, log *slog.Logger) (*Measurer, *Attester, error) {
 	mlog := &measure.Log{}
 	pool, err := appliance.ParseCertPool(cfg.Verifier.CAPEM)
 	if err != nil {
@@ -33,23 +35,31 @@ func newAttestation(cfg *appliance.Config, rw io.ReadWriter, log *slog.Logger) (
 	if err != nil {
 		return nil, nil, err
 	}
-	return &measurer{rw: rw, log: mlog}, &attester{a: a, rw: rw, log: log}, nil
+	return &Measurer{rw: rw, log: mlog}, &Attester{a: a, rw: rw, log: log}, nil
 }
 
-// measurer extends PCR 15 through the appliance's measurement log.
-type measurer struct {
+var (
+	_ appliance.Measurer = (*Measurer)(nil)
+	_ appliance.Attester = (*Attester)(nil)
+)
+
+// Measurer implements appliance.Measurer: it extends PCR 15 through the
+// appliance's measurement log.
+type Measurer struct {
 	rw  io.ReadWriter
 	log *measure.Log
 }
 
-func (m *measurer) Measure(typ, name string, data []byte) error {
+// Measure records an event of typ and name over data in the log and
+// extends PCR 15 with it.
+func (m *Measurer) Measure(typ, name string, data []byte) error {
 	return m.log.Measure(m.rw, measure.NewEvent(typ, name, data))
 }
 
-// attester adapts agent.Agent to appliance.Attester: it enrolls the
+// Attester implements appliance.Attester with agent.Agent: it enrolls the
 // attestation key on first use and maps the agent's errors to the
 // appliance's.
-type attester struct {
+type Attester struct {
 	a        *agent.Agent
 	rw       io.ReadWriter
 	log      *slog.Logger
@@ -57,9 +67,9 @@ type attester struct {
 	enrolled bool
 }
 
-// mapErr turns the agent's refusal errors into the appliance's sentinels,
+// mapAgentErr turns the agent's refusal errors into the appliance's sentinels,
 // keeping the verifier's explanation (check, PCR, audit record).
-func mapErr(err error) error {
+func mapAgentErr(err error) error {
 	switch {
 	case err == nil:
 		return nil
@@ -71,7 +81,9 @@ func mapErr(err error) error {
 	return err
 }
 
-func (t *attester) enroll(ctx context.Context) error {
+// enroll enrolls the attestation key once; a key the verifier already
+// knows counts as enrolled.
+func (t *Attester) enroll(ctx context.Context) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.enrolled {
@@ -79,34 +91,37 @@ func (t *attester) enroll(ctx context.Context) error {
 	}
 	err := t.a.Enroll(ctx)
 	if err != nil && !errors.Is(err, agent.ErrAlreadyEnrolled) {
-		return mapErr(err)
+		return mapAgentErr(err)
 	}
 	t.log.Info("attestation key enrolled", "already", err != nil)
 	t.enrolled = true
 	return nil
 }
 
-func (t *attester) Unlock(ctx context.Context, epoch uint64, sealedLocal []byte) (*appliance.Unlocked, error) {
+// Unlock attests and obtains the KEK as appliance.Attester says, enrolling
+// the attestation key first if it is not yet.
+func (t *Attester) Unlock(ctx context.Context, epoch uint64, sealedLocal []byte) (*appliance.Unlocked, error) {
 	if err := t.enroll(ctx); err != nil {
 		return nil, err
 	}
 	u, err := t.a.Unlock(ctx, epoch, sealedLocal)
 	if err != nil {
-		return nil, mapErr(err)
+		return nil, mapAgentErr(err)
 	}
 	return &appliance.Unlocked{KEK: u.KEK, Provision: u.Provision, SealedLocal: u.SealedLocal, Lease: u.Lease, Release: u.Release}, nil
 }
 
-func (t *attester) Heartbeat(ctx context.Context, epoch uint64, serverCert []byte) (time.Duration, error) {
+// Heartbeat re-attests to renew the lease, enrolling first if need be.
+func (t *Attester) Heartbeat(ctx context.Context, epoch uint64, serverCert []byte) (time.Duration, error) {
 	if err := t.enroll(ctx); err != nil {
 		return 0, err
 	}
 	d, err := t.a.Heartbeat(ctx, epoch, serverCert)
-	return d, mapErr(err)
+	return d, mapAgentErr(err)
 }
 
 // Locked reports whether the phase PCR left its reset value.
-func (t *attester) Locked() (bool, error) {
+func (t *Attester) Locked() (bool, error) {
 	v, err := tpm.ReadPCRs(t.rw, []int{tpm.PCRPhase})
 	if err != nil {
 		return false, err
