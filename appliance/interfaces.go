@@ -112,7 +112,10 @@ type PCRReader interface {
 	ReadPCRs(pcrs []int) (map[int][]byte, error)
 }
 
-// Measurement is one thing the appliance measures at start.
+// Measurement is one thing the appliance measures at start. Its fields are
+// those of attest/measure.Subject, so the command converts the appliance's
+// measurement plan (measure.AppliancePlan) to Measurements one for one
+// while this package stays free of the TPM code.
 type Measurement struct {
 	// Type is the event type ("binary", "config").
 	Type string

@@ -2,8 +2,8 @@
 // measure: a UKI (package uki), a reproducible GPT disk image with the UKI on
 // its ESP (package disk), and the PCR values OVMF + systemd-stub + Linux
 // produce when booting it (package predict), all from the files alone.
-// AppliancePCR adds PCR 15, the appliance's measurement of its own binary
-// and configuration, read from an appliance initramfs.
+// predict.InitramfsPCR adds PCR 15, the appliance's measurement of its own
+// binary and configuration, read from an appliance initramfs.
 //
 // The prediction becomes a release manifest (package attest/release) that
 // release officers sign with `embassyctl release sign`; the verifier admits a

@@ -23,6 +23,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/dataembassy/embassy/attest/measure"
 	"github.com/u-root/mkuimage/uimage"
 	"github.com/u-root/uio/llog"
 )
@@ -32,10 +33,13 @@ const (
 	// InitPath is u-root's init; /init links to it.
 	InitPath = "bin/init"
 	// AppliancePath is the appliance program. It keeps its own name (u-root's
-	// init runs every "uinit" it finds); bin/uinit is a symlink to it.
-	AppliancePath = "bin/embassy-appliance"
-	// ConfigPath is the appliance configuration (JSON, see package appliance).
-	ConfigPath = "etc/embassy/appliance.json"
+	// init runs every "uinit" it finds); bin/uinit is a symlink to it. The
+	// appliance's measurement plan (attest/measure) defines it, since the
+	// appliance reads and measures itself there.
+	AppliancePath = measure.BinaryFile
+	// ConfigPath is the appliance configuration (JSON, see package
+	// appliance), measured by the appliance as attest/measure.ConfigPath.
+	ConfigPath = measure.ConfigFile
 	// ModulesDir holds the kernel modules the appliance loads. It is not
 	// lib/modules, whose top-level *.ko u-root's init would load by itself.
 	ModulesDir = "lib/embassy/modules"

@@ -25,12 +25,9 @@ import (
 	"time"
 
 	"github.com/dataembassy/embassy/attest/agent"
-	"github.com/dataembassy/embassy/attest/measure"
 	"github.com/dataembassy/embassy/attest/release"
 	"github.com/dataembassy/embassy/attest/tpm"
 	"github.com/dataembassy/embassy/attest/verifier"
-	"github.com/dataembassy/embassy/images/predict"
-	"github.com/dataembassy/embassy/initramfs"
 	"github.com/dataembassy/embassy/internal/pki"
 	"github.com/google/go-tpm/legacy/tpm2"
 )
@@ -313,27 +310,6 @@ func (v *Verifier) PinServerIdentity(ctx context.Context, m *Machine, id string,
 // Audit returns the audit records about appliance id.
 func (v *Verifier) Audit(ctx context.Context, id string) ([]verifier.AuditRecord, error) {
 	return v.DB.AuditRecords(ctx, verifier.AuditFilter{Appliance: id})
-}
-
-// PredictPCR9 predicts PCR 9 for a -kernel boot through OVMF: the Linux EFI
-// stub measures the command line (OVMF appends " initrd=initrd") and then
-// the initrd file.
-func PredictPCR9(cmdline string, initrd []byte) []byte {
-	sum := sha256.Sum256(initrd)
-	ev := []predict.Event{
-		{PCR: 9, Digest: predict.LoadOptionsDigest(cmdline + " initrd=initrd")},
-		{PCR: 9, Digest: sum[:]},
-	}
-	return predict.Replay(ev, 9)[9]
-}
-
-// PredictPCR15 predicts PCR 15: the appliance measures its binary and its
-// configuration at the initramfs paths.
-func PredictPCR15(binary, config []byte) ([]byte, error) {
-	return measure.Predict(
-		measure.NewEvent("binary", "/"+initramfs.AppliancePath, binary),
-		measure.NewEvent("config", "/"+initramfs.ConfigPath, config),
-	)
 }
 
 // ConfigOptions describe an appliance configuration for the harness.

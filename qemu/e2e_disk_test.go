@@ -182,11 +182,11 @@ func TestE2EDiskImage(t *testing.T) {
 	genuine := buildDisk(t, c, qemu.DefaultAppend, filepath.Join(dir, "genuine.img"), nil)
 	// PCR 15 from the initrd alone, as `embassyctl image build
 	// -appliance-pcr` does; it must agree with the build's own inputs.
-	p15, err := images.AppliancePCR(c.initrd)
+	p15, err := predict.InitramfsPCR(c.initrd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fromBuild, err := qemu.PredictPCR15(c.binary, c.config); err != nil || !bytes.Equal(p15, fromBuild) {
+	if fromBuild, err := predict.AppliancePCR(c.binary, c.config); err != nil || !bytes.Equal(p15, fromBuild) {
 		t.Fatalf("PCR 15 from the initrd %x, from the binary and config %x (%v)", p15, fromBuild, err)
 	}
 	m, err := genuine.Manifest(images.ManifestOptions{
@@ -363,7 +363,7 @@ func TestE2EDiskImageSecureBoot(t *testing.T) {
 		o.Sign = images.SignWithSbsign(key, snakeoilCert)
 		o.Predict.SecureBoot = &predict.SecureBoot{VarStore: vars, Signer: cert}
 	})
-	p15, err := images.AppliancePCR(c.initrd)
+	p15, err := predict.InitramfsPCR(c.initrd)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dataembassy/embassy/images/predict"
 	"github.com/dataembassy/embassy/internal/testenv"
 	"github.com/dataembassy/embassy/qemu"
 )
@@ -105,11 +106,11 @@ func (c *chain) publish(t testing.TB, m *qemu.Machine) {
 		t.Fatal(err)
 	}
 	got := m.MeasuredPCRs()
-	p9 := qemu.PredictPCR9(qemu.DefaultAppend, c.initrd)
+	p9 := predict.KernelBootPCR9(qemu.DefaultAppend, c.initrd)
 	if !bytes.Equal(got[9], p9) {
 		t.Fatalf("PCR 9 measured %x, predicted %x", got[9], p9)
 	}
-	p15, err := qemu.PredictPCR15(c.binary, c.config)
+	p15, err := predict.AppliancePCR(c.binary, c.config)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -347,12 +348,12 @@ func TestE2ETamperedConfig(t *testing.T) {
 	if _, err := m.WaitForLine(regexp.MustCompile(`msg=pcr when="after measuring" index=15`), 240*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	p15, err := qemu.PredictPCR15(c.binary, c.config)
+	p15, err := predict.AppliancePCR(c.binary, c.config)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := c.v.Publish(context.Background(), "genuine", c.initrd,
-		map[int][]byte{4: m.MeasuredPCRs()[4], 9: qemu.PredictPCR9(qemu.DefaultAppend, c.initrd), 15: p15}); err != nil {
+		map[int][]byte{4: m.MeasuredPCRs()[4], 9: predict.KernelBootPCR9(qemu.DefaultAppend, c.initrd), 15: p15}); err != nil {
 		t.Fatal(err)
 	}
 	from := len(m.Lines())

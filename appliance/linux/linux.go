@@ -1,29 +1,29 @@
 //go:build linux
 
 // Package linux is the appliance's view of the machine it runs on: it loads
-// the kernel modules shipped in the initramfs with finit_module, brings up
-// the network (static or DHCP), opens the data disk, reads PCRs from sysfs
-// and reboots. It implements appliance.Platform and appliance.PCRReader.
+// the kernel modules shipped in the initramfs, brings up the network from
+// the appliance configuration (static or DHCP), opens the data disk, reads
+// PCRs from sysfs and reboots. It implements appliance.Platform and
+// appliance.PCRReader on the guest-machine helpers of internal/machine,
+// adding what is the appliance's own: its configuration, its initramfs
+// layout and its data disk.
 package linux
 
 import (
-	"bufio"
 	"context"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/u-root/u-root/pkg/dhclient"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/dataembassy/embassy/appliance"
+	"github.com/dataembassy/embassy/internal/machine"
 )
 
 // Platform implements appliance.Platform on Linux.
@@ -112,140 +112,34 @@ func (p *Platform) timeout() time.Duration {
 
 // MountSystem mounts what the appliance needs beyond u-root init's /proc,
 // /sys, /dev and /tmp: securityfs (the firmware's TPM event log) and a /run
-// tmpfs. Already mounted file systems are fine.
-func MountSystem() error {
-	for _, m := range []struct{ src, dst, fstype string }{
-		{"proc", "/proc", "proc"},
-		{"sysfs", "/sys", "sysfs"},
-		{"devtmpfs", "/dev", "devtmpfs"},
-		{"securityfs", "/sys/kernel/security", "securityfs"},
-		{"tmpfs", "/run", "tmpfs"},
-	} {
-		if err := os.MkdirAll(m.dst, 0o755); err != nil {
-			return fmt.Errorf("linux: mkdir %s: %w", m.dst, err)
-		}
-		err := unix.Mount(m.src, m.dst, m.fstype, unix.MS_NOSUID|unix.MS_NOEXEC, "")
-		if err != nil && !errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("linux: mount %s on %s: %w", m.fstype, m.dst, err)
-		}
-	}
-	return nil
-}
+// tmpfs (machine.MountSystem). Already mounted file systems are fine.
+func MountSystem() error { return machine.MountSystem() }
 
 // LoadModules loads every module named in ModulesDir/order, in order. An
-// already loaded (or built-in) module is fine.
+// already loaded (or built-in) module is fine; an image without modules
+// has no order file.
 func (p *Platform) LoadModules(ctx context.Context) error {
 	dir := p.ModulesDir
 	if dir == "" {
 		dir = "/lib/embassy/modules"
 	}
-	f, err := os.Open(filepath.Join(dir, "order"))
-	if errors.Is(err, os.ErrNotExist) {
+	n, err := machine.LoadModules(dir, nil)
+	if errors.Is(err, machine.ErrNoModuleOrder) {
 		p.log().Info("no kernel modules to load")
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("linux: %w", err)
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	n := 0
-	for s.Scan() {
-		name := strings.TrimSpace(s.Text())
-		if name == "" {
-			continue
-		}
-		if err := loadModule(filepath.Join(dir, name)); err != nil {
-			return err
-		}
-		n++
-	}
-	if err := s.Err(); err != nil {
-		return fmt.Errorf("linux: reading module order: %w", err)
+		return err
 	}
 	p.log().Info("kernel modules loaded", "count", n)
 	return nil
 }
 
-func loadModule(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("linux: module %s: %w", path, err)
-	}
-	defer f.Close()
-	if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("linux: loading module %s: %w", filepath.Base(path), err)
-	}
-	return nil
-}
-
-// waitFor polls cond until it returns true or the timeout passes.
-func waitFor(ctx context.Context, timeout time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(timeout)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
 // ConfigureNetwork brings up cfg.Interface with a static address or DHCP.
 func (p *Platform) ConfigureNetwork(ctx context.Context, cfg appliance.NetworkConfig) (string, error) {
-	var link netlink.Link
-	if !waitFor(ctx, p.timeout(), func() bool {
-		l, err := netlink.LinkByName(cfg.Interface)
-		link = l
-		return err == nil
-	}) {
-		return "", fmt.Errorf("linux: network interface %s did not appear", cfg.Interface)
-	}
-	if lo, err := netlink.LinkByName("lo"); err == nil {
-		netlink.LinkSetUp(lo)
-	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return "", fmt.Errorf("linux: bringing up %s: %w", cfg.Interface, err)
-	}
-	switch cfg.Mode {
-	case "static":
-		addr, err := netlink.ParseAddr(cfg.Address)
-		if err != nil {
-			return "", fmt.Errorf("linux: address %q: %w", cfg.Address, err)
-		}
-		if err := netlink.AddrReplace(link, addr); err != nil {
-			return "", fmt.Errorf("linux: setting %s on %s: %w", cfg.Address, cfg.Interface, err)
-		}
-		if cfg.Gateway != "" {
-			gw := net.ParseIP(cfg.Gateway)
-			if err := netlink.RouteReplace(&netlink.Route{LinkIndex: link.Attrs().Index, Gw: gw}); err != nil {
-				return "", fmt.Errorf("linux: default route via %s: %w", cfg.Gateway, err)
-			}
-		}
-		return cfg.Address, nil
-	case "dhcp":
-		dctx, cancel := context.WithTimeout(ctx, p.timeout())
-		defer cancel()
-		results := dhclient.SendRequests(dctx, []netlink.Link{link}, true, false,
-			dhclient.Config{Timeout: 3 * time.Second, Retries: 3}, p.timeout())
-		for r := range results {
-			if r.Err != nil {
-				continue
-			}
-			if err := r.Lease.Configure(); err != nil {
-				return "", fmt.Errorf("linux: applying DHCP lease: %w", err)
-			}
-			return r.Lease.String(), nil
-		}
-		return "", fmt.Errorf("linux: no DHCP lease on %s", cfg.Interface)
-	}
-	return "", fmt.Errorf("linux: unknown network mode %q", cfg.Mode)
+	return machine.ConfigureNetwork(ctx, machine.Network{
+		Interface: cfg.Interface, Mode: cfg.Mode, Address: cfg.Address, Gateway: cfg.Gateway,
+	}, p.timeout())
 }
 
 // Disk is an open block device.
@@ -265,7 +159,7 @@ func (p *Platform) OpenDisk(ctx context.Context, path string) (appliance.Device,
 		if sys == "" {
 			sys = "/sys/class/block"
 		}
-		if !waitFor(ctx, p.timeout(), func() bool {
+		if !machine.WaitFor(ctx, p.timeout(), func() bool {
 			path, findErr = FindPartition(sys, label)
 			// Only a partition not there yet is worth waiting for.
 			return !errors.Is(findErr, os.ErrNotExist)
@@ -276,7 +170,7 @@ func (p *Platform) OpenDisk(ctx context.Context, path string) (appliance.Device,
 			return nil, findErr
 		}
 	}
-	if !waitFor(ctx, p.timeout(), func() bool { _, err := os.Stat(path); return err == nil }) {
+	if !machine.WaitFor(ctx, p.timeout(), func() bool { _, err := os.Stat(path); return err == nil }) {
 		return nil, fmt.Errorf("linux: data disk %s did not appear", path)
 	}
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
@@ -316,19 +210,7 @@ func (d *Disk) Close() error { return d.f.Close() }
 func (d *Disk) BackingFile() (*os.File, int64) { return d.f, 0 }
 
 // Reboot syncs and restarts the machine.
-func (p *Platform) Reboot() error {
-	unix.Sync()
-	// Let the console drain: output printed right before a reset is lost.
-	time.Sleep(500 * time.Millisecond)
-	return unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
-}
-
-// PowerOff syncs and powers the machine off.
-func PowerOff() error {
-	unix.Sync()
-	time.Sleep(500 * time.Millisecond)
-	return unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
-}
+func (p *Platform) Reboot() error { return machine.Reboot() }
 
 // SysfsPCRs reads PCR values from /sys/class/tpm/tpm0/pcr-sha256/N.
 type SysfsPCRs struct {

@@ -8,9 +8,12 @@
 //	        u16be(len(name)) || name || sha256(content))
 //
 // so the verifier can replay the log (Replay) and compare the result with
-// the quoted PCR 15, and the image tooling can predict PCR 15 for a release
-// manifest (Predict). The log travels as JSON (Log.Marshal, Parse); the
-// format is documented in docs/attestation.md.
+// the quoted PCR 15. What the appliance measures, and where it finds it, is
+// its measurement plan (AppliancePlan, ApplianceEvents, BinaryPath,
+// ConfigPath): the appliance measures it, package initramfs places the
+// files, and images/predict predicts PCR 15 from it for a release manifest.
+// The log travels as JSON (Log.Marshal, Parse); the format is documented in
+// docs/attestation.md.
 package measure
 
 import (
@@ -177,10 +180,6 @@ func Replay(events []Event) ([]byte, error) {
 	}
 	return pcr, nil
 }
-
-// Predict is Replay for build tools: the PCR 15 value a release's appliance
-// will produce by measuring events in this order.
-func Predict(events ...Event) ([]byte, error) { return Replay(events) }
 
 // Mismatch locates where a log stops matching expected events: Index is the
 // first differing event (len of the shorter log when one is a prefix of the

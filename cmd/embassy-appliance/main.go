@@ -20,20 +20,15 @@ import (
 	"github.com/dataembassy/embassy/appliance"
 	"github.com/dataembassy/embassy/appliance/linux"
 	"github.com/dataembassy/embassy/appliance/wiring"
+	"github.com/dataembassy/embassy/attest/measure"
 	"github.com/dataembassy/embassy/attest/tpm"
-)
-
-// Paths inside the initramfs (see package initramfs).
-const (
-	defaultConfig = "/etc/embassy/appliance.json"
-	selfPath      = "/bin/embassy-appliance"
 )
 
 func main() {
 	// An own flag set: dependencies register flags of theirs (SEV, TDX
 	// devices) on flag.CommandLine that mean nothing here.
 	fs := flag.NewFlagSet("embassy-appliance", flag.ExitOnError)
-	configPath := fs.String("config", defaultConfig, "appliance configuration (JSON)")
+	configPath := fs.String("config", measure.ConfigPath, "appliance configuration (JSON; measured as "+measure.ConfigPath+")")
 	tpmPath := fs.String("tpm", tpm.DefaultDevice, "TPM device")
 	fs.Parse(os.Args[1:])
 
@@ -55,7 +50,7 @@ func run(ctx context.Context, log *slog.Logger, configPath, tpmPath string) erro
 	if err != nil {
 		return fmt.Errorf("reading configuration: %w", err)
 	}
-	self, err := os.ReadFile(selfPath)
+	self, err := os.ReadFile(measure.BinaryPath)
 	if err != nil {
 		return fmt.Errorf("reading own binary: %w", err)
 	}
@@ -84,12 +79,14 @@ func run(ctx context.Context, log *slog.Logger, configPath, tpmPath string) erro
 	if err != nil {
 		return err
 	}
+	// The measurement plan is the one images/predict predicts PCR 15 from.
+	var measurements []appliance.Measurement
+	for _, s := range measure.AppliancePlan(self, cfgBytes) {
+		measurements = append(measurements, appliance.Measurement(s))
+	}
 	a, err := appliance.New(appliance.Options{
-		Config: cfg,
-		Measurements: []appliance.Measurement{
-			{Type: "binary", Name: selfPath, Data: self},
-			{Type: "config", Name: configPath, Data: cfgBytes},
-		},
+		Config:       cfg,
+		Measurements: measurements,
 		// The release PCRs of a UKI boot from disk (docs/disk-image.md), the
 		// phase and the appliance log: operators compare them with a release.
 		ReportPCRs: []int{4, 9, 11, 12, 13, tpm.PCRPhase, tpm.PCRAppliance},

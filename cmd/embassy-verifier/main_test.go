@@ -45,7 +45,7 @@ func TestEndToEnd(t *testing.T) {
 	}
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	m := &release.Manifest{Version: release.Version, Name: "embassy-appliance", Release: "1", Created: time.Now(), Components: []release.Component{}}
-	p15, _ := measure.Predict(ev)
+	p15, _ := measure.Replay([]measure.Event{ev})
 	m.SetPCR(15, p15)
 	env, err := release.NewEnvelope(m)
 	if err != nil {

@@ -282,7 +282,7 @@ func runtimePCRs(want bool, initrd []byte) (map[int][]byte, error) {
 	if !want {
 		return nil, nil
 	}
-	v, err := images.AppliancePCR(initrd)
+	v, err := predict.InitramfsPCR(initrd)
 	if err != nil {
 		return nil, fmt.Errorf("-appliance-pcr: %w", err)
 	}

@@ -1,12 +1,20 @@
-// Package predict computes, from the boot files alone, the PCR values a
-// release produces when OVMF boots its UKI from disk: the firmware's PCR 4
-// and PCR 5 events, systemd-stub's PCR 11 (and empty PCR 12/13), and the
-// Linux EFI stub's PCR 9 events.
+// Package predict is the one place Embassy predicts PCR values from a
+// release's files alone, for the manifests the verifier admits boots on:
 //
-// The event sequences were taken from the TCG event log of a reference boot
-// (OVMF from Debian 12, systemd-stub 252, Linux 6.1) and are documented in
-// docs/disk-image.md; the QEMU tests in package images check every predicted
-// value against a real boot.
+//   - a UKI booted from disk by OVMF: the firmware's PCR 4 and PCR 5 events,
+//     systemd-stub's PCR 11 (and empty PCR 12/13), the Linux EFI stub's
+//     PCR 9 events, and PCR 7 with Secure Boot (UKIEvents, GPTEvents,
+//     SecureBootEvents);
+//   - a direct kernel boot (QEMU -kernel) through OVMF: PCR 9
+//     (KernelBootPCR9);
+//   - the appliance's own PCR 15, from its binary and configuration or from
+//     the initramfs holding them (AppliancePCR, InitramfsPCR), replaying the
+//     measurement plan of attest/measure.
+//
+// The firmware event sequences were taken from the TCG event log of a
+// reference boot (OVMF from Debian 12, systemd-stub 252, Linux 6.1) and are
+// documented in docs/disk-image.md; the QEMU tests in packages images and
+// qemu check every predicted value against a real boot.
 package predict
 
 import (

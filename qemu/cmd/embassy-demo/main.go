@@ -38,6 +38,7 @@ import (
 	tpmpkg "github.com/dataembassy/embassy/attest/tpm"
 	"github.com/dataembassy/embassy/images"
 	"github.com/dataembassy/embassy/images/disk"
+	"github.com/dataembassy/embassy/images/predict"
 	"github.com/dataembassy/embassy/initramfs"
 	"github.com/dataembassy/embassy/qemu"
 )
@@ -280,8 +281,8 @@ func bootKernel(ctx context.Context, dir string, img qemu.Image, initrd, config 
 	if err != nil {
 		return nil, err
 	}
-	p9 := qemu.PredictPCR9(qemu.DefaultAppend, initrd)
-	p15, err := qemu.PredictPCR15(binary, config)
+	p9 := predict.KernelBootPCR9(qemu.DefaultAppend, initrd)
+	p15, err := predict.AppliancePCR(binary, config)
 	if err != nil {
 		return nil, err
 	}
@@ -330,7 +331,7 @@ func bootDiskImage(ctx context.Context, dir string, img qemu.Image, initrd []byt
 	}
 	step("disk image %s: UKI %.1f MiB on the ESP + 256 MiB embassy-store partition, built in %v",
 		diskPath, float64(len(r.UKI))/(1<<20), time.Since(t0).Round(time.Millisecond))
-	p15, err := images.AppliancePCR(initrd)
+	p15, err := predict.InitramfsPCR(initrd)
 	if err != nil {
 		return nil, err
 	}

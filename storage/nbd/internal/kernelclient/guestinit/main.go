@@ -20,7 +20,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -30,15 +29,13 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/dataembassy/embassy/appliance"
-	"github.com/dataembassy/embassy/appliance/linux"
+	"github.com/dataembassy/embassy/internal/machine"
 	"github.com/dataembassy/embassy/storage/nbd/internal/kernelclient"
 )
 
@@ -47,6 +44,10 @@ import (
 // blocked tasks instead of a silent test timeout.
 const watchdog = 4 * time.Minute
 
+// networkTimeout bounds waiting for eth0 to appear after virtio-net loads
+// (what appliance/linux waits by default).
+const networkTimeout = 20 * time.Second
+
 func main() {
 	time.AfterFunc(watchdog, stuck)
 	if err := setup(); err != nil {
@@ -54,7 +55,7 @@ func main() {
 	}
 	fmt.Println("KCLIENT-DONE")
 	// The serial console drops what is printed right before power-off.
-	linux.PowerOff()
+	machine.PowerOff()
 }
 
 // stuck prints diagnostics and powers off.
@@ -69,11 +70,11 @@ func stuck() {
 	os.WriteFile("/proc/sysrq-trigger", []byte("w"), 0o200)
 	time.Sleep(2 * time.Second)
 	fmt.Println("KCLIENT-DONE")
-	linux.PowerOff()
+	machine.PowerOff()
 }
 
 func setup() error {
-	if err := linux.MountSystem(); err != nil {
+	if err := machine.MountSystem(); err != nil {
 		return err
 	}
 	// Keep kernel messages off the console so they cannot split our lines.
@@ -87,7 +88,7 @@ func setup() error {
 	if err := json.Unmarshal(raw, &cfg); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	if err := loadModules(cfg.ModuleParams); err != nil {
+	if _, err := machine.LoadModules(kernelclient.ModulesDir, cfg.ModuleParams); err != nil {
 		return err
 	}
 	// Raw system calls: an os.File would wait in the poller instead of
@@ -101,8 +102,7 @@ func setup() error {
 		return fmt.Errorf("/dev/kmsg: %w", err)
 	}
 	ctx := context.Background()
-	p := &linux.Platform{}
-	if _, err := p.ConfigureNetwork(ctx, appliance.NetworkConfig{Interface: "eth0", Mode: "static", Address: cfg.Address}); err != nil {
+	if _, err := machine.ConfigureNetwork(ctx, machine.Network{Interface: "eth0", Mode: machine.Static, Address: cfg.Address}, networkTimeout); err != nil {
 		return err
 	}
 	tlsCfg, err := clientTLS(&cfg)
@@ -141,33 +141,6 @@ func driverMessages(klog int) []string {
 			msgs = append(msgs, msg)
 		}
 	}
-}
-
-// loadModules loads ModulesDir/order's modules in order with finit_module.
-func loadModules(params map[string]string) error {
-	f, err := os.Open(filepath.Join(kernelclient.ModulesDir, "order"))
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		file := strings.TrimSpace(s.Text())
-		if file == "" {
-			continue
-		}
-		name := strings.TrimSuffix(file, ".ko")
-		m, err := os.Open(filepath.Join(kernelclient.ModulesDir, file))
-		if err != nil {
-			return err
-		}
-		err = unix.FinitModule(int(m.Fd()), params[name], 0)
-		m.Close()
-		if err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("loading module %s: %w", name, err)
-		}
-	}
-	return s.Err()
 }
 
 func clientTLS(cfg *kernelclient.GuestConfig) (*tls.Config, error) {

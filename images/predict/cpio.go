@@ -1,4 +1,4 @@
-package images
+package predict
 
 import (
 	"bytes"
@@ -8,36 +8,15 @@ import (
 	"io"
 	"strconv"
 	"strings"
-
-	"github.com/dataembassy/embassy/attest/measure"
-	"github.com/dataembassy/embassy/initramfs"
 )
 
-// ErrInitramfs reports an initramfs AppliancePCR cannot read: not a gzip
+// ErrInitramfs reports an initramfs InitramfsPCR cannot read: not a gzip
 // or plain newc cpio archive, malformed, or without a regular appliance
 // binary and configuration at their initramfs paths.
-var ErrInitramfs = errors.New("images: initramfs")
+var ErrInitramfs = errors.New("predict: initramfs")
 
-// maxInitramfs bounds the decompressed archive AppliancePCR reads.
+// maxInitramfs bounds the decompressed archive InitramfsPCR reads.
 const maxInitramfs = 1 << 30
-
-// AppliancePCR predicts PCR 15 (attest/tpm.PCRAppliance) from the
-// initramfs alone: before anything else runs, the appliance measures its
-// own binary and then its configuration, named by their absolute paths
-// (cmd/embassy-appliance; the files initramfs.Build puts at
-// initramfs.AppliancePath and initramfs.ConfigPath). initrd is a gzip
-// compressed or plain newc cpio archive, as initramfs.Build writes it; only
-// its first archive is read, and a path that occurs twice is refused.
-func AppliancePCR(initrd []byte) ([]byte, error) {
-	files, err := cpioFiles(initrd, initramfs.AppliancePath, initramfs.ConfigPath)
-	if err != nil {
-		return nil, err
-	}
-	return measure.Predict(
-		measure.NewEvent("binary", "/"+initramfs.AppliancePath, files[initramfs.AppliancePath]),
-		measure.NewEvent("config", "/"+initramfs.ConfigPath, files[initramfs.ConfigPath]),
-	)
-}
 
 // cpioFiles returns the contents of the regular files named in want (paths
 // without a leading slash) from a gzip or plain newc archive; every one
