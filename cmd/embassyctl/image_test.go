@@ -137,7 +137,7 @@ func TestImageBuildSecureBoot(t *testing.T) {
 	if out, err := exec.Command(testenv.Tool(t, "sbverify"), "--cert", cert, filepath.Join(out, "uki.efi")).CombinedOutput(); err != nil {
 		t.Errorf("sbverify: %v\n%s", err, out)
 	}
-	code, po, pe := runCLI(t, "image", "predict", "-uki", filepath.Join(out, "uki.efi"), "-sb-cert", cert, "-sb-vars", vars)
+	code, po, pe := runCLI(t, "image", "predict", "-uki", filepath.Join(out, "uki.efi"), "-sign-cert", cert, "-sb-vars", vars)
 	if code != 0 {
 		t.Fatalf("predict: %s", pe)
 	}

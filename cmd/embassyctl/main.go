@@ -20,13 +20,10 @@ type command struct {
 	summary string
 	// run executes the command with the arguments after its name. It returns
 	// errUsage (possibly wrapped) when the arguments are wrong.
-	run func(args []string, stdout, stderr io.Writer) error
+	run subcommand
 }
 
 var commands = map[string]command{}
-
-// errUsage marks an error caused by wrong arguments; main exits 2 for it.
-var errUsage = errors.New("usage error")
 
 func register(c command) {
 	if _, dup := commands[c.name]; dup {

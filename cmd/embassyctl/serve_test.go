@@ -149,7 +149,7 @@ func TestServeStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	store := filepath.Join(dir, "store.img")
-	common := []string{"--store", store, "--kek-file", kek, "--counter-file", filepath.Join(dir, "counter"), "--plaintext"}
+	common := []string{"--store", store, "--kek", kek, "--counter", filepath.Join(dir, "counter"), "--plaintext"}
 	qemuIO := func(port string, cmds ...string) string {
 		args := []string{"-f", "raw", "nbd://127.0.0.1:" + port + "/disk"}
 		for _, c := range cmds {
@@ -183,7 +183,7 @@ func TestServeStore(t *testing.T) {
 	// A wrong KEK cannot open it.
 	bad := filepath.Join(dir, "bad")
 	os.WriteFile(bad, bytes.Repeat([]byte{1}, 32), 0o600)
-	err = serve(context.Background(), []string{"--store", store, "--kek-file", bad, "--plaintext", "--listen", "127.0.0.1:0"}, io.Discard, io.Discard)
+	err = serve(context.Background(), []string{"--store", store, "--kek", bad, "--plaintext", "--listen", "127.0.0.1:0"}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "open store") {
 		t.Errorf("wrong KEK: %v", err)
 	}

@@ -2,10 +2,7 @@ package main
 
 import (
 	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -36,63 +33,33 @@ Flags go before DEVICE. Run 'embassyctl store <subcommand> --help'.
 `
 
 func runStore(args []string, stdout, stderr io.Writer) error {
-	return subcommands(args, stdout, stderr, storeUsage, map[string]func([]string, io.Writer, io.Writer) error{
+	return subcommands(args, stdout, stderr, storeUsage, map[string]subcommand{
 		"keygen": storeKeygen, "format": storeFormat, "show": storeShow,
 		"verify": storeVerify, "export": storeExport,
 	})
 }
 
-// newStoreFlags returns a flag set whose errors are usage errors.
-func newStoreFlags(name, args string, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet("store "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: embassyctl store %s [flags] %s\n\nflags:\n", name, args)
-		fs.PrintDefaults()
-	}
-	return fs
-}
-
-func parseStoreFlags(fs *flag.FlagSet, args []string, nargs int) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %v", errUsage, err)
-	}
-	if fs.NArg() != nargs {
-		fs.Usage()
-		return fmt.Errorf("%w: want %d argument(s), got %d", errUsage, nargs, fs.NArg())
-	}
-	return nil
-}
-
-// readKEKFile reads a KEK file: 64 hex digits (surrounding space allowed)
-// or 32 raw bytes.
-func readKEKFile(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	if len(b) == storage.KEKSize {
-		return b, nil
-	}
-	k, err := hex.DecodeString(strings.TrimSpace(string(b)))
-	if err != nil || len(k) != storage.KEKSize {
-		return nil, fmt.Errorf("KEK file %s: want %d raw bytes or %d hex digits", path, storage.KEKSize, 2*storage.KEKSize)
-	}
-	return k, nil
-}
+// The store's key and rollback counter are given the same way to every
+// command that opens a store (store show/verify/export/format, serve).
+const (
+	kekUsage     = "KEK file (32 raw bytes or 64 hex digits)"
+	counterUsage = "file-backed monotonic rollback counter (optional)"
+)
 
 // keyFlags are the ways to open a store.
 type keyFlags struct {
 	kek, recovery, counter string
 }
 
-func (k *keyFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&k.kek, "kek", "", "KEK file (32 raw bytes or 64 hex digits)")
+// newKeyFlags returns the flag set of "store name [flags] DEVICE" with
+// the flags that open a store.
+func newKeyFlags(name string, stdout, stderr io.Writer) (*cmdFlags, *keyFlags) {
+	fs := newFlags("store "+name, "[flags] DEVICE", stdout, stderr).args(1, 1)
+	var k keyFlags
+	fs.StringVar(&k.kek, "kek", "", kekUsage)
 	fs.StringVar(&k.recovery, "recovery-key", "", "recovery private key file (PEM), instead of --kek")
-	fs.StringVar(&k.counter, "counter", "", "file-backed monotonic counter to check rollback against")
+	fs.StringVar(&k.counter, "counter", "", counterUsage)
+	return fs, &k
 }
 
 func (k *keyFlags) openOptions() (storage.OpenOptions, error) {
@@ -142,32 +109,26 @@ func openStoreReadOnly(path string, k *keyFlags) (*storage.Store, func(), error)
 	return s, func() { s.Close(); dev.Close() }, nil
 }
 
-func writeJSON(w io.Writer, v any) error {
-	e := json.NewEncoder(w)
-	e.SetIndent("", "  ")
-	return e.Encode(v)
-}
-
 func storeKeygen(args []string, stdout, stderr io.Writer) error {
-	fs := newStoreFlags("keygen", "", stderr)
-	kek := fs.String("kek", "", "write a new random KEK here (32 raw bytes, as serve --kek-file wants)")
+	fs := newFlags("store keygen", "[flags]", stdout, stderr)
+	kek := fs.String("kek", "", "write a new random KEK here (32 raw bytes, as --kek of the other commands wants)")
 	priv := fs.String("recovery-key", "", "write a new recovery private key here (PEM)")
 	pub := fs.String("recovery-pub", "", "write the recovery public key here (PEM); needs --recovery-key")
-	if err := parseStoreFlags(fs, args, 0); err != nil {
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	if *kek == "" && *priv == "" {
-		return fmt.Errorf("%w: nothing to do: give --kek and/or --recovery-key", errUsage)
+		return fs.usageError("nothing to do: give --kek and/or --recovery-key")
 	}
 	if (*priv == "") != (*pub == "") {
-		return fmt.Errorf("%w: --recovery-key and --recovery-pub go together", errUsage)
+		return fs.usageError("--recovery-key and --recovery-pub go together")
 	}
 	if *kek != "" {
 		k := make([]byte, storage.KEKSize)
 		if _, err := rand.Read(k); err != nil {
 			return err
 		}
-		if err := writeNewFile(*kek, k, 0o600); err != nil {
+		if err := writeNew(*kek, k, 0o600); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "KEK written to %s\n", *kek)
@@ -181,32 +142,15 @@ func storeKeygen(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if err := writeNewFile(*priv, pemPriv, 0o600); err != nil {
+		if err := writeNew(*priv, pemPriv, 0o600); err != nil {
 			return err
 		}
-		if err := writeNewFile(*pub, storage.MarshalRecoveryPublicKey(sk.PublicKey()), 0o644); err != nil {
+		if err := writeNew(*pub, storage.MarshalRecoveryPublicKey(sk.PublicKey()), 0o644); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "recovery key pair written to %s and %s\n", *priv, *pub)
 	}
 	return nil
-}
-
-// writeNewFile refuses to overwrite: losing a key file loses a store.
-func writeNewFile(path string, data []byte, perm os.FileMode) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 func parseSize(s string) (int64, error) {
@@ -226,19 +170,16 @@ func parseSize(s string) (int64, error) {
 }
 
 func storeFormat(args []string, stdout, stderr io.Writer) error {
-	fs := newStoreFlags("format", "DEVICE", stderr)
-	kekPath := fs.String("kek", "", "KEK file (required)")
+	fs := newFlags("store format", "[flags] DEVICE", stdout, stderr).args(1, 1)
+	kekPath := fs.String("kek", "", kekUsage+"; required")
+	counter := fs.String("counter", "", counterUsage+"; binds the store to it")
 	pubPath := fs.String("recovery-pub", "", "recovery public key file (PEM)")
 	size := fs.String("size", "", "logical store size (e.g. 10G); default: the largest that fits")
 	create := fs.String("create", "", "create DEVICE as a regular file of this size first (e.g. 21G), allocated in full")
 	sparse := fs.Bool("sparse", false, "with --create: leave the file sparse (writes can then fail when its filesystem fills up)")
-	counter := fs.String("counter", "", "file-backed monotonic counter to bind the store to")
 	asJSON := fs.Bool("json", false, "print the header as JSON")
-	if err := parseStoreFlags(fs, args, 1); err != nil {
+	if err := fs.require("kek").parse(args); err != nil {
 		return err
-	}
-	if *kekPath == "" {
-		return fmt.Errorf("%w: --kek is required", errUsage)
 	}
 	var opts storage.FormatOptions
 	var err error
@@ -280,7 +221,7 @@ func storeFormat(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 	} else if *sparse {
-		return fmt.Errorf("%w: --sparse goes with --create", errUsage)
+		return fs.usageError("--sparse goes with --create")
 	} else if dev, err = storage.OpenFileDevice(path, false); err != nil {
 		return err
 	}
@@ -297,22 +238,11 @@ func storeFormat(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *asJSON {
-		return writeJSON(stdout, info)
+		return printJSON(stdout, info)
 	}
 	fmt.Fprintf(stdout, "formatted %s: store %s, %s logical (%d blocks), epoch %d\n",
 		path, info.UUID, human(info.Size), info.Blocks, info.Epoch)
 	return nil
-}
-
-func human(n int64) string {
-	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}
-	f := float64(n)
-	i := 0
-	for f >= 1024 && i < len(units)-1 {
-		f /= 1024
-		i++
-	}
-	return fmt.Sprintf("%.4g %s", f, units[i])
 }
 
 func printInfo(w io.Writer, in storage.Info) {
@@ -336,11 +266,9 @@ func printInfo(w io.Writer, in storage.Info) {
 }
 
 func storeShow(args []string, stdout, stderr io.Writer) error {
-	fs := newStoreFlags("show", "DEVICE", stderr)
-	var k keyFlags
-	k.register(fs)
+	fs, k := newKeyFlags("show", stdout, stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parseStoreFlags(fs, args, 1); err != nil {
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	if k.kek == "" && k.recovery == "" {
@@ -358,7 +286,7 @@ func storeShow(args []string, stdout, stderr io.Writer) error {
 			for _, e := range errs {
 				msgs = append(msgs, e.Error())
 			}
-			return writeJSON(stdout, map[string]any{"superblocks": infos, "errors": msgs})
+			return printJSON(stdout, map[string]any{"superblocks": infos, "errors": msgs})
 		}
 		for _, in := range infos {
 			printInfo(stdout, in)
@@ -371,13 +299,13 @@ func storeShow(args []string, stdout, stderr io.Writer) error {
 		}
 		return nil
 	}
-	s, done, err := openStoreReadOnly(fs.Arg(0), &k)
+	s, done, err := openStoreReadOnly(fs.Arg(0), k)
 	if err != nil {
 		return err
 	}
 	defer done()
 	if *asJSON {
-		return writeJSON(stdout, s.Info())
+		return printJSON(stdout, s.Info())
 	}
 	printInfo(stdout, s.Info())
 	return nil
@@ -387,14 +315,12 @@ func storeShow(args []string, stdout, stderr io.Writer) error {
 var errCorrupt = errors.New("store has corrupted blocks")
 
 func storeVerify(args []string, stdout, stderr io.Writer) error {
-	fs := newStoreFlags("verify", "DEVICE", stderr)
-	var k keyFlags
-	k.register(fs)
+	fs, k := newKeyFlags("verify", stdout, stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parseStoreFlags(fs, args, 1); err != nil {
+	if err := fs.parse(args); err != nil {
 		return err
 	}
-	s, done, err := openStoreReadOnly(fs.Arg(0), &k)
+	s, done, err := openStoreReadOnly(fs.Arg(0), k)
 	if err != nil {
 		return err
 	}
@@ -420,7 +346,7 @@ func storeVerify(args []string, stdout, stderr io.Writer) error {
 		out.Corrupt = append(out.Corrupt, rangeJSON{r.First, r.Count, int64(r.First) * storage.BlockSize, int64(r.Count) * storage.BlockSize, r.Err.Error()})
 	}
 	if *asJSON {
-		if err := writeJSON(stdout, out); err != nil {
+		if err := printJSON(stdout, out); err != nil {
 			return err
 		}
 	} else {
@@ -438,17 +364,12 @@ func storeVerify(args []string, stdout, stderr io.Writer) error {
 }
 
 func storeExport(args []string, stdout, stderr io.Writer) error {
-	fs := newStoreFlags("export", "DEVICE", stderr)
-	var k keyFlags
-	k.register(fs)
-	outPath := fs.String("o", "", "output image file (required; must not exist)")
-	if err := parseStoreFlags(fs, args, 1); err != nil {
+	fs, k := newKeyFlags("export", stdout, stderr)
+	outPath := fs.String("out", "", "output image file (required; must not exist)")
+	if err := fs.require("out").parse(args); err != nil {
 		return err
 	}
-	if *outPath == "" {
-		return fmt.Errorf("%w: -o is required", errUsage)
-	}
-	s, done, err := openStoreReadOnly(fs.Arg(0), &k)
+	s, done, err := openStoreReadOnly(fs.Arg(0), k)
 	if err != nil {
 		return err
 	}
