@@ -52,14 +52,37 @@ func (f *cmdFlags) require(names ...string) *cmdFlags {
 // printUsage writes the usage line and the flags' defaults to w.
 func (f *cmdFlags) printUsage(w io.Writer) {
 	fmt.Fprintf(w, "usage: embassyctl %s %s\n", f.name, f.synopsis)
-	hasFlags := false
-	f.VisitAll(func(*flag.Flag) { hasFlags = true })
-	if hasFlags {
-		fmt.Fprint(w, "\nflags:\n")
-		f.SetOutput(w)
-		f.PrintDefaults()
-		f.SetOutput(io.Discard)
+	header := "\nflags:\n"
+	f.VisitAll(func(fl *flag.Flag) {
+		fmt.Fprint(w, header)
+		header = ""
+		printFlag(w, fl)
+	})
+}
+
+// printFlag writes one flag's line of the usage as flag.PrintDefaults
+// does, but spelt as the synopses spell it: --name (-x for one letter).
+func printFlag(w io.Writer, fl *flag.Flag) {
+	arg, usage := flag.UnquoteUsage(fl)
+	dash := "--"
+	if len(fl.Name) == 1 {
+		dash = "-"
 	}
+	fmt.Fprintf(w, "  %s%s", dash, fl.Name)
+	if arg != "" {
+		fmt.Fprintf(w, " %s", arg)
+	}
+	fmt.Fprintf(w, "\n    \t%s", strings.ReplaceAll(usage, "\n", "\n    \t"))
+	switch fl.DefValue {
+	case "", "false", "0", "[]":
+	default:
+		if arg == "string" {
+			fmt.Fprintf(w, " (default %q)", fl.DefValue)
+		} else {
+			fmt.Fprintf(w, " (default %v)", fl.DefValue)
+		}
+	}
+	fmt.Fprintln(w)
 }
 
 // parse parses args. For -h or --help it prints the usage to stdout and
