@@ -39,16 +39,18 @@ func runStore(args []string, stdout, stderr io.Writer) error {
 	})
 }
 
-// The store's key and rollback counter are given the same way to every
-// command that opens a store (store show/verify/export/format, serve).
-const (
-	kekUsage     = "KEK file (32 raw bytes or 64 hex digits)"
-	counterUsage = "file-backed monotonic rollback counter (optional)"
-)
+// addKEKFlags adds --kek and --counter, the store's key and rollback
+// counter, which every command that opens or formats a store (store
+// show/verify/export/format, serve) takes alike; note ends their help.
+func addKEKFlags(fs *cmdFlags, note string) (kek, counter *string) {
+	kek = fs.String("kek", "", "KEK file (32 raw bytes or 64 hex digits)"+note)
+	counter = fs.String("counter", "", "file-backed monotonic rollback counter (optional)"+note)
+	return kek, counter
+}
 
 // keyFlags are the ways to open a store.
 type keyFlags struct {
-	kek, recovery, counter string
+	kek, recovery, counter *string
 }
 
 // newKeyFlags returns the flag set of "store name [flags] DEVICE" with
@@ -56,25 +58,24 @@ type keyFlags struct {
 func newKeyFlags(name string, stdout, stderr io.Writer) (*cmdFlags, *keyFlags) {
 	fs := newFlags("store "+name, "[flags] DEVICE", stdout, stderr).args(1, 1)
 	var k keyFlags
-	fs.StringVar(&k.kek, "kek", "", kekUsage)
-	fs.StringVar(&k.recovery, "recovery-key", "", "recovery private key file (PEM), instead of --kek")
-	fs.StringVar(&k.counter, "counter", "", counterUsage)
+	k.kek, k.counter = addKEKFlags(fs, "")
+	k.recovery = fs.String("recovery-key", "", "recovery private key file (PEM), instead of --kek")
 	return fs, &k
 }
 
 func (k *keyFlags) openOptions() (storage.OpenOptions, error) {
 	var o storage.OpenOptions
 	switch {
-	case k.kek != "" && k.recovery != "":
+	case *k.kek != "" && *k.recovery != "":
 		return o, fmt.Errorf("%w: give --kek or --recovery-key, not both", errUsage)
-	case k.kek != "":
-		kek, err := readKEKFile(k.kek)
+	case *k.kek != "":
+		kek, err := readKEKFile(*k.kek)
 		if err != nil {
 			return o, err
 		}
 		o.KEK = kek
-	case k.recovery != "":
-		b, err := os.ReadFile(k.recovery)
+	case *k.recovery != "":
+		b, err := os.ReadFile(*k.recovery)
 		if err != nil {
 			return o, err
 		}
@@ -84,8 +85,8 @@ func (k *keyFlags) openOptions() (storage.OpenOptions, error) {
 	default:
 		return o, fmt.Errorf("%w: --kek or --recovery-key is required", errUsage)
 	}
-	if k.counter != "" {
-		o.Counter = storage.NewFileCounter(k.counter)
+	if *k.counter != "" {
+		o.Counter = storage.NewFileCounter(*k.counter)
 	}
 	return o, nil
 }
@@ -171,8 +172,7 @@ func parseSize(s string) (int64, error) {
 
 func storeFormat(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("store format", "[flags] DEVICE", stdout, stderr).args(1, 1)
-	kekPath := fs.String("kek", "", kekUsage+"; required")
-	counter := fs.String("counter", "", counterUsage+"; binds the store to it")
+	kekPath, counter := addKEKFlags(fs, "")
 	pubPath := fs.String("recovery-pub", "", "recovery public key file (PEM)")
 	size := fs.String("size", "", "logical store size (e.g. 10G); default: the largest that fits")
 	create := fs.String("create", "", "create DEVICE as a regular file of this size first (e.g. 21G), allocated in full")
@@ -271,7 +271,7 @@ func storeShow(args []string, stdout, stderr io.Writer) error {
 	if err := fs.parse(args); err != nil {
 		return err
 	}
-	if k.kek == "" && k.recovery == "" {
+	if *k.kek == "" && *k.recovery == "" {
 		dev, err := storage.OpenFileDevice(fs.Arg(0), true)
 		if err != nil {
 			return err
