@@ -2,7 +2,6 @@ package main
 
 import (
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -39,77 +38,7 @@ func runStore(args []string, stdout, stderr io.Writer) error {
 	})
 }
 
-// addKEKFlags adds --kek and --counter, the store's key and rollback
-// counter, which every command that opens or formats a store (store
-// show/verify/export/format, serve) takes alike; note ends their help.
-func addKEKFlags(fs *cmdFlags, note string) (kek, counter *string) {
-	kek = fs.String("kek", "", "KEK file (32 raw bytes or 64 hex digits)"+note)
-	counter = fs.String("counter", "", "file-backed monotonic rollback counter (optional)"+note)
-	return kek, counter
-}
-
-// keyFlags are the ways to open a store.
-type keyFlags struct {
-	kek, recovery, counter *string
-}
-
-// newKeyFlags returns the flag set of "store name [flags] DEVICE" with
-// the flags that open a store.
-func newKeyFlags(name string, stdout, stderr io.Writer) (*cmdFlags, *keyFlags) {
-	fs := newFlags("store "+name, "[flags] DEVICE", stdout, stderr).args(1, 1)
-	var k keyFlags
-	k.kek, k.counter = addKEKFlags(fs, "")
-	k.recovery = fs.String("recovery-key", "", "recovery private key file (PEM), instead of --kek")
-	return fs, &k
-}
-
-func (k *keyFlags) openOptions() (storage.OpenOptions, error) {
-	var o storage.OpenOptions
-	switch {
-	case *k.kek != "" && *k.recovery != "":
-		return o, fmt.Errorf("%w: give --kek or --recovery-key, not both", errUsage)
-	case *k.kek != "":
-		kek, err := readKEKFile(*k.kek)
-		if err != nil {
-			return o, err
-		}
-		o.KEK = kek
-	case *k.recovery != "":
-		b, err := os.ReadFile(*k.recovery)
-		if err != nil {
-			return o, err
-		}
-		if o.Recovery, err = storage.ParseRecoveryPrivateKey(b); err != nil {
-			return o, err
-		}
-	default:
-		return o, fmt.Errorf("%w: --kek or --recovery-key is required", errUsage)
-	}
-	if *k.counter != "" {
-		o.Counter = storage.NewFileCounter(*k.counter)
-	}
-	return o, nil
-}
-
-// openStoreReadOnly opens the store on path read-only with the key flags.
-func openStoreReadOnly(path string, k *keyFlags) (*storage.Store, func(), error) {
-	o, err := k.openOptions()
-	if err != nil {
-		return nil, nil, err
-	}
-	o.ReadOnly = true
-	dev, err := storage.OpenFileDevice(path, true)
-	if err != nil {
-		return nil, nil, err
-	}
-	s, err := storage.Open(dev, o)
-	if err != nil {
-		dev.Close()
-		return nil, nil, err
-	}
-	return s, func() { s.Close(); dev.Close() }, nil
-}
-
+// storeKeygen writes a new KEK file and/or recovery key pair.
 func storeKeygen(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("store keygen", "[flags]", stdout, stderr)
 	kek := fs.String("kek", "", "write a new random KEK here (32 raw bytes, as --kek of the other commands wants)")
@@ -154,6 +83,8 @@ func storeKeygen(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
+// parseSize parses a byte count with an optional K, M, G or T (or KiB...)
+// suffix.
 func parseSize(s string) (int64, error) {
 	mult := int64(1)
 	for suf, m := range map[string]int64{"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40} {
@@ -170,6 +101,7 @@ func parseSize(s string) (int64, error) {
 	return n * mult, nil
 }
 
+// storeFormat formats a store on a file or block device.
 func storeFormat(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("store format", "[flags] DEVICE", stdout, stderr).args(1, 1)
 	kekPath, counter := addKEKFlags(fs, "")
@@ -242,181 +174,5 @@ func storeFormat(args []string, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "formatted %s: store %s, %s logical (%d blocks), epoch %d\n",
 		path, info.UUID, human(info.Size), info.Blocks, info.Epoch)
-	return nil
-}
-
-func printInfo(w io.Writer, in storage.Info) {
-	auth := "NOT authenticated (no key given)"
-	if in.Authenticated {
-		auth = "authenticated"
-	}
-	fmt.Fprintf(w, "superblock copy %d (%s)\n", in.Copy, auth)
-	fmt.Fprintf(w, "  format version  %d\n", in.Version)
-	fmt.Fprintf(w, "  uuid            %s\n", in.UUID)
-	fmt.Fprintf(w, "  size            %s (%d bytes, %d blocks of %d)\n", human(in.Size), in.Size, in.Blocks, storage.BlockSize)
-	fmt.Fprintf(w, "  device needed   %s (%d bytes)\n", human(in.LayoutBytes), in.LayoutBytes)
-	fmt.Fprintf(w, "  tree depth      %d\n", in.TreeDepth)
-	fmt.Fprintf(w, "  epoch           %d\n", in.Epoch)
-	fmt.Fprintf(w, "  counter         %d\n", in.Counter)
-	fmt.Fprintf(w, "  key slots       KEK=%v recovery=%v", in.KEKSlot, in.RecoverySlot)
-	if in.RecoverySlot {
-		fmt.Fprintf(w, " (HPKE KEM 0x%04x)", in.RecoveryKEM)
-	}
-	fmt.Fprintln(w)
-}
-
-func storeShow(args []string, stdout, stderr io.Writer) error {
-	fs, k := newKeyFlags("show", stdout, stderr)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.parse(args); err != nil {
-		return err
-	}
-	if *k.kek == "" && *k.recovery == "" {
-		dev, err := storage.OpenFileDevice(fs.Arg(0), true)
-		if err != nil {
-			return err
-		}
-		defer dev.Close()
-		infos, errs, err := storage.Inspect(dev)
-		if err != nil {
-			return err
-		}
-		if *asJSON {
-			msgs := []string{}
-			for _, e := range errs {
-				msgs = append(msgs, e.Error())
-			}
-			return printJSON(stdout, map[string]any{"superblocks": infos, "errors": msgs})
-		}
-		for _, in := range infos {
-			printInfo(stdout, in)
-		}
-		for _, e := range errs {
-			fmt.Fprintf(stdout, "%v\n", e)
-		}
-		if len(infos) == 0 {
-			return errors.New("no readable superblock")
-		}
-		return nil
-	}
-	s, done, err := openStoreReadOnly(fs.Arg(0), k)
-	if err != nil {
-		return err
-	}
-	defer done()
-	if *asJSON {
-		return printJSON(stdout, s.Info())
-	}
-	printInfo(stdout, s.Info())
-	return nil
-}
-
-// errCorrupt makes verify exit non-zero after printing its report.
-var errCorrupt = errors.New("store has corrupted blocks")
-
-func storeVerify(args []string, stdout, stderr io.Writer) error {
-	fs, k := newKeyFlags("verify", stdout, stderr)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.parse(args); err != nil {
-		return err
-	}
-	s, done, err := openStoreReadOnly(fs.Arg(0), k)
-	if err != nil {
-		return err
-	}
-	defer done()
-	bad, err := s.Verify()
-	if err != nil {
-		return err
-	}
-	type rangeJSON struct {
-		FirstBlock uint64 `json:"first_block"`
-		Blocks     uint64 `json:"blocks"`
-		Offset     int64  `json:"offset"`
-		Length     int64  `json:"length"`
-		Error      string `json:"error"`
-	}
-	out := struct {
-		OK      bool        `json:"ok"`
-		Epoch   uint64      `json:"epoch"`
-		Blocks  uint64      `json:"blocks"`
-		Corrupt []rangeJSON `json:"corrupt"`
-	}{OK: len(bad) == 0, Epoch: s.Epoch(), Blocks: uint64(s.Size() / storage.BlockSize), Corrupt: []rangeJSON{}}
-	for _, r := range bad {
-		out.Corrupt = append(out.Corrupt, rangeJSON{r.First, r.Count, int64(r.First) * storage.BlockSize, int64(r.Count) * storage.BlockSize, r.Err.Error()})
-	}
-	if *asJSON {
-		if err := printJSON(stdout, out); err != nil {
-			return err
-		}
-	} else {
-		for _, r := range out.Corrupt {
-			fmt.Fprintf(stdout, "CORRUPT blocks %d-%d (bytes %d-%d): %s\n", r.FirstBlock, r.FirstBlock+r.Blocks-1, r.Offset, r.Offset+r.Length-1, r.Error)
-		}
-		if out.OK {
-			fmt.Fprintf(stdout, "verified %d blocks at epoch %d: all authentic\n", out.Blocks, out.Epoch)
-		}
-	}
-	if !out.OK {
-		return fmt.Errorf("%w: %d corrupted range(s)", errCorrupt, len(bad))
-	}
-	return nil
-}
-
-func storeExport(args []string, stdout, stderr io.Writer) error {
-	fs, k := newKeyFlags("export", stdout, stderr)
-	outPath := fs.String("out", "", "output image file (required; must not exist)")
-	if err := fs.require("out").parse(args); err != nil {
-		return err
-	}
-	s, done, err := openStoreReadOnly(fs.Arg(0), k)
-	if err != nil {
-		return err
-	}
-	defer done()
-	out, err := os.OpenFile(*outPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	ok := false
-	defer func() {
-		out.Close()
-		if !ok {
-			os.Remove(*outPath) // never leave a partial plaintext image
-		}
-	}()
-	size := s.Size()
-	if err := out.Truncate(size); err != nil {
-		return err
-	}
-	buf := make([]byte, 1<<20)
-	var copied int64
-	const window = 1 << 30
-	for pos := int64(0); pos < size; pos += window {
-		exts, err := s.BlockStatus(pos, min(window, size-pos))
-		if err != nil {
-			return err
-		}
-		for _, e := range exts {
-			if e.Zero {
-				continue // holes stay sparse in the output
-			}
-			for o := e.Offset; o < e.Offset+e.Length; o += int64(len(buf)) {
-				n := min(int64(len(buf)), e.Offset+e.Length-o)
-				if _, err := s.ReadAt(buf[:n], o); err != nil {
-					return fmt.Errorf("at byte %d: %w", o, err)
-				}
-				if _, err := out.WriteAt(buf[:n], o); err != nil {
-					return err
-				}
-				copied += n
-			}
-		}
-	}
-	if err := out.Sync(); err != nil {
-		return err
-	}
-	ok = true
-	fmt.Fprintf(stdout, "exported %s (%s of data, epoch %d) to %s\n", human(size), human(copied), s.Epoch(), *outPath)
 	return nil
 }
