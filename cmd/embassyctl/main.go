@@ -2,7 +2,11 @@
 // revocation and the audit log.
 //
 // Each area of the CLI lives in its own file and registers its top-level
-// command with register; main only dispatches.
+// command with register; main only dispatches. Every command declares and
+// parses its flags with newFlags (flags.go), so all of them spell flags
+// --name, print their usage on stdout and exit 0 for --help, and print it on
+// stderr and exit 2 for wrong arguments. A flag means the same in every
+// command that takes it (--kek, --counter, --out, --db, --json).
 package main
 
 import (
