@@ -74,10 +74,10 @@ func ManufactureTPM(ctx context.Context, dir string) (*TPM, error) {
 	}
 	t := &TPM{StateDir: state}
 	var err error
-	if t.CA, err = readCertFile(filepath.Join(caDir, "swtpm-localca-rootca-cert.pem")); err != nil {
+	if t.CA, err = pki.ReadCertFile(filepath.Join(caDir, "swtpm-localca-rootca-cert.pem")); err != nil {
 		return nil, err
 	}
-	if t.Intermediate, err = readCertFile(filepath.Join(caDir, "issuercert.pem")); err != nil {
+	if t.Intermediate, err = pki.ReadCertFile(filepath.Join(caDir, "issuercert.pem")); err != nil {
 		return nil, err
 	}
 	if t.EKCert, err = readEKCert(ctx, dir, state); err != nil {
@@ -126,18 +126,6 @@ func readEKCert(ctx context.Context, dir, state string) ([]byte, error) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-func readCertFile(path string) (*x509.Certificate, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		return nil, fmt.Errorf("qemu: %s: no PEM", path)
-	}
-	return x509.ParseCertificate(blk.Bytes)
 }
 
 // Verifier is an in-process verifier (attest/verifier) with SQLite state,

@@ -152,7 +152,7 @@ for tls in 0 1; do
   # without touching ciphertext).
   start_embassy "embassy-file$sfx" $tls --file "$WORK/plain.img" || true
   if start_embassy "embassy-store$sfx" $tls --store "$WORK/store$sfx.img" --format "$SIZE" \
-    --kek-file "$WORK/kek" --counter-file "$WORK/counter$sfx"; then
+    --kek "$WORK/kek" --counter "$WORK/counter$sfx"; then
     echo "bench-nbd: filling embassy-store$sfx"
     (cd "$FIOHOME" && "${FIOPREFIX[@]}" env HOME="$FIOHOME" nbdcopy "$WORK/plain.img" "${URIS[-1]}")
   fi

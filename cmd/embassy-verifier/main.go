@@ -31,6 +31,13 @@ import (
 	"github.com/dataembassy/embassy/internal/pki"
 )
 
+// errUsage marks an error caused by wrong arguments; main exits 2 for it,
+// as embassyctl does.
+var errUsage = errors.New("usage error")
+
+// stdout receives --help and what --init-tls wrote.
+var stdout io.Writer = os.Stdout
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -39,13 +46,26 @@ func main() {
 			os.Exit(0)
 		}
 		fmt.Fprintln(os.Stderr, "embassy-verifier:", err)
+		if errors.Is(err, errUsage) {
+			os.Exit(2)
+		}
 		os.Exit(1)
 	}
 }
 
 // run serves until ctx ends. ready, when set, gets the listening address.
+// For --help it prints the usage to stdout and returns flag.ErrHelp; for
+// wrong arguments it prints the usage to logw and returns an errUsage.
 func run(ctx context.Context, args []string, logw io.Writer, ready func(addr string)) error {
 	fs := flag.NewFlagSet("embassy-verifier", flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // usage and errors are printed below, each to its stream
+	usage := func(w io.Writer, format string, a ...any) error {
+		fmt.Fprintln(w, "usage: embassy-verifier --cert F --key F [flags]\n       embassy-verifier --init-tls DIR [--hosts H,...]\n\nflags:")
+		fs.SetOutput(w)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+		return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, a...))
+	}
 	dbPath := fs.String("db", "/var/lib/embassy/verifier.db", "SQLite database (created and migrated if needed)")
 	listen := fs.String("listen", "127.0.0.1:8443", "HTTPS listen address")
 	certFile := fs.String("cert", "", "server certificate (PEM)")
@@ -55,13 +75,20 @@ func run(ctx context.Context, args []string, logw io.Writer, ready func(addr str
 	initTLS := fs.String("init-tls", "", "write a CA and server certificate into this directory and exit")
 	hosts := fs.String("hosts", "localhost,127.0.0.1", "with --init-tls: comma-separated server names and IPs")
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			usage(stdout, "")
+			return err
+		}
+		return usage(logw, "%v", err)
+	}
+	if fs.NArg() != 0 {
+		return usage(logw, "unexpected arguments %q", fs.Args())
 	}
 	if *initTLS != "" {
 		return writeTLS(*initTLS, strings.Split(*hosts, ","))
 	}
 	if *certFile == "" || *keyFile == "" {
-		return errors.New("--cert and --key are required (see --init-tls)")
+		return usage(logw, "--cert and --key are required (see --init-tls)")
 	}
 	log := slog.New(slog.NewTextHandler(logw, nil))
 
@@ -142,6 +169,6 @@ func writeTLS(dir string, hosts []string) error {
 			return err
 		}
 	}
-	fmt.Printf("wrote %s/{ca.pem,server.pem,server.key}; appliances pin ca.pem\n", dir)
+	fmt.Fprintf(stdout, "wrote %s/{ca.pem,server.pem,server.key}; appliances pin ca.pem\n", dir)
 	return nil
 }

@@ -1,15 +1,18 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"flag"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -132,5 +135,22 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestUsage: --help succeeds, wrong arguments are usage errors (exit 2),
+// as in embassyctl.
+func TestUsage(t *testing.T) {
+	var out bytes.Buffer
+	stdout = &out
+	defer func() { stdout = os.Stdout }()
+	if err := run(t.Context(), []string{"--help"}, io.Discard, nil); !errors.Is(err, flag.ErrHelp) || !strings.Contains(out.String(), "usage") {
+		t.Errorf("--help: %v, output %q", err, out.String())
+	}
+	for _, args := range [][]string{{"--bogus"}, {}, {"--cert", "c.pem"}, {"--init-tls", t.TempDir(), "extra"}} {
+		var logs bytes.Buffer
+		if err := run(t.Context(), args, &logs, nil); !errors.Is(err, errUsage) || !strings.Contains(logs.String(), "usage") {
+			t.Errorf("%q: %v, want a usage error with the usage printed (%q)", args, err, logs.String())
+		}
 	}
 }

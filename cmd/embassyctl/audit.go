@@ -24,18 +24,17 @@ records deleted from the middle; with --head (printed by an earlier verify)
 it also reports a log truncated after that record. Exit status 1 when any
 problem is found.
 `
-	return subcommands(args, stdout, stderr, usage, map[string]func([]string, io.Writer, io.Writer) error{
+	return subcommands(args, stdout, stderr, usage, map[string]subcommand{
 		"list":   auditList,
 		"verify": auditVerify,
 	})
 }
 
 func auditList(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("audit list", "audit list [--db D] [--appliance ID] [--limit N] [--json]", stderr)
-	df := addDBFlags(fs)
+	fs, df := newDBFlags("audit list", "[--db D] [--appliance ID] [--limit N] [--json]", stdout, stderr)
 	app := fs.String("appliance", "", "only this appliance's records")
 	limit := fs.Int("limit", 50, "newest N records (0: all)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	return df.withDB(func(ctx context.Context, db *verifier.DB) error {
@@ -43,36 +42,20 @@ func auditList(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if *df.json {
-			if recs == nil {
-				recs = []verifier.AuditRecord{}
-			}
-			return printJSON(stdout, recs)
-		}
-		tw := newTable(stdout, "SEQ\tTIME\tACTOR\tAPPLIANCE\tACTION\tOUTCOME\tCHECK\tPCR\tDETAIL")
-		for _, r := range recs {
-			pcr, check := "-", r.Check
+		return printRows(stdout, *df.json, recs, "SEQ\tTIME\tACTOR\tAPPLIANCE\tACTION\tOUTCOME\tCHECK\tPCR\tDETAIL", func(tw io.Writer, r verifier.AuditRecord) {
+			pcr := "-"
 			if r.PCR >= 0 {
 				pcr = strconv.Itoa(r.PCR)
 			}
-			if check == "" {
-				check = "-"
-			}
-			appl := r.Appliance
-			if appl == "" {
-				appl = "-"
-			}
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.Time.Format(time.RFC3339), r.Actor, appl, r.Action, r.Outcome, check, pcr, r.Detail)
-		}
-		return tw.Flush()
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.Time.Format(time.RFC3339), r.Actor, orDash(r.Appliance), r.Action, r.Outcome, orDash(r.Check), pcr, r.Detail)
+		})
 	})
 }
 
 func auditVerify(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("audit verify", "audit verify [--db D] [--head SEQ:HASH] [--json]", stderr)
-	df := addDBFlags(fs)
+	fs, df := newDBFlags("audit verify", "[--db D] [--head SEQ:HASH] [--json]", stdout, stderr)
 	head := fs.String("head", "", "a head recorded earlier (SEQ:HASH) that must still be in the log")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	var seq int64
@@ -81,7 +64,7 @@ func auditVerify(args []string, stdout, stderr io.Writer) error {
 		s, h, ok := strings.Cut(*head, ":")
 		n, err := strconv.ParseInt(s, 10, 64)
 		if !ok || err != nil || n < 1 || len(h) != 64 {
-			return fmt.Errorf("%w: --head must be SEQ:HASH", errUsage)
+			return fs.usageError("--head must be SEQ:HASH")
 		}
 		seq, hash = n, strings.ToLower(h)
 	}

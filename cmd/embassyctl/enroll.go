@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dataembassy/embassy/attest/verifier"
+	"github.com/dataembassy/embassy/internal/pki"
 )
 
 func init() {
@@ -23,20 +24,19 @@ func init() {
 }
 
 func runEnroll(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("enroll", "enroll [--db D] --id ID (--ek-cert F | --ek-pub F) [--json]", stderr)
-	df := addDBFlags(fs)
+	fs, df := newDBFlags("enroll", "[--db D] --id ID (--ek-cert F | --ek-pub F) [--json]", stdout, stderr)
 	id := fs.String("id", "", "appliance id (letters, digits, . _ -; at most 64)")
 	certPath := fs.String("ek-cert", "", "EK certificate (PEM or DER); validated against the EK roots when any are configured")
 	pubPath := fs.String("ek-pub", "", "EK public key (PEM or DER PKIX), when the TPM has no certificate")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.require("id").parse(args); err != nil {
 		return err
 	}
-	if *id == "" || (*certPath == "") == (*pubPath == "") || fs.NArg() != 0 {
-		return usageError(fs, "--id and exactly one of --ek-cert or --ek-pub required")
+	if (*certPath == "") == (*pubPath == "") {
+		return fs.usageError("exactly one of --ek-cert or --ek-pub required")
 	}
 	p := verifier.EnrollParams{ID: *id, Actor: *df.actor}
 	if *certPath != "" {
-		c, err := readCertFile(*certPath)
+		c, err := pki.ReadCertFile(*certPath)
 		if err != nil {
 			return err
 		}
@@ -71,92 +71,40 @@ func runEnroll(args []string, stdout, stderr io.Writer) error {
 
 func runEKRoot(args []string, stdout, stderr io.Writer) error {
 	return subcommands(args, stdout, stderr, "usage: embassyctl ekroot add [--db D] CERT.pem...\n       embassyctl ekroot list [--db D] [--json]\n",
-		map[string]func([]string, io.Writer, io.Writer) error{
-			"add": func(args []string, stdout, stderr io.Writer) error {
-				fs := newFlagSet("ekroot add", "ekroot add [--db D] CERT.pem...", stderr)
-				df := addDBFlags(fs)
-				if err := parseFlags(fs, args); err != nil {
-					return err
-				}
-				if fs.NArg() == 0 {
-					return usageError(fs, "certificate file required")
-				}
-				return df.withDB(func(ctx context.Context, db *verifier.DB) error {
-					for _, p := range fs.Args() {
-						c, err := readCertFile(p)
-						if err != nil {
-							return err
-						}
-						if err := db.AddEKRoot(ctx, c, *df.actor); err != nil {
-							return err
-						}
-						fmt.Fprintf(stdout, "trusted %s\n", c.Subject)
-					}
-					return nil
-				})
-			},
-			"list": func(args []string, stdout, stderr io.Writer) error {
-				fs := newFlagSet("ekroot list", "ekroot list [--db D] [--json]", stderr)
-				df := addDBFlags(fs)
-				if err := parseFlags(fs, args); err != nil {
-					return err
-				}
-				return df.withDB(func(ctx context.Context, db *verifier.DB) error {
-					roots, err := db.EKRoots(ctx)
-					if err != nil {
-						return err
-					}
-					if *df.json {
-						return printJSON(stdout, roots)
-					}
-					tw := newTable(stdout, "SHA-256\tSUBJECT")
-					for _, r := range roots {
-						fmt.Fprintf(tw, "%s\t%s\n", r.Fingerprint, r.Subject)
-					}
-					return tw.Flush()
-				})
-			},
+		map[string]subcommand{
+			"add": ekRootAdd,
+			"list": listCommand("ekroot list", "SHA-256\tSUBJECT", (*verifier.DB).EKRoots, func(tw io.Writer, r verifier.EKRoot) {
+				fmt.Fprintf(tw, "%s\t%s\n", r.Fingerprint, r.Subject)
+			}),
 		})
 }
 
-func fmtTime(t *time.Time) string {
-	if t == nil {
-		return "-"
+func ekRootAdd(args []string, stdout, stderr io.Writer) error {
+	fs, df := newDBFlags("ekroot add", "[--db D] CERT.pem...", stdout, stderr)
+	if err := fs.args(1, -1).parse(args); err != nil {
+		return err
 	}
-	return t.Format(time.RFC3339)
+	return df.withDB(func(ctx context.Context, db *verifier.DB) error {
+		for _, p := range fs.Args() {
+			c, err := pki.ReadCertFile(p)
+			if err != nil {
+				return err
+			}
+			if err := db.AddEKRoot(ctx, c, *df.actor); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "trusted %s\n", c.Subject)
+		}
+		return nil
+	})
 }
 
 func runAppliances(args []string, stdout, stderr io.Writer) error {
 	usage := "usage: embassyctl appliances list [--db D] [--json]\n       embassyctl appliances show [--db D] [--json] ID\n       embassyctl appliances server-cert [--db D] ID > ca-cert.pem\n"
-	return subcommands(args, stdout, stderr, usage, map[string]func([]string, io.Writer, io.Writer) error{
-		"list": func(args []string, stdout, stderr io.Writer) error {
-			fs := newFlagSet("appliances list", "appliances list [--db D] [--json]", stderr)
-			df := addDBFlags(fs)
-			if err := parseFlags(fs, args); err != nil {
-				return err
-			}
-			return df.withDB(func(ctx context.Context, db *verifier.DB) error {
-				list, err := db.Appliances(ctx)
-				if err != nil {
-					return err
-				}
-				if *df.json {
-					if list == nil {
-						list = []verifier.ApplianceInfo{}
-					}
-					return printJSON(stdout, list)
-				}
-				tw := newTable(stdout, "ID\tSTATE\tRELEASE\tEPOCH\tLEASE UNTIL")
-				for _, a := range list {
-					rel := a.Release
-					if rel == "" {
-						rel = "-"
-					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", a.ID, a.State(), rel, a.LastEpoch, fmtTime(a.LeaseUntil))
-				}
-				return tw.Flush()
-			})
-		},
+	return subcommands(args, stdout, stderr, usage, map[string]subcommand{
+		"list": listCommand("appliances list", "ID\tSTATE\tRELEASE\tEPOCH\tLEASE UNTIL", (*verifier.DB).Appliances, func(tw io.Writer, a verifier.ApplianceInfo) {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", a.ID, a.State(), orDash(a.Release), a.LastEpoch, fmtTime(a.LeaseUntil))
+		}),
 		"show": withAppliance("show", "[--db D] [--json]", func(a *verifier.ApplianceInfo, df dbFlags, stdout io.Writer) error {
 			if *df.json {
 				return printJSON(stdout, a)
@@ -198,15 +146,11 @@ func runAppliances(args []string, stdout, stderr io.Writer) error {
 
 // withAppliance makes the "appliances SUB [flags] ID" command that loads
 // appliance ID from the verifier database and hands it to show.
-func withAppliance(sub, flags string, show func(a *verifier.ApplianceInfo, df dbFlags, stdout io.Writer) error) func([]string, io.Writer, io.Writer) error {
+func withAppliance(sub, flags string, show func(a *verifier.ApplianceInfo, df dbFlags, stdout io.Writer) error) subcommand {
 	return func(args []string, stdout, stderr io.Writer) error {
-		fs := newFlagSet("appliances "+sub, "appliances "+sub+" "+flags+" ID", stderr)
-		df := addDBFlags(fs)
-		if err := parseFlags(fs, args); err != nil {
+		fs, df := newDBFlags("appliances "+sub, flags+" ID", stdout, stderr)
+		if err := fs.args(1, 1).parse(args); err != nil {
 			return err
-		}
-		if fs.NArg() != 1 {
-			return usageError(fs, "one appliance id expected")
 		}
 		return df.withDB(func(ctx context.Context, db *verifier.DB) error {
 			a, err := db.Appliance(ctx, fs.Arg(0))
@@ -219,14 +163,13 @@ func withAppliance(sub, flags string, show func(a *verifier.ApplianceInfo, df db
 }
 
 func runRevoke(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("revoke", "revoke [--db D] --reason TEXT ID", stderr)
-	df := addDBFlags(fs)
+	fs, df := newDBFlags("revoke", "[--db D] --reason TEXT ID", stdout, stderr)
 	reason := fs.String("reason", "", "why (recorded in the audit log)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.require("reason").args(1, 1).parse(args); err != nil {
 		return err
 	}
-	if fs.NArg() != 1 || strings.TrimSpace(*reason) == "" {
-		return usageError(fs, "one appliance id and --reason required")
+	if strings.TrimSpace(*reason) == "" {
+		return fs.usageError("--reason must say why")
 	}
 	return df.withDB(func(ctx context.Context, db *verifier.DB) error {
 		if err := db.Revoke(ctx, fs.Arg(0), *reason, *df.actor); err != nil {

@@ -1,10 +1,7 @@
 package main
 
 import (
-	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"maps"
@@ -21,6 +18,7 @@ import (
 	"github.com/dataembassy/embassy/images/predict"
 	"github.com/dataembassy/embassy/images/uki"
 	"github.com/dataembassy/embassy/initramfs"
+	"github.com/dataembassy/embassy/internal/pki"
 )
 
 func init() {
@@ -34,15 +32,15 @@ func init() {
 const imageUsage = `usage: embassyctl image <subcommand> [flags]
 
 subcommands:
-  build   -initrd F -release R -out DIR [flags]
+  build   --initrd F --release R --out DIR [flags]
                        write DIR/uki.efi, DIR/disk.img, DIR/manifest.json
                        (unsigned; sign with 'embassyctl release sign') and
                        DIR/events.txt (the predicted measurements)
-  predict -uki F [-disk D] [-release R -manifest M.json] [--json]
+  predict --uki F [--disk D] [--release R --manifest M.json] [--json]
                        predict the PCRs an existing UKI / disk image produces
 
-Secure Boot: build -sign-key K -sign-cert C -sb-vars OVMF_VARS.fd signs the
-UKI with sbsign and predicts PCR 7; predict takes -sb-cert C -sb-vars V.
+Secure Boot: build --sign-key K --sign-cert C --sb-vars OVMF_VARS.fd signs the
+UKI with sbsign and predicts PCR 7; predict takes --sign-cert C --sb-vars V.
 
 Run 'embassyctl image <subcommand> --help' for its flags.
 `
@@ -52,14 +50,14 @@ Run 'embassyctl image <subcommand> --help' for its flags.
 const defaultCmdline = "console=ttyS0,115200 panic=-1 quiet"
 
 func runImage(args []string, stdout, stderr io.Writer) error {
-	return subcommands(args, stdout, stderr, imageUsage, map[string]func([]string, io.Writer, io.Writer) error{
+	return subcommands(args, stdout, stderr, imageUsage, map[string]subcommand{
 		"build":   imageBuild,
 		"predict": imagePredict,
 	})
 }
 
 // defaultKernelPath is the kernel scripts/fetch-kernel.sh cached, or "" if
-// there is none (then -kernel is required).
+// there is none (then --kernel is required).
 func defaultKernelPath() string {
 	k, err := initramfs.CachedKernel()
 	if err != nil {
@@ -78,7 +76,7 @@ func defaultEpoch() int64 {
 }
 
 func imageBuild(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("image build", "image build -initrd F -release R -out DIR [flags]", stderr)
+	fs := newFlags("image build", "--initrd F --release R --out DIR [flags]", stdout, stderr)
 	kernel := fs.String("kernel", defaultKernelPath(), "Linux bzImage")
 	initrd := fs.String("initrd", "", "initramfs (required)")
 	cmdline := fs.String("cmdline", defaultCmdline, "kernel command line baked into the UKI")
@@ -92,12 +90,12 @@ func imageBuild(args []string, stdout, stderr io.Writer) error {
 	epoch := fs.Int64("epoch", defaultEpoch(), "timestamp (Unix seconds) of ESP files and of the manifest (default $SOURCE_DATE_EPOCH or 0)")
 	failed := fs.Int("failed-boot-options", 0, "boot options the firmware tries before the disk (PCR 4)")
 	withGPT := fs.Bool("include-gpt", false, "also list PCR 5 (GPT) in the manifest")
-	signKey := fs.String("sign-key", "", "Secure Boot: sign the UKI with this PEM key (sbsign); needs -sign-cert and -sb-vars")
+	signKey := fs.String("sign-key", "", "Secure Boot: sign the UKI with this PEM key (sbsign); needs --sign-cert and --sb-vars")
 	signCert := fs.String("sign-cert", "", "Secure Boot: the signing certificate (PEM)")
 	sbVars := fs.String("sb-vars", "", "Secure Boot: the firmware variables image with PK/KEK/db/dbx enrolled (predicts PCR 7)")
 	withPCR7 := fs.Bool("include-pcr7", false, "also list PCR 7 (Secure Boot) in the manifest")
 	withApp := fs.Bool("appliance-pcr", false, "also list PCR 15: the appliance's measurement of its binary and configuration, read from the initrd (an appliance initramfs)")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.require("initrd", "release", "out").parse(args); err != nil {
 		return err
 	}
 	sbFlags := 0
@@ -106,8 +104,8 @@ func imageBuild(args []string, stdout, stderr io.Writer) error {
 			sbFlags++
 		}
 	}
-	if *initrd == "" || *rel == "" || *out == "" || fs.NArg() != 0 || (sbFlags != 0 && sbFlags != 3) {
-		return usageError(fs, "-initrd, -release and -out are required; -sign-key, -sign-cert and -sb-vars go together")
+	if sbFlags != 0 && sbFlags != 3 {
+		return fs.usageError("--sign-key, --sign-cert and --sb-vars go together")
 	}
 	read := func(p string) ([]byte, error) {
 		b, err := os.ReadFile(p)
@@ -203,23 +201,23 @@ type eventView struct {
 }
 
 func imagePredict(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("image predict", "image predict -uki F [-disk D] [-release R -manifest M.json] [--json]", stderr)
+	fs := newFlags("image predict", "--uki F [--disk D] [--release R --manifest M.json] [--json]", stdout, stderr)
 	ukiPath := fs.String("uki", "", "the UKI (required)")
 	diskPath := fs.String("disk", "", "the disk image carrying it (adds PCR 5 and its digest)")
-	rel := fs.String("release", "", "release version, with -manifest")
+	rel := fs.String("release", "", "release version, with --manifest")
 	manifest := fs.String("manifest", "", "write the unsigned manifest here (must not exist)")
 	failed := fs.Int("failed-boot-options", 0, "boot options the firmware tries before the disk (PCR 4)")
 	withGPT := fs.Bool("include-gpt", false, "also list PCR 5 (GPT) in the manifest")
-	sbCert := fs.String("sb-cert", "", "Secure Boot: the certificate that signed the UKI (with -sb-vars)")
+	signCert := fs.String("sign-cert", "", "Secure Boot: the certificate that signed the UKI (PEM or DER; with --sb-vars)")
 	sbVars := fs.String("sb-vars", "", "Secure Boot: the firmware variables image (predicts PCR 7)")
 	withPCR7 := fs.Bool("include-pcr7", false, "also list PCR 7 (Secure Boot) in the manifest")
 	withApp := fs.Bool("appliance-pcr", false, "also predict PCR 15 from the appliance binary and configuration in the UKI's initrd")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.require("uki").parse(args); err != nil {
 		return err
 	}
-	if *ukiPath == "" || fs.NArg() != 0 || (*manifest != "") != (*rel != "") || (*sbCert == "") != (*sbVars == "") {
-		return usageError(fs, "need -uki; -release with -manifest; -sb-cert with -sb-vars")
+	if (*manifest != "") != (*rel != "") || (*signCert == "") != (*sbVars == "") {
+		return fs.usageError("--release goes with --manifest, --sign-cert with --sb-vars")
 	}
 	b, err := os.ReadFile(*ukiPath)
 	if err != nil {
@@ -227,7 +225,7 @@ func imagePredict(args []string, stdout, stderr io.Writer) error {
 	}
 	po := predict.Options{FailedBootOptions: *failed}
 	if *sbVars != "" {
-		if po.SecureBoot, err = secureBootInputs(*sbCert, *sbVars); err != nil {
+		if po.SecureBoot, err = secureBootInputs(*signCert, *sbVars); err != nil {
 			return err
 		}
 	}
@@ -269,9 +267,7 @@ func imagePredict(args []string, stdout, stderr io.Writer) error {
 		for _, e := range r.Events {
 			v.Events = append(v.Events, eventView{e.PCR, fmt.Sprintf("%#x", e.Type), fmt.Sprintf("%x", e.Digest), e.Description})
 		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
+		return printJSON(stdout, v)
 	}
 	printPrediction(stdout, r, runtime)
 	return nil
@@ -284,7 +280,7 @@ func runtimePCRs(want bool, initrd []byte) (map[int][]byte, error) {
 	}
 	v, err := predict.InitramfsPCR(initrd)
 	if err != nil {
-		return nil, fmt.Errorf("-appliance-pcr: %w", err)
+		return nil, fmt.Errorf("--appliance-pcr: %w", err)
 	}
 	return map[int][]byte{tpm.PCRAppliance: v}, nil
 }
@@ -310,17 +306,9 @@ func printPrediction(w io.Writer, r *images.Release, runtime map[int][]byte) {
 // secureBootInputs reads the signing certificate and firmware variables
 // for a Secure Boot prediction.
 func secureBootInputs(certPath, varsPath string) (*predict.SecureBoot, error) {
-	cb, err := os.ReadFile(certPath)
+	cert, err := pki.ReadCertFile(certPath)
 	if err != nil {
 		return nil, err
-	}
-	blk, _ := pem.Decode(cb)
-	if blk == nil || blk.Type != "CERTIFICATE" {
-		return nil, fmt.Errorf("%s: not a PEM certificate", certPath)
-	}
-	cert, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", certPath, err)
 	}
 	vars, err := os.ReadFile(varsPath)
 	if err != nil {

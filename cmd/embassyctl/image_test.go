@@ -22,15 +22,7 @@ import (
 // written files alone.
 func TestImageBuildSignVerify(t *testing.T) {
 	dir := t.TempDir()
-	// Any PE serves as the kernel here: the stub itself.
-	kernel := filepath.Join(dir, "vmlinuz")
-	stub, err := os.ReadFile(uki.DefaultStubPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(kernel, stub, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	kernel := stubKernel(t, dir)
 	initrd := filepath.Join(dir, "initrd")
 	if err := os.WriteFile(initrd, []byte("initrd bytes"), 0o644); err != nil {
 		t.Fatal(err)
@@ -137,7 +129,7 @@ func TestImageBuildSecureBoot(t *testing.T) {
 	if out, err := exec.Command(testenv.Tool(t, "sbverify"), "--cert", cert, filepath.Join(out, "uki.efi")).CombinedOutput(); err != nil {
 		t.Errorf("sbverify: %v\n%s", err, out)
 	}
-	code, po, pe := runCLI(t, "image", "predict", "-uki", filepath.Join(out, "uki.efi"), "-sb-cert", cert, "-sb-vars", vars)
+	code, po, pe := runCLI(t, "image", "predict", "-uki", filepath.Join(out, "uki.efi"), "-sign-cert", cert, "-sb-vars", vars)
 	if code != 0 {
 		t.Fatalf("predict: %s", pe)
 	}
@@ -156,14 +148,7 @@ func TestImageBuildSecureBoot(t *testing.T) {
 // initrd without the appliance is refused.
 func TestImageBuildAppliancePCR(t *testing.T) {
 	dir := t.TempDir()
-	kernel := filepath.Join(dir, "vmlinuz")
-	stub, err := os.ReadFile(uki.DefaultStubPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(kernel, stub, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	kernel := stubKernel(t, dir)
 	initBin, appBin := filepath.Join(dir, "init"), filepath.Join(dir, "app")
 	for path, b := range map[string]string{initBin: "init-binary", appBin: "appliance-binary"} {
 		if err := os.WriteFile(path, []byte(b), 0o755); err != nil {
@@ -212,6 +197,21 @@ func TestImageBuildAppliancePCR(t *testing.T) {
 	if code == 0 || !strings.Contains(stderr, "appliance-pcr") {
 		t.Errorf("-appliance-pcr with a non-appliance initrd: exit %d\n%s", code, stderr)
 	}
+}
+
+// stubKernel writes a kernel into dir for image build and returns its
+// path: any PE serves as the kernel here, so it is the EFI stub itself.
+func stubKernel(t *testing.T, dir string) string {
+	t.Helper()
+	stub, err := os.ReadFile(uki.DefaultStubPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kernel := filepath.Join(dir, "vmlinuz")
+	if err := os.WriteFile(kernel, stub, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return kernel
 }
 
 // readBuiltManifest reads and parses the manifest.json image build wrote

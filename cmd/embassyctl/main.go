@@ -2,7 +2,11 @@
 // revocation and the audit log.
 //
 // Each area of the CLI lives in its own file and registers its top-level
-// command with register; main only dispatches.
+// command with register; main only dispatches. Every command declares and
+// parses its flags with newFlags (flags.go), so all of them spell flags
+// --name, print their usage on stdout and exit 0 for --help, and print it on
+// stderr and exit 2 for wrong arguments. A flag means the same in every
+// command that takes it (--kek, --counter, --out, --db, --json).
 package main
 
 import (
@@ -20,13 +24,10 @@ type command struct {
 	summary string
 	// run executes the command with the arguments after its name. It returns
 	// errUsage (possibly wrapped) when the arguments are wrong.
-	run func(args []string, stdout, stderr io.Writer) error
+	run subcommand
 }
 
 var commands = map[string]command{}
-
-// errUsage marks an error caused by wrong arguments; main exits 2 for it.
-var errUsage = errors.New("usage error")
 
 func register(c command) {
 	if _, dup := commands[c.name]; dup {
@@ -40,11 +41,14 @@ func main() {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	// The same conventions as subcommands and cmdFlags.parse: help on
+	// stdout, exit 0; a usage error on stderr, exit 2.
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(stdout)
-		if len(args) == 0 {
-			return 2
-		}
 		return 0
 	}
 	c, ok := commands[args[0]]

@@ -3,9 +3,8 @@ package main
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -28,12 +27,12 @@ func init() {
 const releaseUsage = `usage: embassyctl release <subcommand> [flags]
 
 subcommands:
-  keygen  -out NAME                     write NAME.priv and NAME.pub (Ed25519)
-  sign    -key K.priv [-manifest M.json | -envelope E.json] -out E.json
+  keygen  --out NAME                    write NAME.priv and NAME.pub (Ed25519)
+  sign    --key K.priv [--manifest M.json | --envelope E.json] --out E.json
                                         sign a manifest (new envelope) or add a
                                         signature to an existing envelope
   inspect [--json] E.json               show an envelope's manifest and signers
-  verify  -trust K.pub[,K2.pub] [-k N] [--json] E.json
+  verify  --trust K.pub[,K2.pub] [-k N] [--json] E.json
                                         verify k-of-n signatures by trusted keys
 
 verifier database (on the verifier host; --db, env EMBASSY_VERIFIER_DB):
@@ -45,7 +44,7 @@ verifier database (on the verifier host; --db, env EMBASSY_VERIFIER_DB):
 `
 
 func runRelease(args []string, stdout, stderr io.Writer) error {
-	return subcommands(args, stdout, stderr, releaseUsage, map[string]func([]string, io.Writer, io.Writer) error{
+	return subcommands(args, stdout, stderr, releaseUsage, map[string]subcommand{
 		"keygen":    releaseKeygen,
 		"sign":      releaseSign,
 		"inspect":   releaseInspect,
@@ -58,36 +57,11 @@ func runRelease(args []string, stdout, stderr io.Writer) error {
 	})
 }
 
-// newFlagSet returns a flag set that prints its usage to stderr and reports
-// parse errors as usage errors.
-func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: embassyctl %s\n\nflags:\n", synopsis)
-		fs.PrintDefaults()
-	}
-	return fs
-}
-
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if err == flag.ErrHelp {
-			return err
-		}
-		return fmt.Errorf("%w: %v", errUsage, err)
-	}
-	return nil
-}
-
 func releaseKeygen(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("release keygen", "release keygen -out NAME", stderr)
+	fs := newFlags("release keygen", "--out NAME", stdout, stderr)
 	out := fs.String("out", "", "path prefix: writes NAME.priv (mode 0600) and NAME.pub")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.require("out").parse(args); err != nil {
 		return err
-	}
-	if *out == "" || fs.NArg() != 0 {
-		return usageError(fs, "-out is required")
 	}
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
@@ -103,31 +77,17 @@ func releaseKeygen(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// writeNew writes a file that must not exist yet, so keys are never
-// overwritten by accident.
-func writeNew(path string, data []byte, mode os.FileMode) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
 func releaseSign(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("release sign", "release sign -key K.priv (-manifest M.json | -envelope E.json) -out E.json", stderr)
+	fs := newFlags("release sign", "--key K.priv (--manifest M.json | --envelope E.json) --out E.json", stdout, stderr)
 	keyPath := fs.String("key", "", "release private key file")
 	manifestPath := fs.String("manifest", "", "manifest JSON to sign (starts a new envelope)")
 	envPath := fs.String("envelope", "", "existing envelope to add a signature to")
-	out := fs.String("out", "", "output envelope file (may equal -envelope)")
-	if err := parseFlags(fs, args); err != nil {
+	out := fs.String("out", "", "output envelope file (may equal --envelope)")
+	if err := fs.require("key", "out").parse(args); err != nil {
 		return err
 	}
-	if *keyPath == "" || *out == "" || (*manifestPath == "") == (*envPath == "") || fs.NArg() != 0 {
-		return usageError(fs, "need -key, -out and exactly one of -manifest or -envelope")
+	if (*manifestPath == "") == (*envPath == "") {
+		return fs.usageError("exactly one of --manifest or --envelope required")
 	}
 	kb, err := os.ReadFile(*keyPath)
 	if err != nil {
@@ -188,6 +148,16 @@ type manifestView struct {
 	Verified   []string          `json:"verified_by,omitempty"`
 }
 
+// newManifestView shows env's manifest m (digest: of its payload), with
+// the keys whose signatures were verified, if any.
+func newManifestView(env *release.Envelope, digest [32]byte, m *release.Manifest, verified []string) manifestView {
+	v := manifestView{Digest: hex.EncodeToString(digest[:]), Manifest: m, Verified: verified, Signatures: []string{}}
+	for _, s := range env.Signatures {
+		v.Signatures = append(v.Signatures, s.KeyID)
+	}
+	return v
+}
+
 func printManifest(w io.Writer, v manifestView) {
 	m := v.Manifest
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -217,13 +187,10 @@ func printManifest(w io.Writer, v manifestView) {
 }
 
 func releaseInspect(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("release inspect", "release inspect [--json] ENVELOPE.json", stderr)
+	fs := newFlags("release inspect", "[--json] ENVELOPE.json", stdout, stderr)
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.args(1, 1).parse(args); err != nil {
 		return err
-	}
-	if fs.NArg() != 1 {
-		return usageError(fs, "one envelope file expected")
 	}
 	env, err := readEnvelope(fs.Arg(0))
 	if err != nil {
@@ -233,32 +200,23 @@ func releaseInspect(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	v := manifestView{Digest: payloadDigest(env), Manifest: m, Signatures: []string{}}
-	for _, s := range env.Signatures {
-		v.Signatures = append(v.Signatures, s.KeyID)
-	}
+	sum := sha256.Sum256(env.Payload)
+	v := newManifestView(env, sum, m, nil)
 	if *asJSON {
-		return json.NewEncoder(stdout).Encode(v)
+		return printJSON(stdout, v)
 	}
 	fmt.Fprintln(stdout, "(signatures NOT verified; use 'embassyctl release verify')")
 	printManifest(stdout, v)
 	return nil
 }
 
-func payloadDigest(env *release.Envelope) string {
-	return hex.EncodeToString(sha256Sum(env.Payload))
-}
-
 func releaseVerify(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("release verify", "release verify -trust K.pub[,K2.pub...] [-k N] [--json] ENVELOPE.json", stderr)
+	fs := newFlags("release verify", "--trust K.pub[,K2.pub...] [-k N] [--json] ENVELOPE.json", stdout, stderr)
 	trust := fs.String("trust", "", "comma-separated trusted release public key files")
 	k := fs.Int("k", 1, "number of distinct trusted signatures required")
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parseFlags(fs, args); err != nil {
+	if err := fs.require("trust").args(1, 1).parse(args); err != nil {
 		return err
-	}
-	if *trust == "" || fs.NArg() != 1 {
-		return usageError(fs, "-trust and one envelope file required")
 	}
 	keys, err := readPublicKeys(strings.Split(*trust, ","))
 	if err != nil {
@@ -272,12 +230,9 @@ func releaseVerify(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	v := manifestView{Digest: hex.EncodeToString(ver.Digest[:]), Manifest: ver.Manifest, Verified: ver.SignedBy, Signatures: []string{}}
-	for _, s := range env.Signatures {
-		v.Signatures = append(v.Signatures, s.KeyID)
-	}
+	v := newManifestView(env, ver.Digest, ver.Manifest, ver.SignedBy)
 	if *asJSON {
-		return json.NewEncoder(stdout).Encode(v)
+		return printJSON(stdout, v)
 	}
 	fmt.Fprintf(stdout, "OK: %d of %d required trusted signatures\n", len(ver.SignedBy), *k)
 	printManifest(stdout, v)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"strconv"
@@ -13,13 +12,9 @@ import (
 )
 
 func releaseTrust(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("release trust", "release trust [--db D] KEY.pub...", stderr)
-	df := addDBFlags(fs)
-	if err := parseFlags(fs, args); err != nil {
+	fs, df := newDBFlags("release trust", "[--db D] KEY.pub...", stdout, stderr)
+	if err := fs.args(1, -1).parse(args); err != nil {
 		return err
-	}
-	if fs.NArg() == 0 {
-		return usageError(fs, "key file required")
 	}
 	keys, err := readPublicKeys(fs.Args())
 	if err != nil {
@@ -37,17 +32,13 @@ func releaseTrust(args []string, stdout, stderr io.Writer) error {
 }
 
 func releaseThreshold(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("release threshold", "release threshold [--db D] K", stderr)
-	df := addDBFlags(fs)
-	if err := parseFlags(fs, args); err != nil {
+	fs, df := newDBFlags("release threshold", "[--db D] K", stdout, stderr)
+	if err := fs.args(1, 1).parse(args); err != nil {
 		return err
-	}
-	if fs.NArg() != 1 {
-		return usageError(fs, "threshold required")
 	}
 	k, err := strconv.Atoi(fs.Arg(0))
 	if err != nil || k < 1 {
-		return fmt.Errorf("%w: threshold must be a positive integer", errUsage)
+		return fs.usageError("threshold must be a positive integer")
 	}
 	return df.withDB(func(ctx context.Context, db *verifier.DB) error {
 		if err := db.SetReleaseThreshold(ctx, k, *df.actor); err != nil {
@@ -59,13 +50,9 @@ func releaseThreshold(args []string, stdout, stderr io.Writer) error {
 }
 
 func releasePublish(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("release publish", "release publish [--db D] [--json] ENVELOPE.json", stderr)
-	df := addDBFlags(fs)
-	if err := parseFlags(fs, args); err != nil {
+	fs, df := newDBFlags("release publish", "[--db D] [--json] ENVELOPE.json", stdout, stderr)
+	if err := fs.args(1, 1).parse(args); err != nil {
 		return err
-	}
-	if fs.NArg() != 1 {
-		return usageError(fs, "one envelope file expected")
 	}
 	env, err := readEnvelope(fs.Arg(0))
 	if err != nil {
@@ -76,10 +63,7 @@ func releasePublish(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		view := manifestView{Digest: hex.EncodeToString(v.Digest[:]), Manifest: v.Manifest, Verified: v.SignedBy, Signatures: []string{}}
-		for _, s := range env.Signatures {
-			view.Signatures = append(view.Signatures, s.KeyID)
-		}
+		view := newManifestView(env, v.Digest, v.Manifest, v.SignedBy)
 		if *df.json {
 			return printJSON(stdout, view)
 		}
@@ -89,36 +73,15 @@ func releasePublish(args []string, stdout, stderr io.Writer) error {
 	})
 }
 
-func releaseList(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("release list", "release list [--db D] [--json]", stderr)
-	df := addDBFlags(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	return df.withDB(func(ctx context.Context, db *verifier.DB) error {
-		list, err := db.Releases(ctx)
-		if err != nil {
-			return err
-		}
-		if *df.json {
-			return printJSON(stdout, list)
-		}
-		tw := newTable(stdout, "DIGEST\tNAME\tRELEASE\tPUBLISHED\tWITHDRAWN")
-		for _, r := range list {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Digest, r.Name, r.Release, r.Published.Format(time.RFC3339), fmtTime(r.Withdrawn))
-		}
-		return tw.Flush()
-	})
-}
+// releaseList prints the published releases.
+var releaseList = listCommand("release list", "DIGEST\tNAME\tRELEASE\tPUBLISHED\tWITHDRAWN", (*verifier.DB).Releases, func(tw io.Writer, r verifier.ReleaseInfo) {
+	fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Digest, r.Name, r.Release, r.Published.Format(time.RFC3339), fmtTime(r.Withdrawn))
+})
 
 func releaseWithdraw(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("release withdraw", "release withdraw [--db D] DIGEST", stderr)
-	df := addDBFlags(fs)
-	if err := parseFlags(fs, args); err != nil {
+	fs, df := newDBFlags("release withdraw", "[--db D] DIGEST", stdout, stderr)
+	if err := fs.args(1, 1).parse(args); err != nil {
 		return err
-	}
-	if fs.NArg() != 1 {
-		return usageError(fs, "release digest required")
 	}
 	return df.withDB(func(ctx context.Context, db *verifier.DB) error {
 		if err := db.WithdrawRelease(ctx, fs.Arg(0), *df.actor); err != nil {

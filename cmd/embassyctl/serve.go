@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -65,13 +63,11 @@ func (g *grantList) Set(v string) error {
 
 // serve runs `embassyctl serve` until ctx is cancelled.
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := newFlags("serve", "(--file F | --store S --kek K) [flags]", stdout, stderr)
 	listen := fs.String("listen", "127.0.0.1:10809", "address to listen on")
 	file := fs.String("file", "", "serve this plain (unencrypted) file or block device")
 	storePath := fs.String("store", "", "serve the authenticated store on this file or block device")
-	kekFile := fs.String("kek-file", "", "file holding the store's 32-byte KEK (with --store)")
-	counterFile := fs.String("counter-file", "", "file-backed rollback counter for the store (with --store; optional)")
+	kekFile, counterFile := addKEKFlags(fs, "; with --store")
 	formatSize := fs.String("format", "", "first format a new store of this logical size (e.g. 1G) at --store, destroying its contents; the file is allocated in full (2.0625x the size plus 16 MiB)")
 	export := fs.String("export", "disk", "export name")
 	desc := fs.String("description", "", "export description")
@@ -85,23 +81,17 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file (for benchmarks)")
 	var grants grantList
 	fs.Var(&grants, "grant", "identity=export:rw|ro; identity is a certificate CN or URI SAN, or * (repeatable)")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %v", errUsage, err)
-	}
-	if fs.NArg() != 0 {
-		return fmt.Errorf("%w: unexpected arguments %q", errUsage, fs.Args())
+	if err := fs.parse(args); err != nil {
+		return err
 	}
 	if (*file == "") == (*storePath == "") {
-		return fmt.Errorf("%w: exactly one of --file and --store is required", errUsage)
+		return fs.usageError("exactly one of --file and --store is required")
 	}
 	if *storePath != "" && *kekFile == "" {
-		return fmt.Errorf("%w: --store needs --kek-file", errUsage)
+		return fs.usageError("--store needs --kek")
 	}
 	if *storePath == "" && (*kekFile != "" || *counterFile != "" || *formatSize != "") {
-		return fmt.Errorf("%w: --kek-file, --counter-file and --format go with --store", errUsage)
+		return fs.usageError("--kek, --counter and --format go with --store")
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -126,13 +116,13 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch {
 	case *plaintext:
 		if *certFile != "" || *keyFile != "" || *caFile != "" {
-			return fmt.Errorf("%w: --plaintext excludes the TLS flags", errUsage)
+			return fs.usageError("--plaintext excludes the TLS flags")
 		}
 		if len(grants) == 0 {
 			grants = append(grants, nbd.Grant{Identity: nbd.AnyIdentity, Export: *export, Access: nbd.ReadWrite})
 		}
 	case *certFile == "" || *keyFile == "" || *caFile == "":
-		return fmt.Errorf("%w: --tls-cert, --tls-key and --client-ca are required (or --plaintext)", errUsage)
+		return fs.usageError("--tls-cert, --tls-key and --client-ca are required (or --plaintext)")
 	default:
 		cfg, err := serverTLS(*certFile, *keyFile, *caFile)
 		if err != nil {
@@ -140,7 +130,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		opts.TLSConfig = cfg
 		if len(grants) == 0 {
-			return fmt.Errorf("%w: no --grant: nobody could connect", errUsage)
+			return fs.usageError("no --grant: nobody could connect")
 		}
 	}
 	opts.Grants = grants
@@ -207,12 +197,9 @@ func serverTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
 // authenticated store at path. The returned function closes store and
 // device.
 func openStore(path, kekFile, counterFile, formatSize string, readOnly bool, log *slog.Logger) (*storage.Store, func() error, error) {
-	kek, err := os.ReadFile(kekFile)
+	kek, err := readKEKFile(kekFile)
 	if err != nil {
-		return nil, nil, fmt.Errorf("KEK: %w", err)
-	}
-	if len(kek) != storage.KEKSize {
-		return nil, nil, fmt.Errorf("KEK file %s: %d bytes, want %d", kekFile, len(kek), storage.KEKSize)
+		return nil, nil, err
 	}
 	var counter storage.Counter
 	if counterFile != "" {

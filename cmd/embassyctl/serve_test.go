@@ -65,41 +65,15 @@ func TestServePlaintextWithNbdinfo(t *testing.T) {
 	if err := os.WriteFile(img, make([]byte, 1<<20), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	out := &lockedBuffer{}
-	done := make(chan error, 1)
-	go func() {
-		done <- serve(ctx, []string{"--file", img, "--plaintext", "--listen", "127.0.0.1:0", "--export", "bench"}, out, io.Discard)
-	}()
-	re := regexp.MustCompile(`on 127\.0\.0\.1:(\d+)`)
-	var port string
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if m := re.FindStringSubmatch(out.String()); m != nil {
-			port = m[1]
-			break
-		}
-	}
-	if port == "" {
-		cancel()
-		t.Fatalf("server did not report its address: %q", out.String())
-	}
+	port, stop := startServe(t, "--file", img, "--plaintext", "--export", "bench")
 	cmd := exec.Command(testenv.Tool(t, "nbdinfo"), "nbd://127.0.0.1:"+port+"/bench")
 	cmd.Env = testenv.SystemPathEnv()
 	info, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(info), "export-size: 1048576") {
 		t.Errorf("nbdinfo: %v\n%s", err, info)
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("serve: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("serve did not stop")
-	}
-	if !strings.Contains(out.String(), "stopped: 1 connections") {
-		t.Errorf("summary: %q", out.String())
+	if out := stop(); !strings.Contains(out, "stopped: 1 connections") {
+		t.Errorf("summary: %q", out)
 	}
 }
 
@@ -149,7 +123,7 @@ func TestServeStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	store := filepath.Join(dir, "store.img")
-	common := []string{"--store", store, "--kek-file", kek, "--counter-file", filepath.Join(dir, "counter"), "--plaintext"}
+	common := []string{"--store", store, "--kek", kek, "--counter", filepath.Join(dir, "counter"), "--plaintext"}
 	qemuIO := func(port string, cmds ...string) string {
 		args := []string{"-f", "raw", "nbd://127.0.0.1:" + port + "/disk"}
 		for _, c := range cmds {
@@ -183,7 +157,7 @@ func TestServeStore(t *testing.T) {
 	// A wrong KEK cannot open it.
 	bad := filepath.Join(dir, "bad")
 	os.WriteFile(bad, bytes.Repeat([]byte{1}, 32), 0o600)
-	err = serve(context.Background(), []string{"--store", store, "--kek-file", bad, "--plaintext", "--listen", "127.0.0.1:0"}, io.Discard, io.Discard)
+	err = serve(context.Background(), []string{"--store", store, "--kek", bad, "--plaintext", "--listen", "127.0.0.1:0"}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "open store") {
 		t.Errorf("wrong KEK: %v", err)
 	}

@@ -2,10 +2,6 @@ package main
 
 import (
 	"crypto/rand"
-	"encoding/hex"
-	"encoding/json"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -36,138 +32,33 @@ Flags go before DEVICE. Run 'embassyctl store <subcommand> --help'.
 `
 
 func runStore(args []string, stdout, stderr io.Writer) error {
-	return subcommands(args, stdout, stderr, storeUsage, map[string]func([]string, io.Writer, io.Writer) error{
+	return subcommands(args, stdout, stderr, storeUsage, map[string]subcommand{
 		"keygen": storeKeygen, "format": storeFormat, "show": storeShow,
 		"verify": storeVerify, "export": storeExport,
 	})
 }
 
-// newStoreFlags returns a flag set whose errors are usage errors.
-func newStoreFlags(name, args string, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet("store "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: embassyctl store %s [flags] %s\n\nflags:\n", name, args)
-		fs.PrintDefaults()
-	}
-	return fs
-}
-
-func parseStoreFlags(fs *flag.FlagSet, args []string, nargs int) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %v", errUsage, err)
-	}
-	if fs.NArg() != nargs {
-		fs.Usage()
-		return fmt.Errorf("%w: want %d argument(s), got %d", errUsage, nargs, fs.NArg())
-	}
-	return nil
-}
-
-// readKEKFile reads a KEK file: 64 hex digits (surrounding space allowed)
-// or 32 raw bytes.
-func readKEKFile(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	if len(b) == storage.KEKSize {
-		return b, nil
-	}
-	k, err := hex.DecodeString(strings.TrimSpace(string(b)))
-	if err != nil || len(k) != storage.KEKSize {
-		return nil, fmt.Errorf("KEK file %s: want %d raw bytes or %d hex digits", path, storage.KEKSize, 2*storage.KEKSize)
-	}
-	return k, nil
-}
-
-// keyFlags are the ways to open a store.
-type keyFlags struct {
-	kek, recovery, counter string
-}
-
-func (k *keyFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&k.kek, "kek", "", "KEK file (32 raw bytes or 64 hex digits)")
-	fs.StringVar(&k.recovery, "recovery-key", "", "recovery private key file (PEM), instead of --kek")
-	fs.StringVar(&k.counter, "counter", "", "file-backed monotonic counter to check rollback against")
-}
-
-func (k *keyFlags) openOptions() (storage.OpenOptions, error) {
-	var o storage.OpenOptions
-	switch {
-	case k.kek != "" && k.recovery != "":
-		return o, fmt.Errorf("%w: give --kek or --recovery-key, not both", errUsage)
-	case k.kek != "":
-		kek, err := readKEKFile(k.kek)
-		if err != nil {
-			return o, err
-		}
-		o.KEK = kek
-	case k.recovery != "":
-		b, err := os.ReadFile(k.recovery)
-		if err != nil {
-			return o, err
-		}
-		if o.Recovery, err = storage.ParseRecoveryPrivateKey(b); err != nil {
-			return o, err
-		}
-	default:
-		return o, fmt.Errorf("%w: --kek or --recovery-key is required", errUsage)
-	}
-	if k.counter != "" {
-		o.Counter = storage.NewFileCounter(k.counter)
-	}
-	return o, nil
-}
-
-// openStoreReadOnly opens the store on path read-only with the key flags.
-func openStoreReadOnly(path string, k *keyFlags) (*storage.Store, func(), error) {
-	o, err := k.openOptions()
-	if err != nil {
-		return nil, nil, err
-	}
-	o.ReadOnly = true
-	dev, err := storage.OpenFileDevice(path, true)
-	if err != nil {
-		return nil, nil, err
-	}
-	s, err := storage.Open(dev, o)
-	if err != nil {
-		dev.Close()
-		return nil, nil, err
-	}
-	return s, func() { s.Close(); dev.Close() }, nil
-}
-
-func writeJSON(w io.Writer, v any) error {
-	e := json.NewEncoder(w)
-	e.SetIndent("", "  ")
-	return e.Encode(v)
-}
-
+// storeKeygen writes a new KEK file and/or recovery key pair.
 func storeKeygen(args []string, stdout, stderr io.Writer) error {
-	fs := newStoreFlags("keygen", "", stderr)
-	kek := fs.String("kek", "", "write a new random KEK here (32 raw bytes, as serve --kek-file wants)")
+	fs := newFlags("store keygen", "[flags]", stdout, stderr)
+	kek := fs.String("kek", "", "write a new random KEK here (32 raw bytes, as --kek of the other commands wants)")
 	priv := fs.String("recovery-key", "", "write a new recovery private key here (PEM)")
 	pub := fs.String("recovery-pub", "", "write the recovery public key here (PEM); needs --recovery-key")
-	if err := parseStoreFlags(fs, args, 0); err != nil {
+	if err := fs.parse(args); err != nil {
 		return err
 	}
 	if *kek == "" && *priv == "" {
-		return fmt.Errorf("%w: nothing to do: give --kek and/or --recovery-key", errUsage)
+		return fs.usageError("nothing to do: give --kek and/or --recovery-key")
 	}
 	if (*priv == "") != (*pub == "") {
-		return fmt.Errorf("%w: --recovery-key and --recovery-pub go together", errUsage)
+		return fs.usageError("--recovery-key and --recovery-pub go together")
 	}
 	if *kek != "" {
 		k := make([]byte, storage.KEKSize)
 		if _, err := rand.Read(k); err != nil {
 			return err
 		}
-		if err := writeNewFile(*kek, k, 0o600); err != nil {
+		if err := writeNew(*kek, k, 0o600); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "KEK written to %s\n", *kek)
@@ -181,10 +72,10 @@ func storeKeygen(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		if err := writeNewFile(*priv, pemPriv, 0o600); err != nil {
+		if err := writeNew(*priv, pemPriv, 0o600); err != nil {
 			return err
 		}
-		if err := writeNewFile(*pub, storage.MarshalRecoveryPublicKey(sk.PublicKey()), 0o644); err != nil {
+		if err := writeNew(*pub, storage.MarshalRecoveryPublicKey(sk.PublicKey()), 0o644); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "recovery key pair written to %s and %s\n", *priv, *pub)
@@ -192,23 +83,8 @@ func storeKeygen(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// writeNewFile refuses to overwrite: losing a key file loses a store.
-func writeNewFile(path string, data []byte, perm os.FileMode) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
+// parseSize parses a byte count with an optional K, M, G or T (or KiB...)
+// suffix.
 func parseSize(s string) (int64, error) {
 	mult := int64(1)
 	for suf, m := range map[string]int64{"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40} {
@@ -225,20 +101,17 @@ func parseSize(s string) (int64, error) {
 	return n * mult, nil
 }
 
+// storeFormat formats a store on a file or block device.
 func storeFormat(args []string, stdout, stderr io.Writer) error {
-	fs := newStoreFlags("format", "DEVICE", stderr)
-	kekPath := fs.String("kek", "", "KEK file (required)")
+	fs := newFlags("store format", "[flags] DEVICE", stdout, stderr).args(1, 1)
+	kekPath, counter := addKEKFlags(fs, "")
 	pubPath := fs.String("recovery-pub", "", "recovery public key file (PEM)")
 	size := fs.String("size", "", "logical store size (e.g. 10G); default: the largest that fits")
 	create := fs.String("create", "", "create DEVICE as a regular file of this size first (e.g. 21G), allocated in full")
 	sparse := fs.Bool("sparse", false, "with --create: leave the file sparse (writes can then fail when its filesystem fills up)")
-	counter := fs.String("counter", "", "file-backed monotonic counter to bind the store to")
 	asJSON := fs.Bool("json", false, "print the header as JSON")
-	if err := parseStoreFlags(fs, args, 1); err != nil {
+	if err := fs.require("kek").parse(args); err != nil {
 		return err
-	}
-	if *kekPath == "" {
-		return fmt.Errorf("%w: --kek is required", errUsage)
 	}
 	var opts storage.FormatOptions
 	var err error
@@ -280,7 +153,7 @@ func storeFormat(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 	} else if *sparse {
-		return fmt.Errorf("%w: --sparse goes with --create", errUsage)
+		return fs.usageError("--sparse goes with --create")
 	} else if dev, err = storage.OpenFileDevice(path, false); err != nil {
 		return err
 	}
@@ -297,205 +170,9 @@ func storeFormat(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if *asJSON {
-		return writeJSON(stdout, info)
+		return printJSON(stdout, info)
 	}
 	fmt.Fprintf(stdout, "formatted %s: store %s, %s logical (%d blocks), epoch %d\n",
 		path, info.UUID, human(info.Size), info.Blocks, info.Epoch)
-	return nil
-}
-
-func human(n int64) string {
-	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB"}
-	f := float64(n)
-	i := 0
-	for f >= 1024 && i < len(units)-1 {
-		f /= 1024
-		i++
-	}
-	return fmt.Sprintf("%.4g %s", f, units[i])
-}
-
-func printInfo(w io.Writer, in storage.Info) {
-	auth := "NOT authenticated (no key given)"
-	if in.Authenticated {
-		auth = "authenticated"
-	}
-	fmt.Fprintf(w, "superblock copy %d (%s)\n", in.Copy, auth)
-	fmt.Fprintf(w, "  format version  %d\n", in.Version)
-	fmt.Fprintf(w, "  uuid            %s\n", in.UUID)
-	fmt.Fprintf(w, "  size            %s (%d bytes, %d blocks of %d)\n", human(in.Size), in.Size, in.Blocks, storage.BlockSize)
-	fmt.Fprintf(w, "  device needed   %s (%d bytes)\n", human(in.LayoutBytes), in.LayoutBytes)
-	fmt.Fprintf(w, "  tree depth      %d\n", in.TreeDepth)
-	fmt.Fprintf(w, "  epoch           %d\n", in.Epoch)
-	fmt.Fprintf(w, "  counter         %d\n", in.Counter)
-	fmt.Fprintf(w, "  key slots       KEK=%v recovery=%v", in.KEKSlot, in.RecoverySlot)
-	if in.RecoverySlot {
-		fmt.Fprintf(w, " (HPKE KEM 0x%04x)", in.RecoveryKEM)
-	}
-	fmt.Fprintln(w)
-}
-
-func storeShow(args []string, stdout, stderr io.Writer) error {
-	fs := newStoreFlags("show", "DEVICE", stderr)
-	var k keyFlags
-	k.register(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parseStoreFlags(fs, args, 1); err != nil {
-		return err
-	}
-	if k.kek == "" && k.recovery == "" {
-		dev, err := storage.OpenFileDevice(fs.Arg(0), true)
-		if err != nil {
-			return err
-		}
-		defer dev.Close()
-		infos, errs, err := storage.Inspect(dev)
-		if err != nil {
-			return err
-		}
-		if *asJSON {
-			msgs := []string{}
-			for _, e := range errs {
-				msgs = append(msgs, e.Error())
-			}
-			return writeJSON(stdout, map[string]any{"superblocks": infos, "errors": msgs})
-		}
-		for _, in := range infos {
-			printInfo(stdout, in)
-		}
-		for _, e := range errs {
-			fmt.Fprintf(stdout, "%v\n", e)
-		}
-		if len(infos) == 0 {
-			return errors.New("no readable superblock")
-		}
-		return nil
-	}
-	s, done, err := openStoreReadOnly(fs.Arg(0), &k)
-	if err != nil {
-		return err
-	}
-	defer done()
-	if *asJSON {
-		return writeJSON(stdout, s.Info())
-	}
-	printInfo(stdout, s.Info())
-	return nil
-}
-
-// errCorrupt makes verify exit non-zero after printing its report.
-var errCorrupt = errors.New("store has corrupted blocks")
-
-func storeVerify(args []string, stdout, stderr io.Writer) error {
-	fs := newStoreFlags("verify", "DEVICE", stderr)
-	var k keyFlags
-	k.register(fs)
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := parseStoreFlags(fs, args, 1); err != nil {
-		return err
-	}
-	s, done, err := openStoreReadOnly(fs.Arg(0), &k)
-	if err != nil {
-		return err
-	}
-	defer done()
-	bad, err := s.Verify()
-	if err != nil {
-		return err
-	}
-	type rangeJSON struct {
-		FirstBlock uint64 `json:"first_block"`
-		Blocks     uint64 `json:"blocks"`
-		Offset     int64  `json:"offset"`
-		Length     int64  `json:"length"`
-		Error      string `json:"error"`
-	}
-	out := struct {
-		OK      bool        `json:"ok"`
-		Epoch   uint64      `json:"epoch"`
-		Blocks  uint64      `json:"blocks"`
-		Corrupt []rangeJSON `json:"corrupt"`
-	}{OK: len(bad) == 0, Epoch: s.Epoch(), Blocks: uint64(s.Size() / storage.BlockSize), Corrupt: []rangeJSON{}}
-	for _, r := range bad {
-		out.Corrupt = append(out.Corrupt, rangeJSON{r.First, r.Count, int64(r.First) * storage.BlockSize, int64(r.Count) * storage.BlockSize, r.Err.Error()})
-	}
-	if *asJSON {
-		if err := writeJSON(stdout, out); err != nil {
-			return err
-		}
-	} else {
-		for _, r := range out.Corrupt {
-			fmt.Fprintf(stdout, "CORRUPT blocks %d-%d (bytes %d-%d): %s\n", r.FirstBlock, r.FirstBlock+r.Blocks-1, r.Offset, r.Offset+r.Length-1, r.Error)
-		}
-		if out.OK {
-			fmt.Fprintf(stdout, "verified %d blocks at epoch %d: all authentic\n", out.Blocks, out.Epoch)
-		}
-	}
-	if !out.OK {
-		return fmt.Errorf("%w: %d corrupted range(s)", errCorrupt, len(bad))
-	}
-	return nil
-}
-
-func storeExport(args []string, stdout, stderr io.Writer) error {
-	fs := newStoreFlags("export", "DEVICE", stderr)
-	var k keyFlags
-	k.register(fs)
-	outPath := fs.String("o", "", "output image file (required; must not exist)")
-	if err := parseStoreFlags(fs, args, 1); err != nil {
-		return err
-	}
-	if *outPath == "" {
-		return fmt.Errorf("%w: -o is required", errUsage)
-	}
-	s, done, err := openStoreReadOnly(fs.Arg(0), &k)
-	if err != nil {
-		return err
-	}
-	defer done()
-	out, err := os.OpenFile(*outPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	ok := false
-	defer func() {
-		out.Close()
-		if !ok {
-			os.Remove(*outPath) // never leave a partial plaintext image
-		}
-	}()
-	size := s.Size()
-	if err := out.Truncate(size); err != nil {
-		return err
-	}
-	buf := make([]byte, 1<<20)
-	var copied int64
-	const window = 1 << 30
-	for pos := int64(0); pos < size; pos += window {
-		exts, err := s.BlockStatus(pos, min(window, size-pos))
-		if err != nil {
-			return err
-		}
-		for _, e := range exts {
-			if e.Zero {
-				continue // holes stay sparse in the output
-			}
-			for o := e.Offset; o < e.Offset+e.Length; o += int64(len(buf)) {
-				n := min(int64(len(buf)), e.Offset+e.Length-o)
-				if _, err := s.ReadAt(buf[:n], o); err != nil {
-					return fmt.Errorf("at byte %d: %w", o, err)
-				}
-				if _, err := out.WriteAt(buf[:n], o); err != nil {
-					return err
-				}
-				copied += n
-			}
-		}
-	}
-	if err := out.Sync(); err != nil {
-		return err
-	}
-	ok = true
-	fmt.Fprintf(stdout, "exported %s (%s of data, epoch %d) to %s\n", human(size), human(copied), s.Epoch(), *outPath)
 	return nil
 }

@@ -71,7 +71,7 @@ func TestStoreCLI(t *testing.T) {
 
 	// Export with the recovery key alone.
 	exp := filepath.Join(dir, "plain.img")
-	if code, _, errs := runCLI(t, "store", "export", "--recovery-key", priv, "-o", exp, img); code != 0 {
+	if code, _, errs := runCLI(t, "store", "export", "--recovery-key", priv, "--out", exp, img); code != 0 {
 		t.Fatalf("export: %d %s", code, errs)
 	}
 	got, err := os.ReadFile(exp)
@@ -114,7 +114,7 @@ func TestStoreCLI(t *testing.T) {
 		t.Fatalf("verify report = %+v, want blocks 2-4 corrupt", rep)
 	}
 	exp2 := filepath.Join(dir, "plain2.img")
-	if code, _, _ := runCLI(t, "store", "export", "--recovery-key", priv, "-o", exp2, img); code != 1 {
+	if code, _, _ := runCLI(t, "store", "export", "--recovery-key", priv, "--out", exp2, img); code != 1 {
 		t.Fatalf("export of corrupt store: exit %d, want 1", code)
 	}
 	if _, err := os.Stat(exp2); !os.IsNotExist(err) {

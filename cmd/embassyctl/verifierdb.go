@@ -2,16 +2,10 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/json"
-	"encoding/pem"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/user"
-	"text/tabwriter"
 
 	"github.com/dataembassy/embassy/attest/verifier"
 )
@@ -29,7 +23,7 @@ type dbFlags struct {
 	json  *bool
 }
 
-func addDBFlags(fs *flag.FlagSet) dbFlags {
+func addDBFlags(fs *cmdFlags) dbFlags {
 	def := os.Getenv("EMBASSY_VERIFIER_DB")
 	if def == "" {
 		def = defaultDB
@@ -45,54 +39,19 @@ func addDBFlags(fs *flag.FlagSet) dbFlags {
 	}
 }
 
+// newDBFlags returns the flag set of a verifier-state command with the
+// database flags added.
+func newDBFlags(name, synopsis string, stdout, stderr io.Writer) (*cmdFlags, dbFlags) {
+	fs := newFlags(name, synopsis, stdout, stderr)
+	return fs, addDBFlags(fs)
+}
+
 func (d dbFlags) open() (*verifier.DB, error) {
 	if _, err := os.Stat(*d.path); err != nil {
 		return nil, fmt.Errorf("verifier database: %w", err)
 	}
 	return verifier.OpenDurableDB(context.Background(), *d.path)
 }
-
-func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
-// readCertFile reads a PEM or DER certificate.
-func readCertFile(path string) (*x509.Certificate, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	if blk, _ := pem.Decode(b); blk != nil {
-		b = blk.Bytes
-	}
-	c, err := x509.ParseCertificate(b)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return c, nil
-}
-
-// subcommands dispatches "name sub args" with a usage text.
-func subcommands(args []string, stdout, stderr io.Writer, usage string, subs map[string]func([]string, io.Writer, io.Writer) error) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, usage)
-		return fmt.Errorf("%w: missing subcommand", errUsage)
-	}
-	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stdout, usage)
-		return flag.ErrHelp
-	}
-	f, ok := subs[args[0]]
-	if !ok {
-		fmt.Fprint(stderr, usage)
-		return fmt.Errorf("%w: unknown subcommand %q", errUsage, args[0])
-	}
-	return f(args[1:], stdout, stderr)
-}
-
-var errNoArgs = errors.New("unexpected arguments")
 
 // withDB opens the verifier database, runs f on it and closes it.
 func (d dbFlags) withDB(f func(context.Context, *verifier.DB) error) error {
@@ -104,19 +63,20 @@ func (d dbFlags) withDB(f func(context.Context, *verifier.DB) error) error {
 	return f(context.Background(), db)
 }
 
-// newTable returns a tab-aligned table writer with header (tab-separated
-// column names) written; the caller flushes it.
-func newTable(w io.Writer, header string) *tabwriter.Writer {
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	if header != "" {
-		fmt.Fprintln(tw, header)
+// listCommand makes the subcommand "name [--db D] [--json]" that prints
+// the list load reads from the verifier database (see printRows).
+func listCommand[T any](name, header string, load func(*verifier.DB, context.Context) ([]T, error), row func(io.Writer, T)) subcommand {
+	return func(args []string, stdout, stderr io.Writer) error {
+		fs, df := newDBFlags(name, "[--db D] [--json]", stdout, stderr)
+		if err := fs.parse(args); err != nil {
+			return err
+		}
+		return df.withDB(func(ctx context.Context, db *verifier.DB) error {
+			list, err := load(db, ctx)
+			if err != nil {
+				return err
+			}
+			return printRows(stdout, *df.json, list, header, row)
+		})
 	}
-	return tw
-}
-
-// usageError prints fs's usage and returns a usage error saying what is
-// missing or wrong.
-func usageError(fs *flag.FlagSet, what string) error {
-	fs.Usage()
-	return fmt.Errorf("%w: %s", errUsage, what)
 }
