@@ -27,4 +27,5 @@ bench-store:
 soak-store:
 	STORAGE_CRASH_SCHEDULES=$(SOAK_SCHEDULES) $(GO) test -count=1 -timeout 0 -run 'TestCrashConsistency' ./storage/
 
+## soak: the long soaks (soak-store)
 soak: soak-store
