@@ -5,8 +5,13 @@ export CGO_ENABLED ?= 0
 GO ?= go
 BUILD := build
 
-.PHONY: all deps build test unit vet bench soak demo clean
+.PHONY: all help deps build test vet bench soak demo clean architecture
+## all: the default: build
 all: build
+
+## help: list every target with its one-line doc (fails on a target without one)
+help:
+	@$(GO) run ./internal/cmd/makehelp Makefile mk/*.mk
 
 ## deps: install system packages and the guest kernel (idempotent)
 deps:
@@ -31,6 +36,11 @@ test: deps vet
 
 RACE_PKGS ?= ./storage/...
 
+## architecture: regenerate the generated section of docs/architecture.md from go list
+architecture:
+	$(GO) test -count=1 -run TestArchitectureDoc ./internal/archdoc/ -args -update
+
+## clean: remove build/
 clean:
 	rm -rf $(BUILD)
 

@@ -1,5 +1,5 @@
-# Appliance image, QEMU harness and demo (issue 5).
-.PHONY: initramfs image boot-test e2e
+# Appliance initramfs, QEMU harness and demo.
+.PHONY: initramfs e2e
 
 APPLIANCE_DEMO := $(GO) run ./qemu/cmd/embassy-demo
 
@@ -10,8 +10,6 @@ demo: deps
 ## initramfs: build the appliance initramfs (demo configuration) into build/demo/image
 initramfs:
 	$(APPLIANCE_DEMO) -dir $(BUILD)/demo -build-only
-
-image: initramfs
 
 ## e2e: only the QEMU end-to-end scenarios
 e2e:
