@@ -30,7 +30,7 @@ fuzz-images:
 	$(GO) test -run XXX -fuzz FuzzHash -fuzztime 30s ./images/authenticode/
 	$(GO) test -run XXX -fuzz FuzzUKIEvents -fuzztime 30s ./images/predict/
 	$(GO) test -run XXX -fuzz FuzzGPTEventData -fuzztime 30s ./images/predict/
-	$(GO) test -run XXX -fuzz FuzzAppliancePCR -fuzztime 30s ./images/
+	$(GO) test -run XXX -fuzz FuzzInitramfsPCR -fuzztime 30s ./images/predict/
 
 ## demo-disk: the demo booting the appliance from a UKI disk image through OVMF (release predicted from the files, signed 2 of 3)
 demo-disk: deps

@@ -1,5 +1,6 @@
 // Package predict is the one place Embassy predicts PCR values from a
-// release's files alone, for the manifests the verifier admits boots on:
+// release's files alone. The manifests the verifier admits boots on hold
+// its predictions for
 //
 //   - a UKI booted from disk by OVMF: the firmware's PCR 4 and PCR 5 events,
 //     systemd-stub's PCR 11 (and empty PCR 12/13), the Linux EFI stub's
