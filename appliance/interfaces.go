@@ -19,7 +19,7 @@ var (
 	// corrupt header, an integrity or rollback failure on open): the
 	// appliance stops and waits for an operator.
 	ErrHalted = errors.New("appliance: halted")
-	// ErrLocked: the local share was already released this boot (phase PCR
+	// ErrLocked: the local share was already unsealed this boot (phase PCR
 	// extended); unlocking again needs a reboot.
 	ErrLocked = errors.New("appliance: local key share locked until reboot")
 )

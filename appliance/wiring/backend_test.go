@@ -75,8 +75,12 @@ func TestStoreBackend(t *testing.T) {
 }
 
 // TestStoreBackendAllocations checks that the adapter adds no allocation
-// to reads, writes and block status.
+// to reads, writes and block status. It runs in make test's plain pass;
+// the race pass skips it because the detector randomises sync.Pool.
 func TestStoreBackendAllocations(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are meaningless under -race (sync.Pool drops entries at random)")
+	}
 	be, st := newBackend(t)
 	buf := make([]byte, 64<<10)
 	rand.Read(buf)

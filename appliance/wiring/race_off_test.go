@@ -1,0 +1,5 @@
+//go:build !race
+
+package wiring_test
+
+const raceEnabled = false
