@@ -1,5 +1,5 @@
 # Attestation and key release (attest/, cmd/embassy-verifier).
-.PHONY: test-attest bench-verifier bench-verifier-handler
+.PHONY: test-attest bench-verifier bench-verifier-handler fuzz-attest
 
 RACE_PKGS += ./attest/verifier/ ./attest/agent/ ./attest/tpm/
 
@@ -26,3 +26,13 @@ bench-verifier-handler:
 	@for p in unlock heartbeat; do \
 	  EMBASSY_BENCH_PURPOSE=$$p $(GO) test -run '^$$' -bench BenchmarkAttestHandler -benchtime=300x -count=1 ./attest/verifier/ | grep -E 'Benchmark|FAIL' || exit 1; \
 	done
+
+## fuzz-attest: run each attestation parser's fuzz target (key shares, protocol, logs, releases, verifier handler) for 30 s
+fuzz-attest:
+	$(GO) test -run XXX -fuzz FuzzParseShare -fuzztime 30s ./attest/keys/
+	@for f in FuzzAttestRequest FuzzNonceRequest FuzzEnrollChallengeRequest FuzzEnrollActivateRequest; do \
+	  $(GO) test -run XXX -fuzz "^$$f\$$" -fuzztime 30s ./attest/protocol/ || exit 1; done
+	$(GO) test -run XXX -fuzz FuzzParse -fuzztime 30s ./attest/measure/
+	$(GO) test -run XXX -fuzz FuzzParseEnvelope -fuzztime 30s ./attest/release/
+	$(GO) test -run XXX -fuzz FuzzParseManifest -fuzztime 30s ./attest/release/
+	$(GO) test -run XXX -fuzz FuzzAttestHandler -fuzztime 30s ./attest/verifier/

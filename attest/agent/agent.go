@@ -428,7 +428,9 @@ func (a *Agent) unlock(ctx context.Context, epoch uint64, sealedFor func(release
 		}
 		u.Resealed[st.Release] = blob
 	}
-	u.KEK, err = keys.DeriveKEK(local, remote, a.cfg.ApplianceID)
+	// Until the verifier grants threshold shares, its 32-byte share is the
+	// whole remote secret (1 of 1).
+	u.KEK, err = keys.DeriveKEK(local, &keys.Remote{Threshold: 1, Total: 1, Secret: remote}, a.cfg.ApplianceID)
 	clear(local)
 	clear(remote)
 	if err != nil {

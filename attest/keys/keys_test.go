@@ -11,7 +11,8 @@ import (
 )
 
 func TestDeriveKEK(t *testing.T) {
-	l, r := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	l := bytes.Repeat([]byte{1}, 32)
+	r := &keys.Remote{Set: keys.SetID{7}, Threshold: 2, Total: 3, Secret: bytes.Repeat([]byte{2}, 32)}
 	k, err := keys.DeriveKEK(l, r, "rack1")
 	if err != nil || len(k) != 32 {
 		t.Fatalf("DeriveKEK: %x %v", k, err)
@@ -20,19 +21,30 @@ func TestDeriveKEK(t *testing.T) {
 	if !bytes.Equal(k, again) {
 		t.Fatal("not deterministic")
 	}
-	for name, args := range map[string][3]any{
+	with := func(f func(*keys.Remote)) *keys.Remote { c := *r; f(&c); return &c }
+	for name, c := range map[string]struct {
+		local  []byte
+		remote *keys.Remote
+		id     string
+	}{
 		"other id":     {l, r, "rack2"},
-		"other local":  {r, r, "rack1"},
-		"other remote": {l, l, "rack1"},
-		"swapped":      {r, l, "rack1"},
+		"other local":  {r.Secret, r, "rack1"},
+		"other secret": {l, with(func(c *keys.Remote) { c.Secret = l }), "rack1"},
+		"swapped":      {r.Secret, with(func(c *keys.Remote) { c.Secret = l }), "rack1"},
+		"other set":    {l, with(func(c *keys.Remote) { c.Set = keys.SetID{8} }), "rack1"},
+		"other k":      {l, with(func(c *keys.Remote) { c.Threshold = 3 }), "rack1"},
+		"other n":      {l, with(func(c *keys.Remote) { c.Total = 4 }), "rack1"},
 	} {
-		o, err := keys.DeriveKEK(args[0].([]byte), args[1].([]byte), args[2].(string))
+		o, err := keys.DeriveKEK(c.local, c.remote, c.id)
 		if err != nil || bytes.Equal(o, k) {
 			t.Errorf("%s: same KEK (%v)", name, err)
 		}
 	}
 	if _, err := keys.DeriveKEK(l[:31], r, "rack1"); err == nil {
 		t.Error("short share accepted")
+	}
+	if _, err := keys.DeriveKEK(l, nil, "rack1"); err == nil {
+		t.Error("nil remote accepted")
 	}
 	if _, err := keys.DeriveKEK(l, r, ""); err == nil {
 		t.Error("empty id accepted")
