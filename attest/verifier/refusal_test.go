@@ -436,7 +436,7 @@ func TestStolenDatabaseAloneCannotMakeKEK(t *testing.T) {
 	}
 	// Guessing the local share: the KEK from the remote share with any
 	// other local share differs.
-	guess, _ := keys.DeriveKEK(make([]byte, 32), remote, "rack1")
+	guess, _ := keys.DeriveKEK(make([]byte, 32), &keys.Remote{Threshold: 1, Total: 1, Secret: remote}, "rack1")
 	if sameKEK(guess, u.KEK) {
 		t.Fatal("KEK derivable from the remote share alone")
 	}
@@ -459,7 +459,7 @@ func TestTPMAloneCannotMakeKEK(t *testing.T) {
 	if _, err := ap.a.Unlock(ctx, 1, u.SealedLocal); !errors.Is(err, agent.ErrRevoked) {
 		t.Fatalf("got %v, want ErrRevoked", err)
 	}
-	guess, _ := keys.DeriveKEK(local, make([]byte, 32), "rack1")
+	guess, _ := keys.DeriveKEK(local, &keys.Remote{Threshold: 1, Total: 1, Secret: make([]byte, 32)}, "rack1")
 	if sameKEK(guess, u.KEK) {
 		t.Fatal("KEK derivable from the local share alone")
 	}
