@@ -428,9 +428,7 @@ func (a *Agent) unlock(ctx context.Context, epoch uint64, sealedFor func(release
 		}
 		u.Resealed[st.Release] = blob
 	}
-	// Until the verifier grants threshold shares, its 32-byte share is the
-	// whole remote secret (1 of 1).
-	u.KEK, err = keys.DeriveKEK(local, &keys.Remote{Threshold: 1, Total: 1, Secret: remote}, a.cfg.ApplianceID)
+	u.KEK, err = keys.DeriveKEK(local, &keys.Remote{Threshold: 1, Total: 1, Secret: remote}, a.cfg.ApplianceID) // one verifier: 1 of 1
 	clear(local)
 	clear(remote)
 	if err != nil {
