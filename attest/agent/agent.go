@@ -392,7 +392,7 @@ func (a *Agent) unlock(ctx context.Context, epoch uint64, sealedFor func(release
 	if err := proto.Unmarshal(resp.ImportBlob, &blob); err != nil {
 		return nil, fmt.Errorf("agent: import blob: %w", err)
 	}
-	remote, err := importShare(a.cfg.TPM, &blob)
+	remote, err := importShare(a.cfg.TPM, &blob, a.cfg.ApplianceID)
 	if err != nil {
 		return nil, err
 	}
@@ -428,9 +428,9 @@ func (a *Agent) unlock(ctx context.Context, epoch uint64, sealedFor func(release
 		}
 		u.Resealed[st.Release] = blob
 	}
-	u.KEK, err = keys.DeriveKEK(local, &keys.Remote{Threshold: 1, Total: 1, Secret: remote}, a.cfg.ApplianceID) // one verifier: 1 of 1
+	u.KEK, err = keys.DeriveKEK(local, remote, a.cfg.ApplianceID)
 	clear(local)
-	clear(remote)
+	remote.Zeroize()
 	if err != nil {
 		return nil, err
 	}
@@ -448,26 +448,6 @@ func decodePCRs(m map[string]string) (map[int][]byte, error) {
 		out[i] = d
 	}
 	return out, nil
-}
-
-// ErrImport reports that the TPM refused the remote share: another TPM's
-// EK, or PCRs other than those the verifier bound it to.
-var ErrImport = errors.New("agent: TPM refused to import the remote share")
-
-func importShare(rw io.ReadWriter, blob *tpmpb.ImportBlob) ([]byte, error) {
-	ek, err := client.EndorsementKeyRSA(rw)
-	if err != nil {
-		return nil, fmt.Errorf("agent: EK: %w", err)
-	}
-	defer ek.Close()
-	share, err := ek.Import(blob)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrImport, err)
-	}
-	if len(share) != keys.ShareSize {
-		return nil, fmt.Errorf("agent: remote share of %d bytes", len(share))
-	}
-	return share, nil
 }
 
 // Heartbeat re-attests a running appliance (purpose heartbeat, reporting

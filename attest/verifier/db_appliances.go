@@ -34,11 +34,15 @@ type EnrollParams struct {
 	// EKPublic is the EK public key, when no certificate is available.
 	// Refused when EK roots are configured.
 	EKPublic crypto.PublicKey
+	// Share is this verifier's share of the appliance's remote secret, as
+	// dealt by the enrolment ceremony (keys.Deal). Nil: this verifier is
+	// the whole authority and deals a 1-of-1 set itself.
+	Share *keys.Share
 	// Actor names the operator, for the audit log.
 	Actor string
 }
 
-// Enroll records an appliance, its EK and a fresh remote share. The
+// Enroll records an appliance, its EK and its remote share. The
 // appliance then binds its AK by credential activation
 // (protocol.PathEnrollChallenge).
 func (d *DB) Enroll(ctx context.Context, p EnrollParams) error {
@@ -72,9 +76,16 @@ func (d *DB) Enroll(ctx context.Context, p EnrollParams) error {
 	if err != nil {
 		return fmt.Errorf("%w: EK public key: %v", ErrBadArgument, err)
 	}
-	share, err := keys.NewShare()
-	if err != nil {
-		return err
+	share := p.Share
+	if share == nil {
+		dealt, err := keys.Deal(p.ID, 1, 1)
+		if err != nil {
+			return err
+		}
+		share = dealt[0]
+	}
+	if _, err := share.MarshalBinary(); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadArgument, err)
 	}
 	return d.withTx(ctx, func(tx *sql.Tx) error {
 		var n int
@@ -82,13 +93,14 @@ func (d *DB) Enroll(ctx context.Context, p EnrollParams) error {
 		if n > 0 {
 			return fmt.Errorf("%w: appliance %q", ErrExists, p.ID)
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO appliances (id, ek_public, ek_cert, remote_share, created_at, created_by) VALUES (?,?,?,?,?,?)`,
-			p.ID, der, certDER, share, d.now().Unix(), p.Actor); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO appliances (id, ek_public, ek_cert, remote_share, share_set, share_k, share_n, share_index, share_commit, created_at, created_by)
+			VALUES (?,?,?,?,?,?,?,?,?,?,?)`, p.ID, der, certDER, share.Value, share.Set[:], share.Threshold, share.Total, share.Index, share.Commit[:],
+			d.now().Unix(), p.Actor); err != nil {
 			return fmt.Errorf("verifier: enroll: %w", err)
 		}
 		sum := sha256.Sum256(der)
 		return d.appendAudit(ctx, tx, &AuditRecord{Actor: p.Actor, Appliance: p.ID, Action: "enroll", Outcome: "ok", PCR: -1,
-			Detail: "EK sha256 " + hex.EncodeToString(sum[:])})
+			Detail: fmt.Sprintf("EK sha256 %s, share %d of %d (k %d) of set %s", hex.EncodeToString(sum[:]), share.Index, share.Total, share.Threshold, share.Set)})
 	})
 }
 
@@ -286,7 +298,9 @@ func (d *DB) SetBaseline(ctx context.Context, id string, pcrs map[int][]byte, ac
 type appliance struct {
 	id    string
 	ekPub crypto.PublicKey
-	share []byte
+	// share is this verifier's share, nil for a row enrolled before
+	// threshold shares (schema 3).
+	share *keys.Share
 	// akPublic is the activated AK's TPMT_PUBLIC, nil before activation.
 	akPublic []byte
 	revoked  bool
@@ -296,10 +310,12 @@ type appliance struct {
 // enrolled).
 func (d *DB) applianceRecord(ctx context.Context, id string) (*appliance, error) {
 	var a appliance
-	var ekDER []byte
-	err := d.queryRow(ctx, `SELECT a.id, a.ek_public, a.remote_share, e.ak_public, r.appliance IS NOT NULL
+	var ekDER, value, set, commit []byte
+	var k, n, index sql.NullInt64
+	err := d.queryRow(ctx, `SELECT a.id, a.ek_public, a.remote_share, a.share_set, a.share_k, a.share_n, a.share_index, a.share_commit,
+		e.ak_public, r.appliance IS NOT NULL
 		FROM appliances a LEFT JOIN enrollments e ON e.appliance = a.id LEFT JOIN revocations r ON r.appliance = a.id
-		WHERE a.id = ?`, id).Scan(&a.id, &ekDER, &a.share, &a.akPublic, &a.revoked)
+		WHERE a.id = ?`, id).Scan(&a.id, &ekDER, &value, &set, &k, &n, &index, &commit, &a.akPublic, &a.revoked)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("%w: appliance %q", ErrNotFound, id)
 	}
@@ -308,6 +324,11 @@ func (d *DB) applianceRecord(ctx context.Context, id string) (*appliance, error)
 	}
 	if a.ekPub, err = x509.ParsePKIXPublicKey(ekDER); err != nil {
 		return nil, fmt.Errorf("verifier: stored EK of %s: %w", id, err)
+	}
+	if len(set) == keys.SetIDSize && len(commit) == 32 && k.Valid && n.Valid && index.Valid {
+		a.share = &keys.Share{Threshold: int(k.Int64), Total: int(n.Int64), Index: int(index.Int64), Value: value}
+		copy(a.share.Set[:], set)
+		copy(a.share.Commit[:], commit)
 	}
 	return &a, nil
 }

@@ -108,6 +108,16 @@ CREATE TABLE server_identities (
 	recorded_at   INTEGER NOT NULL
 );
 `,
+	// 3: the verifier's share of a remote secret dealt k of n (keys.Deal);
+	// remote_share holds its value. Rows enrolled before have no set and
+	// are refused at attestation until re-enrolled.
+	`
+ALTER TABLE appliances ADD COLUMN share_set BLOB;        -- 16 bytes, keys.SetID
+ALTER TABLE appliances ADD COLUMN share_k INTEGER;
+ALTER TABLE appliances ADD COLUMN share_n INTEGER;
+ALTER TABLE appliances ADD COLUMN share_index INTEGER;
+ALTER TABLE appliances ADD COLUMN share_commit BLOB;     -- 32 bytes
+`,
 }
 
 // SchemaVersion is the schema version this package migrates to.

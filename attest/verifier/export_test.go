@@ -9,3 +9,10 @@ func (d *DB) RemoteShare(ctx context.Context, id string) ([]byte, error) {
 	err := d.db.QueryRowContext(ctx, `SELECT remote_share FROM appliances WHERE id = ?`, id).Scan(&s)
 	return s, err
 }
+
+// ForgetShareSet makes appliance id's row look enrolled before schema 3
+// (no share set), as a migrated database holds it.
+func (d *DB) ForgetShareSet(ctx context.Context, id string) error {
+	_, err := d.db.ExecContext(ctx, `UPDATE appliances SET share_set = NULL, share_k = NULL, share_n = NULL, share_index = NULL, share_commit = NULL WHERE id = ?`, id)
+	return err
+}

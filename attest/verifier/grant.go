@@ -61,12 +61,19 @@ func boundPCRs(rel *policyRelease, pcrs map[int][]byte) map[uint32][]byte {
 	return bind
 }
 
-// importBlob encrypts the remote share to the enrolled EK, bound to
+// importBlob encrypts the verifier's share (keys.Share, encoded) to the enrolled EK, bound to
 // boundPCRs, as a go-tpm-tools ImportBlob protobuf; it returns the bound
 // PCR indices, sorted.
 func importBlob(a *appliance, rel *policyRelease, pcrs map[int][]byte) ([]byte, []int, error) {
+	if a.share == nil {
+		return nil, nil, refuse("share", -1, "appliance %s was enrolled before threshold key grants: re-enroll it", a.id)
+	}
+	share, err := a.share.MarshalBinary()
+	if err != nil {
+		return nil, nil, fmt.Errorf("verifier: stored share of %s: %w", a.id, err)
+	}
 	bind := boundPCRs(rel, pcrs)
-	blob, err := server.CreateImportBlob(a.ekPub, a.share, &tpmpb.PCRs{Hash: tpmpb.HashAlgo_SHA256, Pcrs: bind})
+	blob, err := server.CreateImportBlob(a.ekPub, share, &tpmpb.PCRs{Hash: tpmpb.HashAlgo_SHA256, Pcrs: bind})
 	if err != nil {
 		return nil, nil, fmt.Errorf("verifier: import blob: %w", err)
 	}

@@ -1,0 +1,36 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/dataembassy/embassy/attest/keys"
+	"github.com/google/go-tpm-tools/client"
+	tpmpb "github.com/google/go-tpm-tools/proto/tpm"
+)
+
+// ErrImport reports that the TPM refused the remote share: another TPM's
+// EK, or PCRs other than those the verifier bound it to.
+var ErrImport = errors.New("agent: TPM refused to import the remote share")
+
+// importShare imports the granted share with the EK and recovers the remote
+// secret from it: one verifier grants the whole secret (a 1-of-1 set).
+func importShare(rw io.ReadWriter, blob *tpmpb.ImportBlob, applianceID string) (*keys.Remote, error) {
+	ek, err := client.EndorsementKeyRSA(rw)
+	if err != nil {
+		return nil, fmt.Errorf("agent: EK: %w", err)
+	}
+	defer ek.Close()
+	raw, err := ek.Import(blob)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrImport, err)
+	}
+	defer clear(raw)
+	share, err := keys.ParseShare(raw)
+	if err != nil {
+		return nil, fmt.Errorf("agent: granted share: %w", err)
+	}
+	defer clear(share.Value)
+	return keys.Combine(applianceID, []*keys.Share{share})
+}
