@@ -1,5 +1,0 @@
-//go:build !race
-
-package wiring_test
-
-const raceEnabled = false
