@@ -325,11 +325,15 @@ func (d *DB) applianceRecord(ctx context.Context, id string) (*appliance, error)
 	if a.ekPub, err = x509.ParsePKIXPublicKey(ekDER); err != nil {
 		return nil, fmt.Errorf("verifier: stored EK of %s: %w", id, err)
 	}
-	if len(set) == keys.SetIDSize && len(commit) == 32 && k.Valid && n.Valid && index.Valid {
-		a.share = &keys.Share{Threshold: int(k.Int64), Total: int(n.Int64), Index: int(index.Int64), Value: value}
-		copy(a.share.Set[:], set)
-		copy(a.share.Commit[:], commit)
+	if set == nil { // enrolled before schema 3: no share set
+		return &a, nil
 	}
+	if len(set) != keys.SetIDSize || len(commit) != sha256.Size || !k.Valid || !n.Valid || !index.Valid {
+		return nil, fmt.Errorf("verifier: stored share of %s is incomplete", id)
+	}
+	a.share = &keys.Share{Threshold: int(k.Int64), Total: int(n.Int64), Index: int(index.Int64), Value: value}
+	copy(a.share.Set[:], set)
+	copy(a.share.Commit[:], commit)
 	return &a, nil
 }
 

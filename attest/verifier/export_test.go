@@ -16,3 +16,10 @@ func (d *DB) ForgetShareSet(ctx context.Context, id string) error {
 	_, err := d.db.ExecContext(ctx, `UPDATE appliances SET share_set = NULL, share_k = NULL, share_n = NULL, share_index = NULL, share_commit = NULL WHERE id = ?`, id)
 	return err
 }
+
+// TruncateShareCommit leaves appliance id's share row incomplete, as a
+// damaged database would.
+func (d *DB) TruncateShareCommit(ctx context.Context, id string) error {
+	_, err := d.db.ExecContext(ctx, `UPDATE appliances SET share_commit = x'00' WHERE id = ?`, id)
+	return err
+}

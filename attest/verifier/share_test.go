@@ -86,3 +86,20 @@ func TestRowWithoutShareSetRefused(t *testing.T) {
 		t.Fatalf("audit: %+v", rec)
 	}
 }
+
+// TestIncompleteShareRowNotGranted: a damaged share row is an error, never
+// a share padded with zeros.
+func TestIncompleteShareRowNotGranted(t *testing.T) {
+	f := newFixture(t)
+	ap := f.enrolled("rack1")
+	if err := f.db.TruncateShareCommit(context.Background(), "rack1"); err != nil {
+		t.Fatal(err)
+	}
+	u, err := ap.a.Unlock(context.Background(), 0, nil)
+	if err == nil || u != nil {
+		t.Fatalf("unlock with a damaged share row: %v", err)
+	}
+	if errors.Is(err, agent.ErrRefused) {
+		t.Fatalf("damaged row reported as a refusal of the appliance: %v", err)
+	}
+}
