@@ -1,11 +1,12 @@
 // Package appliance is the on-rack program's boot sequence: measure the
 // appliance's own binary and configuration, bring up the machine (modules,
-// network), attest to the verifier, unlock the store on the data disk
-// (formatting it on first boot when the verifier says to provision), close
-// the unseal window by extending the phase PCR, serve NBD, and keep the lease
-// alive by re-attesting. On refusal, revocation or an expired lease it
-// zeroizes its keys, stops serving, says why on the console and retries with
-// backoff.
+// network), attest to the n configured verifiers, unlock the store on the
+// data disk once k of them grant their key shares (formatting it on first
+// boot when they say to provision), close the unseal window by extending the
+// phase PCR, serve NBD, and keep the quorum lease alive by re-attesting. On
+// refusal or revocation by so many verifiers that fewer than k remain, or an
+// expired lease, it zeroizes its keys, stops serving, says why on the
+// console and retries with backoff.
 //
 // Every dependency the sequence drives (TPM, verifier client, store, NBD
 // server, the Linux machine) is an interface declared here; the
@@ -90,7 +91,14 @@ func (a *Appliance) step(name string, fn func() error) error {
 func (a *Appliance) Run(ctx context.Context) error {
 	a.start = time.Now()
 	cfg := a.o.Config
-	a.log.Info("embassy appliance starting", "identity", cfg.Identity, "verifier", cfg.Verifier.URL)
+	names := make([]string, len(cfg.Verifiers))
+	for i, v := range cfg.Verifiers {
+		names[i] = v.Name
+	}
+	a.log.Info("embassy appliance starting", "identity", cfg.Identity, "verifiers", names, "threshold", cfg.Threshold)
+	for _, v := range cfg.Verifiers {
+		a.log.Info("verifier", "name", v.Name, "url", v.URL)
+	}
 
 	if err := a.step("measure", func() error {
 		for _, m := range a.o.Measurements {
@@ -175,12 +183,15 @@ func (a *Appliance) session(ctx context.Context) error {
 	hdr, err := ReadHeader(a.disk, a.o.Config.Disk.HeaderSize)
 	blank := errors.Is(err, ErrNoHeader)
 	if err != nil && !blank {
+		if errors.Is(err, ErrHeaderVersion) {
+			a.log.Error("data disk header is version 1: re-provision the store", "err", err)
+		}
 		return fmt.Errorf("%w: %w", ErrHalted, err)
 	}
-	var sealed []byte
+	var sealed *SealedShares
 	var epoch uint64
 	if !blank {
-		sealed, epoch = hdr.SealedLocal, hdr.Epoch
+		sealed, epoch = &hdr.Sealed, hdr.Epoch
 	}
 
 	u, err := a.unlock(ctx, epoch, sealed)
@@ -209,13 +220,16 @@ func (a *Appliance) session(ctx context.Context) error {
 // unlock attests the boot and receives the KEK. Refusal and revocation are
 // returned as they are; any other failure after the unseal window closed
 // halts the appliance, since retrying this boot cannot succeed.
-func (a *Appliance) unlock(ctx context.Context, epoch uint64, sealed []byte) (*Unlocked, error) {
+func (a *Appliance) unlock(ctx context.Context, epoch uint64, sealed *SealedShares) (*Unlocked, error) {
 	var u *Unlocked
 	err := a.step("attest+unlock", func() error {
 		var err error
 		if u, err = a.o.Attester.Unlock(ctx, epoch, sealed); err != nil {
+			// The error names every verifier's answer.
+			a.log.Warn("verifiers did not grant the key", "err", err)
 			return err
 		}
+		a.logAnswers(u.Answers, false)
 		a.log.Info("verifier granted the key", "release", u.Release, "lease", u.Lease, "provision", u.Provision)
 		return nil
 	})
@@ -251,7 +265,11 @@ func (a *Appliance) openStore(u *Unlocked, blank bool, epoch uint64) (Store, err
 			}
 			// The header goes last: a crash before this point leaves a
 			// blank disk, provisioned again on the next boot.
-			if err := WriteHeader(a.disk, Header{Epoch: store.Epoch(), SealedLocal: u.SealedLocal}, cfg.Disk.HeaderSize); err != nil {
+			if u.Sealed == nil {
+				store.Close()
+				return fmt.Errorf("%w: the attester returned no sealed local share to keep in the header", ErrHalted)
+			}
+			if err := WriteHeader(a.disk, Header{Epoch: store.Epoch(), Sealed: *u.Sealed}, cfg.Disk.HeaderSize); err != nil {
 				store.Close()
 				return fmt.Errorf("%w: %w", ErrHalted, err)
 			}
@@ -268,6 +286,15 @@ func (a *Appliance) openStore(u *Unlocked, blank bool, epoch uint64) (Store, err
 			if store.Epoch() < epoch {
 				store.Close()
 				return fmt.Errorf("%w: store epoch %d is older than the %d reported to the verifier: rolled-back store", ErrHalted, store.Epoch(), epoch)
+			}
+			// Rewrite the sealed shares on every unlock: the verifiers
+			// send blobs for the releases published now, so withdrawn
+			// releases drop out and new ones appear.
+			if u.Sealed == nil {
+				a.log.Warn("the attester returned no sealed local shares: keeping the header's")
+			} else if err := WriteHeader(a.disk, Header{Epoch: store.Epoch(), Sealed: *u.Sealed}, cfg.Disk.HeaderSize); err != nil {
+				store.Close()
+				return fmt.Errorf("%w: %w", ErrHalted, err)
 			}
 			a.log.Info("store opened", "epoch", store.Epoch())
 		}
@@ -312,10 +339,11 @@ func (a *Appliance) serve(ctx context.Context, store Store, id *ServerIdentity, 
 			return stop(fmt.Errorf("NBD server stopped: %w", err))
 		case <-time.After(wait):
 		}
-		renewed, err := a.heartbeat(ctx, store, expires, id.Certificate.Certificate[0])
+		r, err := a.heartbeat(ctx, store, expires, id.Certificate.Certificate[0])
 		if err != nil {
 			return stop(err)
 		}
+		renewed := r.Lease
 		expires = time.Now().Add(renewed)
 		if first {
 			a.log.Info("server identity reported to the verifier", "sha256", id.Fingerprint, "lease", renewed)

@@ -143,11 +143,15 @@ func TestFirstBootProvisionsThenReopens(t *testing.T) {
 	if err != nil {
 		t.Fatalf("no header after provisioning: %v", err)
 	}
-	if string(h.SealedLocal) != "sealed-by-A" || h.Epoch != 7 {
-		t.Errorf("header %+v", h)
+	if h.Epoch != 7 || !sameShares(h.Sealed, r.attester.granted[0]) ||
+		string(h.Sealed.ByRelease["test-release"]) != "sealed-by-A-for-test-release" {
+		t.Errorf("header %+v, want epoch 7 and the granted %+v", h, r.attester.granted[0])
 	}
 	if r.attester.epochs[0] != 0 {
 		t.Errorf("first boot reported epoch %d, want 0", r.attester.epochs[0])
+	}
+	if r.attester.sealedSeen[0] != nil {
+		t.Errorf("a blank disk passed sealed shares %+v to Unlock", r.attester.sealedSeen[0])
 	}
 	r.stop(t)
 	if !r.exporter.stores[0].isClosed() {
@@ -160,6 +164,10 @@ func TestFirstBootProvisionsThenReopens(t *testing.T) {
 	r2.waitLog(t, "store opened")
 	if r2.attester.epochs[0] != 7 {
 		t.Errorf("second boot reported epoch %d, want the header's 7", r2.attester.epochs[0])
+	}
+	// The later unlock gets the header's set id and every blob back.
+	if seen := r2.attester.sealedSeen[0]; seen == nil || !sameShares(*seen, h.Sealed) {
+		t.Errorf("second boot passed %+v to Unlock, want the header's %+v", seen, h.Sealed)
 	}
 }
 

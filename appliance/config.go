@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -32,8 +33,21 @@ type Config struct {
 	Version int `json:"version"`
 	// Identity names this appliance to the verifier and in logs.
 	Identity string `json:"identity"`
-	// Verifier is where the appliance attests.
-	Verifier VerifierConfig `json:"verifier"`
+	// Verifiers are the n independent verifiers the appliance attests to;
+	// each holds one share of the remote key secret. 1..MaxVerifiers, names
+	// unique.
+	Verifiers []VerifierConfig `json:"verifiers,omitempty"`
+	// Threshold is k: how many verifiers must grant their shares for the
+	// appliance to unlock, and keep valid leases for it to go on serving.
+	// 1 <= k <= n; it may be left out (and is then 1) only with one
+	// verifier.
+	Threshold int `json:"threshold,omitempty"`
+	// LegacyVerifier is the single "verifier" object of configurations
+	// written before threshold key grants. It is input only: ParseConfig
+	// turns it into the one-element Verifiers list (named
+	// LegacyVerifierName) and clears it. Giving it with "verifiers" is an
+	// error.
+	LegacyVerifier *VerifierConfig `json:"verifier,omitempty"`
 	// NBD configures the block export.
 	NBD NBDConfig `json:"nbd"`
 	// Network configures the appliance's network interface.
@@ -45,8 +59,23 @@ type Config struct {
 	Retry RetryConfig `json:"retry"`
 }
 
-// VerifierConfig locates the verifier.
+// MaxVerifiers is the most verifiers a configuration may list (n).
+const MaxVerifiers = 16
+
+// LegacyVerifierName names the verifier given by the legacy single
+// "verifier" object.
+const LegacyVerifierName = "verifier"
+
+// verifierNameRE is the verifier name rule: lower-case letters, digits,
+// '.', '_' and '-', starting with a letter or digit; names show up in logs
+// and error texts, so they stay plain.
+var verifierNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+// VerifierConfig locates one verifier.
 type VerifierConfig struct {
+	// Name names the verifier in logs, answers and errors ("tallinn").
+	// Unique in the configuration; [a-z0-9._-], at most 63 characters.
+	Name string `json:"name"`
 	// URL is the verifier's base URL (https, or http for loopback tests).
 	URL string `json:"url"`
 	// CAPEM is the PEM certificate(s) the verifier's TLS certificate must
@@ -145,6 +174,9 @@ func ParseConfig(data []byte) (*Config, error) {
 	if dec.More() {
 		return nil, fmt.Errorf("%w: trailing data after the JSON object", ErrConfig)
 	}
+	if err := c.normalize(); err != nil {
+		return nil, err
+	}
 	c.setDefaults()
 	if err := c.Validate(); err != nil {
 		return nil, err
@@ -152,7 +184,30 @@ func ParseConfig(data []byte) (*Config, error) {
 	return &c, nil
 }
 
+// normalize turns the legacy single verifier into the one-element
+// Verifiers list, so that all other code reads only Verifiers.
+func (c *Config) normalize() error {
+	if c.LegacyVerifier == nil {
+		return nil
+	}
+	if len(c.Verifiers) > 0 {
+		return fmt.Errorf("%w: both verifier and verifiers given; use verifiers only", ErrConfig)
+	}
+	v := *c.LegacyVerifier
+	if v.Name == "" {
+		v.Name = LegacyVerifierName
+	}
+	c.Verifiers = []VerifierConfig{v}
+	c.LegacyVerifier = nil
+	return nil
+}
+
 func (c *Config) setDefaults() {
+	// With one verifier k can only be 1; with more, leaving k out would
+	// silently choose between "any one verifier" and "all of them".
+	if c.Threshold == 0 && len(c.Verifiers) == 1 {
+		c.Threshold = 1
+	}
 	if c.NBD.Listen == "" {
 		c.NBD.Listen = ":10809"
 	}
@@ -184,14 +239,8 @@ func (c *Config) Validate() error {
 	if strings.TrimSpace(c.Identity) == "" {
 		return bad("identity is empty")
 	}
-	u, err := url.Parse(c.Verifier.URL)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return bad("verifier.url %q is not an http(s) URL", c.Verifier.URL)
-	}
-	if u.Scheme == "https" {
-		if _, err := ParseCertPool(c.Verifier.CAPEM); err != nil {
-			return bad("verifier.ca_pem: %v", err)
-		}
+	if err := c.validateVerifiers(); err != nil {
+		return err
 	}
 	if _, _, err := net.SplitHostPort(c.NBD.Listen); err != nil {
 		return bad("nbd.listen %q: %v", c.NBD.Listen, err)
@@ -242,6 +291,55 @@ func (c *Config) Validate() error {
 	}
 	if c.Retry.Initial <= 0 || c.Retry.Max < c.Retry.Initial {
 		return bad("retry: need 0 < initial <= max")
+	}
+	return nil
+}
+
+// validateVerifiers checks the verifier list and the threshold.
+func (c *Config) validateVerifiers() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrConfig, fmt.Sprintf(format, a...))
+	}
+	if c.LegacyVerifier != nil {
+		if len(c.Verifiers) > 0 {
+			return bad("both verifier and verifiers given; use verifiers only")
+		}
+		return bad("verifier (legacy) is not normalised into verifiers; read configurations with ParseConfig")
+	}
+	n := len(c.Verifiers)
+	if n == 0 {
+		return bad("verifiers is empty")
+	}
+	if n > MaxVerifiers {
+		return bad("%d verifiers, at most %d", n, MaxVerifiers)
+	}
+	names := map[string]bool{}
+	for i, v := range c.Verifiers {
+		if v.Name == "" {
+			return bad("verifiers[%d].name is empty", i)
+		}
+		if !verifierNameRE.MatchString(v.Name) {
+			return bad("verifiers[%d].name %q: want 1..63 of [a-z0-9._-], starting with a letter or digit", i, v.Name)
+		}
+		if names[v.Name] {
+			return bad("verifier name %q listed twice", v.Name)
+		}
+		names[v.Name] = true
+		u, err := url.Parse(v.URL)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return bad("verifier %q: verifier.url %q is not an http(s) URL", v.Name, v.URL)
+		}
+		if u.Scheme == "https" {
+			if _, err := ParseCertPool(v.CAPEM); err != nil {
+				return bad("verifier %q: verifier.ca_pem: %v", v.Name, err)
+			}
+		}
+	}
+	if c.Threshold == 0 {
+		return bad("threshold is required with %d verifiers (1..%d)", n, n)
+	}
+	if c.Threshold < 1 || c.Threshold > n {
+		return bad("threshold %d, want 1..%d (the number of verifiers)", c.Threshold, n)
 	}
 	return nil
 }

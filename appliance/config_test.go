@@ -3,6 +3,8 @@ package appliance_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -92,11 +94,190 @@ func TestParseConfigRejects(t *testing.T) {
 	}
 }
 
+// verifiersConfig is validConfig with n verifiers named v0, v1, ... in the
+// "verifiers" list instead of the legacy object.
+func verifiersConfig(t testing.TB, n int) map[string]any {
+	m := validConfig(t)
+	legacy := m["verifier"].(map[string]any)
+	delete(m, "verifier")
+	var vs []any
+	for i := range n {
+		vs = append(vs, map[string]any{"name": fmt.Sprintf("v%d", i), "url": fmt.Sprintf("https://10.0.2.%d:8443", i+2), "ca_pem": legacy["ca_pem"]})
+	}
+	m["verifiers"] = vs
+	return m
+}
+
+func TestParseConfigVerifiers(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		config    func(t *testing.T) map[string]any
+		want      string // error text; "" means valid
+		names     []string
+		threshold int
+	}{
+		{"legacy object is one verifier named verifier", func(t *testing.T) map[string]any { return validConfig(t) }, "", []string{"verifier"}, 1},
+		{"one verifier, threshold defaults to 1", func(t *testing.T) map[string]any { return verifiersConfig(t, 1) }, "", []string{"v0"}, 1},
+		{"2 of 3", func(t *testing.T) map[string]any {
+			m := verifiersConfig(t, 3)
+			m["threshold"] = 2
+			return m
+		}, "", []string{"v0", "v1", "v2"}, 2},
+		{"16 of 16", func(t *testing.T) map[string]any {
+			m := verifiersConfig(t, 16)
+			m["threshold"] = 16
+			return m
+		}, "", nil, 16},
+		{"both given", func(t *testing.T) map[string]any {
+			m := verifiersConfig(t, 1)
+			m["verifier"] = validConfig(t)["verifier"]
+			return m
+		}, "both verifier and verifiers", nil, 0},
+		{"none", func(t *testing.T) map[string]any { return verifiersConfig(t, 0) }, "verifiers is empty", nil, 0},
+		{"n=17", func(t *testing.T) map[string]any {
+			m := verifiersConfig(t, 17)
+			m["threshold"] = 9
+			return m
+		}, "17 verifiers, at most 16", nil, 0},
+		{"threshold missing with n=3", func(t *testing.T) map[string]any { return verifiersConfig(t, 3) }, "threshold is required", nil, 0},
+		{"k=0 with n=3", func(t *testing.T) map[string]any {
+			m := verifiersConfig(t, 3)
+			m["threshold"] = 0
+			return m
+		}, "threshold is required", nil, 0},
+		{"k>n", func(t *testing.T) map[string]any {
+			m := verifiersConfig(t, 3)
+			m["threshold"] = 4
+			return m
+		}, "threshold 4, want 1..3", nil, 0},
+		{"negative k", func(t *testing.T) map[string]any {
+			m := verifiersConfig(t, 1)
+			m["threshold"] = -1
+			return m
+		}, "threshold -1", nil, 0},
+		{"k=2 with n=1", func(t *testing.T) map[string]any {
+			m := verifiersConfig(t, 1)
+			m["threshold"] = 2
+			return m
+		}, "threshold 2, want 1..1", nil, 0},
+		{"duplicate name", func(t *testing.T) map[string]any {
+			m := verifiersConfig(t, 3)
+			m["threshold"] = 2
+			m["verifiers"].([]any)[2].(map[string]any)["name"] = "v0"
+			return m
+		}, `"v0" listed twice`, nil, 0},
+		{"empty name", func(t *testing.T) map[string]any {
+			m := verifiersConfig(t, 2)
+			m["threshold"] = 1
+			m["verifiers"].([]any)[1].(map[string]any)["name"] = ""
+			return m
+		}, "verifiers[1].name is empty", nil, 0},
+		{"bad name", func(t *testing.T) map[string]any {
+			m := verifiersConfig(t, 2)
+			m["threshold"] = 1
+			m["verifiers"].([]any)[0].(map[string]any)["name"] = "Tallinn HQ"
+			return m
+		}, `verifiers[0].name "Tallinn HQ"`, nil, 0},
+		{"bad url in the list", func(t *testing.T) map[string]any {
+			m := verifiersConfig(t, 2)
+			m["threshold"] = 2
+			m["verifiers"].([]any)[1].(map[string]any)["url"] = "ftp://x"
+			return m
+		}, `verifier "v1": verifier.url`, nil, 0},
+		{"bad ca in the list", func(t *testing.T) map[string]any {
+			m := verifiersConfig(t, 2)
+			m["threshold"] = 2
+			m["verifiers"].([]any)[1].(map[string]any)["ca_pem"] = "junk"
+			return m
+		}, `verifier "v1": verifier.ca_pem`, nil, 0},
+		{"http needs no ca", func(t *testing.T) map[string]any {
+			m := verifiersConfig(t, 2)
+			m["threshold"] = 2
+			m["verifiers"].([]any)[1].(map[string]any)["url"] = "http://127.0.0.1:8080"
+			m["verifiers"].([]any)[1].(map[string]any)["ca_pem"] = ""
+			return m
+		}, "", []string{"v0", "v1"}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := appliance.ParseConfig(marshal(t, tc.config(t)))
+			if tc.want != "" {
+				if !errors.Is(err, appliance.ErrConfig) || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("err = %v, want ErrConfig mentioning %q", err, tc.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.LegacyVerifier != nil {
+				t.Error("legacy verifier left after parsing")
+			}
+			if c.Threshold != tc.threshold {
+				t.Errorf("threshold %d, want %d", c.Threshold, tc.threshold)
+			}
+			if tc.names != nil {
+				var got []string
+				for _, v := range c.Verifiers {
+					got = append(got, v.Name)
+				}
+				if !slices.Equal(got, tc.names) {
+					t.Errorf("verifier names %q, want %q", got, tc.names)
+				}
+			}
+			for _, v := range c.Verifiers {
+				if v.URL == "" {
+					t.Errorf("verifier %q lost its URL", v.Name)
+				}
+			}
+		})
+	}
+}
+
+// TestLegacyVerifierKeepsFields: the legacy object's url and CA become the
+// one verifier's, and the parsed configuration re-parses to the same list.
+func TestLegacyVerifierKeepsFields(t *testing.T) {
+	m := validConfig(t)
+	legacy := m["verifier"].(map[string]any)
+	c, err := appliance.ParseConfig(marshal(t, m))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []appliance.VerifierConfig{{Name: "verifier", URL: legacy["url"].(string), CAPEM: legacy["ca_pem"].(string)}}
+	if !slices.Equal(c.Verifiers, want) {
+		t.Fatalf("verifiers %+v, want %+v", c.Verifiers, want)
+	}
+	c2, err := appliance.ParseConfig(marshal(t, c))
+	if err != nil {
+		t.Fatalf("re-parsing: %v", err)
+	}
+	if !slices.Equal(c2.Verifiers, want) || c2.Threshold != 1 {
+		t.Fatalf("re-parsed verifiers %+v threshold %d", c2.Verifiers, c2.Threshold)
+	}
+}
+
+// TestValidateRejectsUnnormalisedLegacy: a Config built in code with the
+// legacy field set fails validation rather than attesting nowhere.
+func TestValidateRejectsUnnormalisedLegacy(t *testing.T) {
+	c, err := appliance.ParseConfig(marshal(t, validConfig(t)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.LegacyVerifier = &c.Verifiers[0]
+	if err := c.Validate(); !errors.Is(err, appliance.ErrConfig) || !strings.Contains(err.Error(), "both verifier and verifiers") {
+		t.Fatalf("Validate = %v, want both-given ErrConfig", err)
+	}
+	c.Verifiers = nil
+	if err := c.Validate(); !errors.Is(err, appliance.ErrConfig) || !strings.Contains(err.Error(), "not normalised") {
+		t.Fatalf("Validate = %v, want not-normalised ErrConfig", err)
+	}
+}
+
 func FuzzParseConfig(f *testing.F) {
 	f.Add(marshal(f, validConfig(f)))
 	f.Add([]byte(`{"version":1}`))
 	f.Add([]byte(`{"version":1,"retry":{"initial":"-1s"}}`))
 	f.Add([]byte(`[]`))
+	f.Add(marshal(f, func() map[string]any { m := verifiersConfig(f, 3); m["threshold"] = 2; return m }()))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := appliance.ParseConfig(data)
 		if err != nil {
@@ -113,7 +294,8 @@ func FuzzParseConfig(f *testing.F) {
 		if err != nil {
 			t.Fatalf("re-parsing a parsed config: %v", err)
 		}
-		if c2.Identity != c.Identity || c2.NBD.Listen != c.NBD.Listen {
+		if c2.Identity != c.Identity || c2.NBD.Listen != c.NBD.Listen ||
+			!slices.Equal(c2.Verifiers, c.Verifiers) || c2.Threshold != c.Threshold {
 			t.Fatal("round trip changed the config")
 		}
 	})

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"time"
 
@@ -73,28 +74,64 @@ func (m *fakeMeasurer) Measure(typ, name string, data []byte) error {
 	return nil
 }
 
-// fakeAttester plays verifier and TPM: Unlock answers from a script, and
-// the KEK is sha256(sealed share || "remote"), where a share sealed by
-// another TPM does not unseal. A successful or post-decision Unlock closes
-// the unseal window (Locked), as the real agent's phase PCR does.
+// fakeAttester plays the verifiers and the TPM: Unlock answers from a
+// script. The local share is "local-of-TPM"; it is sealed per release as
+// "sealed-by-TPM-for-RELEASE", so a blob sealed by another TPM, or to
+// another release, does not unseal; the KEK is sha256(local || set id ||
+// "remote"), the same for every release of one provisioning. A successful
+// or post-decision Unlock closes the unseal window (Locked), as the real
+// agent's phase PCR does.
 type fakeAttester struct {
-	tpm       string
+	tpm string
+	// release is the release this boot runs (default "test-release").
+	release string
+	// published are the releases the verifiers publish: Unlocked.Sealed
+	// holds a blob for each (default: release alone).
+	published []string
 	mu        sync.Mutex
 	decide    func(n int) (provision bool, lease time.Duration, err error)
 	heartbeat func(n int) (time.Duration, error)
-	nUnlock   int
-	nBeat     int
+	// renewal, when set, answers heartbeats instead of heartbeat.
+	renewal func(n int) (*appliance.Renewal, error)
+	// answers are returned in every Unlocked.
+	answers []appliance.Answer
+	nUnlock int
+	nBeat   int
 	// serverCerts are the certificates reported, one per heartbeat.
 	serverCerts [][]byte
 	locked      bool
 	epochs      []uint64
+	// sealedSeen are deep copies of the sealed shares passed to Unlock
+	// (nil entries for a blank disk).
+	sealedSeen []*appliance.SealedShares
+	// granted are the Sealed contents returned, one per successful Unlock.
+	granted []appliance.SealedShares
 }
 
-func (a *fakeAttester) Unlock(_ context.Context, epoch uint64, sealed []byte) (*appliance.Unlocked, error) {
+func (a *fakeAttester) thisRelease() string {
+	if a.release == "" {
+		return "test-release"
+	}
+	return a.release
+}
+
+func (a *fakeAttester) blob(release string) []byte {
+	return []byte("sealed-by-" + a.tpm + "-for-" + release)
+}
+
+func copyShares(s *appliance.SealedShares) *appliance.SealedShares {
+	if s == nil {
+		return nil
+	}
+	return &appliance.SealedShares{Set: s.Set, ByRelease: maps.Clone(s.ByRelease)}
+}
+
+func (a *fakeAttester) Unlock(_ context.Context, epoch uint64, sealed *appliance.SealedShares) (*appliance.Unlocked, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.nUnlock++
 	a.epochs = append(a.epochs, epoch)
+	a.sealedSeen = append(a.sealedSeen, copyShares(sealed))
 	provision, lease, err := a.decide(a.nUnlock)
 	if err != nil {
 		return nil, err
@@ -103,24 +140,40 @@ func (a *fakeAttester) Unlock(_ context.Context, epoch uint64, sealed []byte) (*
 		return nil, errors.New("verifier: phase PCR already extended")
 	}
 	a.locked = true
-	u := &appliance.Unlocked{Provision: provision, Lease: lease, Release: "test-release"}
+	rel := a.thisRelease()
+	u := &appliance.Unlocked{Provision: provision, Lease: lease, Release: rel, Answers: a.answers}
+	var set [16]byte
 	if provision {
-		sealed = []byte("sealed-by-" + a.tpm)
-		u.SealedLocal = sealed
-	} else if !bytes.Equal(sealed, []byte("sealed-by-"+a.tpm)) {
-		return nil, errors.New("unseal failed: sealed to another TPM")
+		copy(set[:], "set-of-"+a.tpm)
+	} else {
+		if sealed == nil || !bytes.Equal(sealed.ByRelease[rel], a.blob(rel)) {
+			return nil, errors.New("unseal failed: sealed to another TPM or release")
+		}
+		set = sealed.Set
 	}
-	sum := sha256.Sum256(append(append([]byte{}, sealed...), "remote"...))
+	u.Sealed = &appliance.SealedShares{Set: set, ByRelease: map[string][]byte{}}
+	for _, r := range append([]string{rel}, a.published...) {
+		u.Sealed.ByRelease[r] = a.blob(r)
+	}
+	a.granted = append(a.granted, *copyShares(u.Sealed))
+	sum := sha256.Sum256(append(append([]byte("local-of-"+a.tpm), set[:]...), "remote"...))
 	u.KEK = sum[:]
 	return u, nil
 }
 
-func (a *fakeAttester) Heartbeat(_ context.Context, _ uint64, serverCert []byte) (time.Duration, error) {
+func (a *fakeAttester) Heartbeat(_ context.Context, _ uint64, serverCert []byte) (*appliance.Renewal, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.nBeat++
 	a.serverCerts = append(a.serverCerts, serverCert)
-	return a.heartbeat(a.nBeat)
+	if a.renewal != nil {
+		return a.renewal(a.nBeat)
+	}
+	l, err := a.heartbeat(a.nBeat)
+	if err != nil {
+		return nil, err
+	}
+	return &appliance.Renewal{Lease: l}, nil
 }
 
 func (a *fakeAttester) Locked() (bool, error) {

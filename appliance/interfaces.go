@@ -8,10 +8,12 @@ import (
 
 // Verifier decisions the appliance acts on. Attesters wrap these.
 var (
-	// ErrRefused: the verifier did not accept the evidence (unknown
-	// measurements, bad quote, unknown TPM, stale nonce ...).
+	// ErrRefused: verifiers did not accept the evidence (unknown
+	// measurements, bad quote, unknown TPM, stale nonce ...), so many that
+	// fewer than k of the n configured verifiers could still grant.
 	ErrRefused = errors.New("appliance: verifier refused attestation")
-	// ErrRevoked: the appliance has been revoked by an operator.
+	// ErrRevoked: the appliance has been revoked by an operator at enough
+	// verifiers that fewer than k could still grant.
 	ErrRevoked = errors.New("appliance: appliance revoked")
 	// ErrLeaseExpired: the lease ran out before it could be renewed.
 	ErrLeaseExpired = errors.New("appliance: lease expired")
@@ -24,37 +26,122 @@ var (
 	ErrLocked = errors.New("appliance: local key share locked until reboot")
 )
 
-// Unlocked is the result of a successful unlock: the verifier granted its
-// share and the TPM combined it with the local share.
+// SealedShares is what the data disk header keeps of the key: the
+// provisioning (key split) the store belongs to and the TPM-sealed local
+// key share for each release it may boot (release label -> sealed blob).
+// The local share is the same for every release; each blob seals it to one
+// release's PCR values, so an upgrade boots with the blob of the new
+// release and keeps the store.
+type SealedShares struct {
+	// Set identifies the provisioning: the split of the remote secret into
+	// one share per verifier that this store's KEK was derived under. The
+	// k verifiers that grant their shares must be granting shares of this
+	// set.
+	Set [16]byte
+	// ByRelease maps a release label to the local share sealed to that
+	// release's PCRs. Labels are 1..255 bytes of UTF-8.
+	ByRelease map[string][]byte
+}
+
+// Answer outcomes (Answer.Outcome).
+const (
+	// OutcomeGranted: the verifier granted its share at unlock.
+	OutcomeGranted = "granted"
+	// OutcomeRenewed: the verifier renewed its lease on a heartbeat.
+	OutcomeRenewed = "renewed"
+	// OutcomeRefused: the verifier did not accept the evidence; its lease,
+	// if any, has ended.
+	OutcomeRefused = "refused"
+	// OutcomeRevoked: an operator revoked the appliance at this verifier;
+	// its lease, if any, has ended.
+	OutcomeRevoked = "revoked"
+	// OutcomeUnreachable: no answer (network, TLS, timeout); its lease runs
+	// on until it expires.
+	OutcomeUnreachable = "unreachable"
+	// OutcomeUnused: the verifier was not asked or its answer not needed
+	// (k others answered first).
+	OutcomeUnused = "unused"
+)
+
+// Answer is one verifier's answer to one attestation (Unlock or
+// Heartbeat). Every configured verifier has an Answer, whether or not its
+// share was needed.
+type Answer struct {
+	// Verifier is the verifier's configured name (VerifierConfig.Name).
+	Verifier string
+	// Outcome is one of the Outcome constants: "granted" (share granted
+	// at unlock), "renewed" (lease renewed on a heartbeat), "refused",
+	// "revoked", "unreachable" or "unused" (not asked, or not needed: k
+	// others answered first).
+	Outcome string
+	// Release is the release label the verifier matched, if any.
+	Release string
+	// Lease is this verifier's lease; zero unless granted or renewed.
+	Lease time.Duration
+	// Err says why, for refused, revoked and unreachable.
+	Err error
+}
+
+// Unlocked is the result of a successful unlock: at least k of the n
+// configured verifiers granted their shares of the remote secret, the agent
+// combined them and the TPM's local share into the KEK.
 type Unlocked struct {
 	// KEK is the store's key-encryption key. The appliance zeroizes it.
 	KEK []byte
-	// Provision is set when the verifier has never seen a store from this
-	// appliance: format the data disk.
+	// Provision is set when the verifiers have never seen a store from
+	// this appliance: format the data disk.
 	Provision bool
-	// SealedLocal is the newly sealed local share when Provision is set;
-	// it goes into the data disk header.
-	SealedLocal []byte
-	// Lease is how long the appliance may serve before a heartbeat.
+	// Sealed is the complete header content to write now: the set id, the
+	// local share sealed to this release and to the other releases the
+	// verifiers publish. It replaces the header's content, so releases
+	// withdrawn since drop out and new ones appear.
+	Sealed *SealedShares
+	// Lease is how long the appliance may serve before a heartbeat: until
+	// fewer than k verifiers' leases are still valid.
 	Lease time.Duration
-	// Release names the release the verifier matched (for the console).
+	// Release names the release the granting verifiers matched (for the
+	// console).
 	Release string
+	// Answers holds every configured verifier's answer, in configuration
+	// order.
+	Answers []Answer
 }
 
-// Attester is the appliance side of the verifier protocol (attest/agent).
+// Renewal is the result of a successful heartbeat: at least k verifiers
+// renewed their leases.
+type Renewal struct {
+	// Lease is how long the appliance may serve before the next heartbeat:
+	// until fewer than k verifiers' leases stay valid.
+	Lease time.Duration
+	// Resealed holds the local share sealed to releases published since
+	// the unlock (release label -> blob; nil when there are none new). The
+	// appliance adds them to the header's SealedShares.ByRelease so the
+	// next boot of such a release can unseal.
+	Resealed map[string][]byte
+	// Answers holds every configured verifier's answer, in configuration
+	// order.
+	Answers []Answer
+}
+
+// Attester is the appliance side of the verifier protocol (attest/agent),
+// attesting to n independent verifiers of which k must agree.
 type Attester interface {
-	// Unlock attests the boot, reporting the store's last known epoch,
-	// imports the verifier's share, unseals the local share from
-	// sealedLocal (nil on a blank disk) or seals a new one, derives the KEK
-	// and extends the phase PCR. Refusal and revocation are errors wrapping
-	// ErrRefused or ErrRevoked (the phase PCR is then untouched); other
-	// errors are transient unless Locked reports the phase PCR extended.
-	Unlock(ctx context.Context, epoch uint64, sealedLocal []byte) (*Unlocked, error)
-	// Heartbeat re-attests a running appliance and returns the renewed
-	// lease; serverCert (DER, nil when not serving) is the NBD server
-	// certificate, reported under the quote for the verifier to record.
-	// Same error contract as Unlock.
-	Heartbeat(ctx context.Context, epoch uint64, serverCert []byte) (time.Duration, error)
+	// Unlock attests the boot to the verifiers, reporting the store's last
+	// known epoch, imports k verifiers' shares of the remote secret,
+	// unseals the local share from sealed (nil on a blank disk) or seals a
+	// new one, derives the KEK and extends the phase PCR. When refusals
+	// and revocations leave fewer than k verifiers that could still grant,
+	// the error wraps ErrRefused or ErrRevoked (the phase PCR is then
+	// untouched) and its text names every verifier's answer; other errors
+	// are transient unless Locked reports the phase PCR extended.
+	Unlock(ctx context.Context, epoch uint64, sealed *SealedShares) (*Unlocked, error)
+	// Heartbeat re-attests a running appliance to the verifiers and
+	// returns the renewed quorum lease; serverCert (DER, nil when not
+	// serving) is the NBD server certificate, reported under the quote for
+	// the verifiers to record. Same error contract as Unlock: a refusal or
+	// revocation by one verifier ends that verifier's lease, and the error
+	// wraps ErrRefused or ErrRevoked once fewer than k could still renew.
+	Heartbeat(ctx context.Context, epoch uint64, serverCert []byte) (*Renewal, error)
 	// Locked reports whether the phase PCR has been extended this boot, so
 	// that no share can be unsealed again until reboot.
 	Locked() (bool, error)

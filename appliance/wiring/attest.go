@@ -6,29 +6,33 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"sync"
-	"time"
 
 	"github.com/dataembassy/embassy/appliance"
 	"github.com/dataembassy/embassy/attest/agent"
+	"github.com/dataembassy/embassy/attest/keys"
 	"github.com/dataembassy/embassy/attest/measure"
 	"github.com/dataembassy/embassy/attest/tpm"
 )
 
-// NewAttestation returns the appliance's PCR 15 measurer and its verifier
+// NewAttestation returns the appliance's PCR 15 measurer and its verifiers'
 // client, built on attest/measure and attest/agent: both use the TPM rw
 // and share one measurement log, which the agent sends as evidence. The
-// verifier's URL and CA and the appliance's identity come from cfg.
+// verifiers (names, URLs, CAs), the threshold k and the appliance's
+// identity come from cfg.
 func NewAttestation(cfg *appliance.Config, rw io.ReadWriter, log *slog.Logger) (*Measurer, *Attester, error) {
 	mlog := &measure.Log{}
-	pool, err := appliance.ParseCertPool(cfg.Verifier.CAPEM)
-	if err != nil {
-		return nil, nil, fmt.Errorf("verifier CA: %w", err)
+	var eps []agent.Endpoint
+	for _, v := range cfg.Verifiers {
+		pool, err := appliance.ParseCertPool(v.CAPEM)
+		if err != nil {
+			return nil, nil, fmt.Errorf("verifier %s CA: %w", v.Name, err)
+		}
+		eps = append(eps, agent.Endpoint{Name: v.Name, URL: v.URL, RootCAs: pool})
 	}
 	a, err := agent.New(agent.Config{
-		VerifierURL: cfg.Verifier.URL,
+		Verifiers:   eps,
+		Threshold:   cfg.Threshold,
 		ApplianceID: cfg.Identity,
-		RootCAs:     pool,
 		TPM:         rw,
 		Log:         mlog,
 	})
@@ -57,14 +61,12 @@ func (m *Measurer) Measure(typ, name string, data []byte) error {
 }
 
 // Attester implements appliance.Attester with agent.Agent: it enrolls the
-// attestation key on first use and maps the agent's errors to the
-// appliance's.
+// attestation key at every verifier that does not know it yet and maps the
+// agent's types and errors to the appliance's.
 type Attester struct {
-	a        *agent.Agent
-	rw       io.ReadWriter
-	log      *slog.Logger
-	mu       sync.Mutex
-	enrolled bool
+	a   *agent.Agent
+	rw  io.ReadWriter
+	log *slog.Logger
 }
 
 // mapAgentErr turns the agent's refusal errors into the appliance's sentinels,
@@ -81,44 +83,63 @@ func mapAgentErr(err error) error {
 	return err
 }
 
-// enroll enrolls the attestation key once; a key the verifier already
-// knows counts as enrolled.
+// enroll binds the attestation key at every verifier that does not trust
+// it yet (a no-op once all do); it fails only when fewer than k do.
 func (t *Attester) enroll(ctx context.Context) error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.enrolled {
-		return nil
+	answers, err := t.a.Enroll(ctx)
+	for _, ans := range answers {
+		if ans.Err != nil {
+			t.log.Warn("attestation key not enrolled", "verifier", ans.Verifier, "outcome", ans.Outcome, "err", ans.Err)
+			continue
+		}
+		t.log.Info("attestation key enrolled", "verifier", ans.Verifier, "outcome", ans.Outcome)
 	}
-	err := t.a.Enroll(ctx)
-	if err != nil && !errors.Is(err, agent.ErrAlreadyEnrolled) {
-		return mapAgentErr(err)
-	}
-	t.log.Info("attestation key enrolled", "already", err != nil)
-	t.enrolled = true
-	return nil
+	return mapAgentErr(err)
 }
 
 // Unlock attests and obtains the KEK as appliance.Attester says, enrolling
-// the attestation key first if it is not yet.
-func (t *Attester) Unlock(ctx context.Context, epoch uint64, sealedLocal []byte) (*appliance.Unlocked, error) {
+// the attestation key first where it is not yet.
+func (t *Attester) Unlock(ctx context.Context, epoch uint64, sealed *appliance.SealedShares) (*appliance.Unlocked, error) {
 	if err := t.enroll(ctx); err != nil {
 		return nil, err
 	}
-	u, err := t.a.Unlock(ctx, epoch, sealedLocal)
+	var in *agent.Sealed
+	if sealed != nil {
+		in = &agent.Sealed{Set: keys.SetID(sealed.Set), ByRelease: sealed.ByRelease}
+	}
+	u, err := t.a.Unlock(ctx, epoch, in)
 	if err != nil {
 		return nil, mapAgentErr(err)
 	}
-	return &appliance.Unlocked{KEK: u.KEK, Provision: u.Provision, SealedLocal: u.SealedLocal, Lease: u.Lease, Release: u.Release}, nil
+	return &appliance.Unlocked{KEK: u.KEK, Provision: u.Provision, Lease: u.Lease, Release: u.Release, Answers: answers(u.Answers),
+		Sealed: &appliance.SealedShares{Set: u.Sealed.Set, ByRelease: u.Sealed.ByRelease}}, nil
 }
 
-// Heartbeat re-attests to renew the lease, enrolling first if need be.
-func (t *Attester) Heartbeat(ctx context.Context, epoch uint64, serverCert []byte) (time.Duration, error) {
+// Heartbeat re-attests to renew the lease, enrolling first where need be.
+func (t *Attester) Heartbeat(ctx context.Context, epoch uint64, serverCert []byte) (*appliance.Renewal, error) {
 	if err := t.enroll(ctx); err != nil {
-		return 0, err
+		// The running quorum's leases do not depend on enrolment: the
+		// heartbeat decides, and enrolment is retried on the next one.
+		t.log.Warn("enrolment incomplete", "err", err)
 	}
-	d, err := t.a.Heartbeat(ctx, epoch, serverCert)
-	return d, mapAgentErr(err)
+	r, err := t.a.Heartbeat(ctx, epoch, serverCert)
+	if r == nil {
+		return nil, mapAgentErr(err)
+	}
+	return &appliance.Renewal{Lease: r.Lease, Resealed: r.Resealed, Answers: answers(r.Answers)}, mapAgentErr(err)
 }
+
+// answers converts the agent's answers; the outcome strings are the same.
+func answers(in []agent.Answer) []appliance.Answer {
+	out := make([]appliance.Answer, len(in))
+	for i, a := range in {
+		out[i] = appliance.Answer{Verifier: a.Verifier, Outcome: a.Outcome, Release: a.Release, Lease: a.Lease, Err: a.Err}
+	}
+	return out
+}
+
+// Close zeroizes the local key share the agent keeps for resealing.
+func (t *Attester) Close() { t.a.Close() }
 
 // Locked reports whether the phase PCR left its reset value.
 func (t *Attester) Locked() (bool, error) {

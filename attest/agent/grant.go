@@ -14,9 +14,10 @@ import (
 // EK, or PCRs other than those the verifier bound it to.
 var ErrImport = errors.New("agent: TPM refused to import the remote share")
 
-// importShare imports the granted share with the EK and recovers the remote
-// secret from it: one verifier grants the whole secret (a 1-of-1 set).
-func importShare(rw io.ReadWriter, blob *tpmpb.ImportBlob, applianceID string) (*keys.Remote, error) {
+// importShare imports one verifier's granted share with the EK. The TPM
+// refuses a blob made for another TPM's EK or for other PCR values; the
+// share itself is checked against the others by keys.Combine.
+func importShare(rw io.ReadWriter, blob *tpmpb.ImportBlob) (*keys.Share, error) {
 	ek, err := client.EndorsementKeyRSA(rw)
 	if err != nil {
 		return nil, fmt.Errorf("agent: EK: %w", err)
@@ -31,6 +32,5 @@ func importShare(rw io.ReadWriter, blob *tpmpb.ImportBlob, applianceID string) (
 	if err != nil {
 		return nil, fmt.Errorf("agent: granted share: %w", err)
 	}
-	defer clear(share.Value)
-	return keys.Combine(applianceID, []*keys.Share{share})
+	return share, nil
 }

@@ -156,7 +156,7 @@ type AttestResponse struct {
 	PCRs []int `json:"pcrs,omitempty"`
 	// Release names the accepted release ("name release").
 	Release string `json:"release"`
-	// SealTargets (unlock only) lists the other published releases with
+	// SealTargets (unlock and heartbeat) lists the other published releases with
 	// the PCR values (SHA-256, hex, keyed by index) a boot of each will
 	// have, phase PCR at zero. The appliance seals its local share to each
 	// while it holds it, so it can still unlock after an upgrade.

@@ -73,7 +73,7 @@ func TestFirmwareEventLog(t *testing.T) {
 
 	logBytes := good
 	rebuild := func() {
-		a, err := agent.New(agent.Config{VerifierURL: f.srv.URL, ApplianceID: ap.id, RootCAs: f.pool, TPM: ap.sw.RW(), Log: ap.log,
+		a, err := agent.New(agent.Config{Verifiers: f.endpoints(), ApplianceID: ap.id, TPM: ap.sw.RW(), Log: ap.log,
 			EventLog: func() ([]byte, error) { return logBytes, nil }})
 		if err != nil {
 			t.Fatal(err)
@@ -82,7 +82,7 @@ func TestFirmwareEventLog(t *testing.T) {
 	}
 	rebuild()
 	f.register(ap)
-	if err := ap.a.Enroll(context.Background()); err != nil {
+	if _, err := ap.a.Enroll(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := ap.a.Heartbeat(context.Background(), 0, nil); err != nil {

@@ -1,6 +1,10 @@
 package verifier
 
-import "context"
+import (
+	"context"
+
+	"github.com/dataembassy/embassy/attest/keys"
+)
 
 // RemoteShare exposes an appliance's stored remote share to tests (the
 // "stolen database" view).
@@ -22,4 +26,14 @@ func (d *DB) ForgetShareSet(ctx context.Context, id string) error {
 func (d *DB) TruncateShareCommit(ctx context.Context, id string) error {
 	_, err := d.db.ExecContext(ctx, `UPDATE appliances SET share_commit = x'00' WHERE id = ?`, id)
 	return err
+}
+
+// StoredShare returns the share row of appliance id as an attacker holding
+// the database file reads it.
+func (d *DB) StoredShare(ctx context.Context, id string) (*keys.Share, error) {
+	a, err := d.applianceRecord(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return a.share, nil
 }

@@ -7,8 +7,10 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,6 +38,7 @@ type fixture struct {
 	now    time.Time
 	relKey ed25519.PrivateKey
 	opts   verifier.Options
+	down   atomic.Bool // drop every connection, as a verifier that is down
 }
 
 func newFixture(t testing.TB) *fixture {
@@ -70,10 +73,23 @@ func (f *fixture) start() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.srv = httptest.NewTLSServer(s)
+	f.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if f.down.Load() { // as a crashed host: the connection drops
+			if c, _, err := w.(http.Hijacker).Hijack(); err == nil {
+				c.Close()
+			}
+			return
+		}
+		s.ServeHTTP(w, r)
+	}))
 	f.pool = x509.NewCertPool()
 	f.pool.AddCert(f.srv.Certificate())
 	t.Cleanup(f.stop)
+}
+
+// endpoints names the fixture's verifier as the agent's only one.
+func (f *fixture) endpoints() []agent.Endpoint {
+	return []agent.Endpoint{{Name: "verifier", URL: f.srv.URL, RootCAs: f.pool}}
 }
 
 func (f *fixture) stop() {
@@ -145,7 +161,7 @@ func (ap *appliance) boot(events []measure.Event) {
 		}
 	}
 	a, err := agent.New(agent.Config{
-		VerifierURL: ap.f.srv.URL, ApplianceID: ap.id, RootCAs: ap.f.pool, TPM: rw, Log: ap.log,
+		Verifiers: ap.f.endpoints(), ApplianceID: ap.id, TPM: rw, Log: ap.log,
 		EventLog: func() ([]byte, error) { return []byte{}, nil },
 	})
 	if err != nil {
@@ -185,7 +201,7 @@ func (f *fixture) enrolled(id string) *appliance {
 	f.t.Helper()
 	ap := f.newAppliance(id, bootEvents)
 	f.register(ap)
-	if err := ap.a.Enroll(context.Background()); err != nil {
+	if _, err := ap.a.Enroll(context.Background()); err != nil {
 		f.t.Fatalf("Enroll: %v", err)
 	}
 	return ap
@@ -209,6 +225,9 @@ func ekPublicOf(t *testing.T, sw *swtpmtest.TPM) any {
 	defer ek.Close()
 	return ek.PublicKey()
 }
+
+// localBlob is the local share u sealed for the release it unlocked.
+func localBlob(u *agent.Unlocked) []byte { return u.Sealed.ByRelease[u.Release] }
 
 func sameKEK(a, b []byte) bool { return len(a) == 32 && bytes.Equal(a, b) }
 

@@ -16,35 +16,28 @@ import (
 )
 
 // decide answers an admitted attestation: an unlock is granted the remote
-// share (grantKey), a heartbeat renewed; either way the lease is recorded
-// with the store epoch and the audit record (recordDecision, lease.go).
+// share (grantKey), a heartbeat renewed; both carry the seal targets, so a
+// release published after the rack booted is sealed to before the reboot
+// into it. Either way the lease is recorded with the store epoch and the
+// audit record (recordDecision, lease.go).
 func (s *Server) decide(ctx context.Context, a *appliance, req *protocol.AttestRequest, rel *policyRelease, pcrs map[int][]byte) (*protocol.AttestResponse, error) {
 	resp := &protocol.AttestResponse{LeaseSeconds: int64(s.opts.Lease / time.Second), Release: rel.label, Decision: protocol.DecisionRenewed}
 	if req.Purpose == protocol.PurposeUnlock {
 		resp.Decision = protocol.DecisionGranted
-		if err := s.grantKey(ctx, resp, a, rel, pcrs); err != nil {
+		var err error
+		if resp.ImportBlob, resp.PCRs, err = importBlob(a, rel, pcrs); err != nil {
 			return nil, err
 		}
 	}
+	pol, err := s.policy(ctx)
+	if err != nil {
+		return nil, err
+	}
+	resp.SealTargets = sealTargets(pol, rel, pcrs)
 	if err := s.recordDecision(ctx, resp, a, req, rel); err != nil {
 		return nil, err
 	}
 	return resp, nil
-}
-
-// grantKey fills in the key grant of an unlock: the share bound to this
-// boot's PCRs, and the seal targets of the other published releases.
-func (s *Server) grantKey(ctx context.Context, resp *protocol.AttestResponse, a *appliance, rel *policyRelease, pcrs map[int][]byte) error {
-	var err error
-	if resp.ImportBlob, resp.PCRs, err = importBlob(a, rel, pcrs); err != nil {
-		return err
-	}
-	pol, err := s.policy(ctx)
-	if err != nil {
-		return err
-	}
-	resp.SealTargets = sealTargets(pol, rel, pcrs)
-	return nil
 }
 
 // boundPCRs are the PCRs the share is bound to: the firmware baseline,

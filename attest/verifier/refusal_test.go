@@ -236,10 +236,10 @@ func TestModifiedBootImage(t *testing.T) {
 	// Reboot into a modified appliance binary: PCR 15 differs.
 	evil := []measure.Event{measure.NewEvent("binary", "/bbin/embassy-appliance", []byte("appliance v1 + backdoor")), bootEvents[1]}
 	ap.reboot(evil)
-	_, err := ap.a.Unlock(ctx, 0, u.SealedLocal)
+	_, err := ap.a.Unlock(ctx, 0, u.Sealed)
 	wantRefused(t, err, agent.ErrRefused, "release", tpm.PCRAppliance)
 	// Nor can the modified image unseal the local share itself.
-	if _, err := keys.UnsealLocal(ap.sw.RW(), u.SealedLocal); !errors.Is(err, keys.ErrUnseal) {
+	if _, err := keys.UnsealLocal(ap.sw.RW(), localBlob(u)); !errors.Is(err, keys.ErrUnseal) {
 		t.Fatalf("modified image unsealed the local share: %v", err)
 	}
 }
@@ -258,7 +258,7 @@ func TestAKFromAnotherTPM(t *testing.T) {
 	victim := f2.newAppliance("rack2", bootEvents)
 	f2.register(victim)
 	thief := f2.newAppliance("rack2", bootEvents)
-	err := thief.a.Enroll(context.Background())
+	_, err := thief.a.Enroll(context.Background())
 	if err == nil {
 		t.Fatal("AK of another TPM enrolled")
 	}
@@ -270,7 +270,7 @@ func TestAKFromAnotherTPM(t *testing.T) {
 func TestEKNotEnrolled(t *testing.T) {
 	f := newFixture(t)
 	ap := f.newAppliance("stranger", bootEvents)
-	err := ap.a.Enroll(context.Background())
+	_, err := ap.a.Enroll(context.Background())
 	if !errors.Is(err, agent.ErrNotEnrolled) {
 		t.Fatalf("got %v, want ErrNotEnrolled", err)
 	}
@@ -309,7 +309,7 @@ func TestRevokedAppliance(t *testing.T) {
 	_, err := ap.a.Heartbeat(ctx, 1, nil)
 	wantRefused(t, err, agent.ErrRevoked, "revocation", -1)
 	ap.reboot(bootEvents)
-	_, err = ap.a.Unlock(ctx, 1, u.SealedLocal)
+	_, err = ap.a.Unlock(ctx, 1, u.Sealed)
 	if !errors.Is(err, agent.ErrRevoked) {
 		t.Fatalf("unlock after revocation: %v", err)
 	}
@@ -367,18 +367,18 @@ func TestLocalShareAfterPhaseExtend(t *testing.T) {
 	ap, u := f.unlocked("rack1")
 	ctx := context.Background()
 	// Unlock extended the phase PCR: the local share is gone for this boot.
-	if _, err := keys.UnsealLocal(ap.sw.RW(), u.SealedLocal); !errors.Is(err, keys.ErrUnseal) {
+	if _, err := keys.UnsealLocal(ap.sw.RW(), localBlob(u)); !errors.Is(err, keys.ErrUnseal) {
 		t.Fatalf("local share unsealed after the phase extend: %v", err)
 	}
 	// A second unlock in the same boot is refused by the verifier too.
 	if _, err := ap.a.Heartbeat(ctx, 1, nil); err != nil {
 		t.Fatal(err)
 	}
-	_, err := ap.a.Unlock(ctx, 1, u.SealedLocal)
+	_, err := ap.a.Unlock(ctx, 1, u.Sealed)
 	wantRefused(t, err, agent.ErrRefused, "phase", tpm.PCRPhase)
 	// After a reboot it unseals again.
 	ap.reboot(bootEvents)
-	if _, err := keys.UnsealLocal(ap.sw.RW(), u.SealedLocal); err != nil {
+	if _, err := keys.UnsealLocal(ap.sw.RW(), localBlob(u)); err != nil {
 		t.Fatalf("unseal after reboot: %v", err)
 	}
 }
@@ -391,7 +391,7 @@ func TestOlderStoreEpoch(t *testing.T) {
 		t.Fatal(err)
 	}
 	ap.reboot(bootEvents)
-	_, err := ap.a.Unlock(ctx, 6, u.SealedLocal) // a rolled-back disk
+	_, err := ap.a.Unlock(ctx, 6, u.Sealed) // a rolled-back disk
 	wantRefused(t, err, agent.ErrRefused, "epoch", -1)
 	// A wiped disk (epoch 0) gets no provisioning either.
 	ap.reboot(bootEvents)
@@ -431,7 +431,7 @@ func TestStolenDatabaseAloneCannotMakeKEK(t *testing.T) {
 		t.Fatal(err)
 	}
 	other := f.newAppliance("thief", bootEvents)
-	if _, err := keys.UnsealLocal(other.sw.RW(), u.SealedLocal); !errors.Is(err, keys.ErrUnseal) {
+	if _, err := keys.UnsealLocal(other.sw.RW(), localBlob(u)); !errors.Is(err, keys.ErrUnseal) {
 		t.Fatalf("sealed local share opened on another TPM: %v", err)
 	}
 	// Guessing the local share: the KEK from the remote share with any
@@ -449,14 +449,14 @@ func TestTPMAloneCannotMakeKEK(t *testing.T) {
 	// A stolen rack boots the right image and unseals the local share, but
 	// the verifier (revoked after the theft) withholds the remote share.
 	ap.reboot(bootEvents)
-	local, err := keys.UnsealLocal(ap.sw.RW(), u.SealedLocal)
+	local, err := keys.UnsealLocal(ap.sw.RW(), localBlob(u))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := f.db.Revoke(ctx, "rack1", "stolen", "test"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ap.a.Unlock(ctx, 1, u.SealedLocal); !errors.Is(err, agent.ErrRevoked) {
+	if _, err := ap.a.Unlock(ctx, 1, u.Sealed); !errors.Is(err, agent.ErrRevoked) {
 		t.Fatalf("got %v, want ErrRevoked", err)
 	}
 	guess, _ := keys.DeriveKEK(local, &keys.Remote{Threshold: 1, Total: 1, Secret: make([]byte, 32)}, "rack1")

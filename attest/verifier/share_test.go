@@ -13,7 +13,7 @@ import (
 // TestEnrolmentSharesAreBound: the verifier grants the share it was given
 // at enrolment, and what the appliance recovers is bound to the dealing:
 // a 1-of-1 share it deals itself unlocks; one share of a 2-of-3 dealing
-// alone does not (ErrTooFewShares); a share dealt for another appliance is
+// is refused by an appliance configured for one verifier (ErrShareSplit); a share dealt for another appliance is
 // refused by its commitment; a malformed share is refused at enrolment.
 func TestEnrolmentSharesAreBound(t *testing.T) {
 	ctx := context.Background()
@@ -38,7 +38,7 @@ func TestEnrolmentSharesAreBound(t *testing.T) {
 		if err := f.db.Enroll(ctx, verifier.EnrollParams{ID: id, EKCert: cert, Share: share, Actor: "test"}); err != nil {
 			t.Fatalf("enroll %s: %v", id, err)
 		}
-		if err := ap.a.Enroll(ctx); err != nil {
+		if _, err := ap.a.Enroll(ctx); err != nil {
 			t.Fatalf("AK %s: %v", id, err)
 		}
 		return ap
@@ -48,8 +48,8 @@ func TestEnrolmentSharesAreBound(t *testing.T) {
 		t.Fatal(err)
 	}
 	ap := enrollWith("rack2", twoOfThree[1])
-	if _, err := ap.a.Unlock(ctx, 0, nil); !errors.Is(err, keys.ErrTooFewShares) {
-		t.Fatalf("one share of 2 of 3: %v, want ErrTooFewShares", err)
+	if _, err := ap.a.Unlock(ctx, 0, nil); !errors.Is(err, agent.ErrShareSplit) || !errors.Is(err, agent.ErrRefused) {
+		t.Fatalf("one share of 2 of 3 at a 1-of-1 appliance: %v, want ErrShareSplit and ErrRefused", err)
 	}
 	foreign, err := keys.Deal("rack9", 1, 1)
 	if err != nil {

@@ -2,36 +2,38 @@ package verifier_test
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"testing"
+	"time"
 
+	"github.com/dataembassy/embassy/attest/agent"
 	"github.com/dataembassy/embassy/attest/measure"
 )
+
+// v2Events are the measurements of release 2: another appliance binary.
+var v2Events = []measure.Event{measure.NewEvent("binary", "/bbin/embassy-appliance", []byte("appliance v2")), bootEvents[1]}
 
 // TestUpgradeToNewRelease: while a release-1 boot holds its local share,
 // it seals it to the PCRs release 2 will have; after rebooting into
 // release 2 it unlocks the same store with the same KEK.
 func TestUpgradeToNewRelease(t *testing.T) {
 	f := newFixture(t)
-	v2 := []measure.Event{measure.NewEvent("binary", "/bbin/embassy-appliance", []byte("appliance v2")), bootEvents[1]}
-	f.publish(v2, "2")
+	f.publish(v2Events, "2")
 	ap := f.enrolled("rack1")
 	ctx := context.Background()
 	u, err := ap.a.Unlock(ctx, 0, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u.Release != "embassy-appliance 1" || u.Resealed["embassy-appliance 2"] == nil {
-		t.Fatalf("release %q, resealed for %v", u.Release, keysOf(u.Resealed))
+	if u.Release != "embassy-appliance 1" || len(u.Sealed.ByRelease) != 2 || u.Sealed.ByRelease["embassy-appliance 2"] == nil {
+		t.Fatalf("release %q, sealed for %v", u.Release, slices.Sorted(maps.Keys(u.Sealed.ByRelease)))
 	}
 	if _, err := ap.a.Heartbeat(ctx, 1, nil); err != nil {
 		t.Fatal(err)
 	}
-	sealed := map[string][]byte{u.Release: u.SealedLocal}
-	for k, v := range u.Resealed {
-		sealed[k] = v
-	}
-	ap.reboot(v2)
-	u2, err := ap.a.UnlockSealed(ctx, 1, sealed)
+	ap.reboot(v2Events)
+	u2, err := ap.a.Unlock(ctx, 1, u.Sealed)
 	if err != nil {
 		t.Fatalf("unlock after upgrade: %v", err)
 	}
@@ -39,16 +41,48 @@ func TestUpgradeToNewRelease(t *testing.T) {
 		t.Fatalf("after upgrade: release %q, same KEK %v", u2.Release, sameKEK(u.KEK, u2.KEK))
 	}
 	// The release-1 blob does not open under release 2.
-	ap.reboot(v2)
-	if _, err := ap.a.Unlock(ctx, 1, u.SealedLocal); err == nil {
+	ap.reboot(v2Events)
+	only1 := &agent.Sealed{Set: u.Sealed.Set, ByRelease: map[string][]byte{u.Release: localBlob(u)}}
+	if _, err := ap.a.Unlock(ctx, 1, only1); err == nil {
 		t.Fatal("release-1 sealed share opened under release 2")
 	}
 }
 
-func keysOf(m map[string][]byte) []string {
-	var out []string
-	for k := range m {
-		out = append(out, k)
+// TestUpgradeSealedOnHeartbeat: a release published after the rack booted
+// reaches it as a seal target on a heartbeat, once; the reboot into it
+// unlocks the same store.
+func TestUpgradeSealedOnHeartbeat(t *testing.T) {
+	f := newFixture(t)
+	ap := f.enrolled("rack1")
+	ctx := context.Background()
+	u, err := ap.a.Unlock(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
+	if len(u.Sealed.ByRelease) != 1 {
+		t.Fatalf("sealed for %v before release 2 exists", slices.Sorted(maps.Keys(u.Sealed.ByRelease)))
+	}
+	f.publish(v2Events, "2")
+	f.now = f.now.Add(3 * time.Second) // past the policy cache (PolicyRefresh)
+	r, err := ap.a.Heartbeat(ctx, 1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob := r.Resealed["embassy-appliance 2"]
+	if len(r.Resealed) != 1 || blob == nil {
+		t.Fatalf("heartbeat resealed %v", slices.Sorted(maps.Keys(r.Resealed)))
+	}
+	if r2, err := ap.a.Heartbeat(ctx, 1, nil); err != nil || r2.Resealed != nil {
+		t.Fatalf("second heartbeat resealed %v (%v): a release is sealed to once per boot", r2.Resealed, err)
+	}
+	u.Sealed.ByRelease["embassy-appliance 2"] = blob
+	ap.a.Close()
+	ap.reboot(v2Events)
+	u2, err := ap.a.Unlock(ctx, 1, u.Sealed)
+	if err != nil {
+		t.Fatalf("unlock after upgrade: %v", err)
+	}
+	if u2.Release != "embassy-appliance 2" || !sameKEK(u.KEK, u2.KEK) {
+		t.Fatalf("after upgrade: release %q, same KEK %v", u2.Release, sameKEK(u.KEK, u2.KEK))
+	}
 }

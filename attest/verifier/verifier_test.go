@@ -32,7 +32,7 @@ func TestHappyPath(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Unlock: %v", err)
 	}
-	if !u.Provision || u.SealedLocal == nil || len(u.KEK) != 32 || u.Lease <= 0 {
+	if !u.Provision || localBlob(u) == nil || len(u.KEK) != 32 || u.Lease <= 0 {
 		t.Fatalf("first unlock: %+v", u)
 	}
 	if rec := f.lastAudit(); rec.Action != "attest-unlock" || rec.Outcome != "ok" {
@@ -44,7 +44,7 @@ func TestHappyPath(t *testing.T) {
 	}
 	// Next boot: same KEK from the sealed local share and the remote share.
 	ap.reboot(bootEvents)
-	u2, err := ap.a.Unlock(ctx, 1, u.SealedLocal)
+	u2, err := ap.a.Unlock(ctx, 1, u.Sealed)
 	if err != nil {
 		t.Fatalf("second Unlock: %v", err)
 	}

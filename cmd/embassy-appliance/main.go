@@ -79,6 +79,7 @@ func run(ctx context.Context, log *slog.Logger, configPath, tpmPath string) erro
 	if err != nil {
 		return err
 	}
+	defer attester.Close()
 	// The measurement plan is the one images/predict predicts PCR 15 from.
 	var measurements []appliance.Measurement
 	for _, s := range measure.AppliancePlan(self, cfgBytes) {

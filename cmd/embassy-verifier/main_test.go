@@ -101,14 +101,19 @@ func TestEndToEnd(t *testing.T) {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca)
-	a, err := agent.New(agent.Config{VerifierURL: "https://" + addr, ApplianceID: "rack1", RootCAs: pool, TPM: sw.RW(), Log: &mlog,
+	a, err := agent.New(agent.Config{Verifiers: []agent.Endpoint{{Name: "v", URL: "https://" + addr, RootCAs: pool}}, ApplianceID: "rack1", TPM: sw.RW(), Log: &mlog,
 		EventLog: func() ([]byte, error) { return []byte{}, nil }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	must(t, a.Enroll(ctx))
-	if err := a.Enroll(ctx); !errors.Is(err, agent.ErrAlreadyEnrolled) {
-		t.Fatalf("second Enroll: %v", err)
+	if ans, err := a.Enroll(ctx); err != nil || len(ans) != 1 || ans[0].Outcome != agent.OutcomeEnrolled {
+		t.Fatalf("Enroll: %+v %v", ans, err)
+	}
+	again, err := agent.New(agent.Config{Verifiers: []agent.Endpoint{{Name: "v", URL: "https://" + addr, RootCAs: pool}}, ApplianceID: "rack1", TPM: sw.RW(), Log: &mlog,
+		EventLog: func() ([]byte, error) { return []byte{}, nil }})
+	must(t, err)
+	if ans, err := again.Enroll(ctx); err != nil || len(ans) != 1 || ans[0].Outcome != agent.OutcomeAlreadyEnrolled {
+		t.Fatalf("second Enroll: %+v %v", ans, err)
 	}
 	u, err := a.Unlock(ctx, 0, nil)
 	if err != nil {
@@ -117,8 +122,8 @@ func TestEndToEnd(t *testing.T) {
 	if !u.Provision || len(u.KEK) != 32 || u.Release != "embassy-appliance 1" {
 		t.Fatalf("unlock: %+v", u)
 	}
-	if lease, err := a.Heartbeat(ctx, 1, nil); err != nil || lease != 10*time.Minute {
-		t.Fatalf("heartbeat: %v %v", lease, err)
+	if r, err := a.Heartbeat(ctx, 1, nil); err != nil || r.Answers[0].Lease != 10*time.Minute || r.Lease <= 9*time.Minute {
+		t.Fatalf("heartbeat: %+v %v", r, err)
 	}
 	must(t, db.Revoke(ctx, "rack1", "test", "op"))
 	if _, err := a.Heartbeat(ctx, 1, nil); !errors.Is(err, agent.ErrRevoked) {
