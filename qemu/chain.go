@@ -3,7 +3,6 @@ package qemu
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -177,10 +176,11 @@ func StartVerifier(ctx context.Context, o VerifierOptions) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	caPEM, cert, err := serverPKI(GuestHost, "127.0.0.1")
+	caPEM, leaf, err := serverPKI(GuestHost, "127.0.0.1")
 	if err != nil {
 		return nil, err
 	}
+	cert := leaf.TLSCertificate()
 	v.CAPEM = caPEM
 	if v.l, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 		return nil, err
@@ -188,11 +188,7 @@ func StartVerifier(ctx context.Context, o VerifierOptions) (*Verifier, error) {
 	v.GuestURL = "https://" + net.JoinHostPort(GuestHost, strconv.Itoa(v.l.Addr().(*net.TCPAddr).Port))
 	v.srv = &http.Server{Handler: s, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 	go v.srv.ServeTLS(v.l, "", "")
-	_, v.ReleaseKey, err = ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	if err := db.AddReleaseKey(ctx, v.ReleaseKey.Public().(ed25519.PublicKey), "harness"); err != nil {
+	if v.ReleaseKey, err = trustHarnessKey(ctx, db); err != nil {
 		return nil, err
 	}
 	ok = true
@@ -363,16 +359,16 @@ func ClientPKI(dir, identity string) (string, error) {
 }
 
 // serverPKI makes a CA and a server certificate for hosts.
-func serverPKI(hosts ...string) (string, tls.Certificate, error) {
+func serverPKI(hosts ...string) (string, *pki.Leaf, error) {
 	ca, err := pki.NewCA("Embassy verifier CA", 30*24*time.Hour)
 	if err != nil {
-		return "", tls.Certificate{}, err
+		return "", nil, err
 	}
 	leaf, err := ca.Issue(pki.LeafOptions{CommonName: "verifier", Usage: pki.Server, Hosts: hosts, Validity: 30 * 24 * time.Hour})
 	if err != nil {
-		return "", tls.Certificate{}, err
+		return "", nil, err
 	}
-	return string(ca.CertPEM()), leaf.TLSCertificate(), nil
+	return string(ca.CertPEM()), leaf, nil
 }
 
 // ErrNoIdentity reports no NBD server identity (on the console or at the
