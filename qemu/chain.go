@@ -8,7 +8,6 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -294,50 +293,6 @@ func (v *Verifier) PinServerIdentity(ctx context.Context, m *Machine, id string,
 // Audit returns the audit records about appliance id.
 func (v *Verifier) Audit(ctx context.Context, id string) ([]verifier.AuditRecord, error) {
 	return v.DB.AuditRecords(ctx, verifier.AuditFilter{Appliance: id})
-}
-
-// ConfigOptions describe an appliance configuration for the harness.
-type ConfigOptions struct {
-	Identity      string
-	VerifierURL   string
-	VerifierCAPEM string
-	// ClientCAPEM and ClientIdentity grant one client read-write access to
-	// the export "registers".
-	ClientCAPEM    string
-	ClientIdentity string
-	// RetryMax bounds the appliance's retry backoff (default 4s).
-	RetryMax time.Duration
-	// DiskDevice is the data disk's block device (disk.device; default
-	// the appliance's, /dev/vda). Booting a disk image, name the image's
-	// store partition, e.g. StorePartition.
-	DiskDevice string
-}
-
-// StorePartition names the disk image's store partition (images/disk,
-// GPT name "embassy-store") the way udev would; the appliance resolves
-// it through sysfs (no udev in the initramfs), so it does not depend on
-// the boot disk being /dev/vda.
-const StorePartition = "/dev/disk/by-partlabel/embassy-store"
-
-// ApplianceConfig returns a configuration for QEMU's user network.
-func ApplianceConfig(o ConfigOptions) ([]byte, error) {
-	if o.RetryMax == 0 {
-		o.RetryMax = 4 * time.Second
-	}
-	cfg := map[string]any{
-		"version":  1,
-		"identity": o.Identity,
-		"verifier": map[string]any{"url": o.VerifierURL, "ca_pem": o.VerifierCAPEM},
-		"nbd": map[string]any{"client_ca_pem": o.ClientCAPEM, "exports": []any{
-			map[string]any{"name": "registers", "grants": []any{map[string]any{"identity": o.ClientIdentity, "access": "rw"}}},
-		}},
-		"network": map[string]any{"mode": "static", "address": "10.0.2.15/24", "gateway": GuestHost},
-		"retry":   map[string]any{"initial": "1s", "max": o.RetryMax.String()},
-	}
-	if o.DiskDevice != "" {
-		cfg["disk"] = map[string]any{"device": o.DiskDevice}
-	}
-	return json.MarshalIndent(cfg, "", "  ")
 }
 
 // ClientPKI writes a client CA and a client certificate for identity into
