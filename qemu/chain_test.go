@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +22,9 @@ const (
 	clientID    = "tallinn-client"
 	nbdPort     = 10809
 )
+
+// imageSeq numbers the chains' images.
+var imageSeq atomic.Int32
 
 // chain is a verifier (or a k-of-n cluster of verifier processes), a
 // client PKI, a manufactured TPM and an appliance image configured for
@@ -90,7 +94,8 @@ func (c *chain) build(t testing.TB, o qemu.ConfigOptions) {
 	if c.config, err = qemu.ApplianceConfig(o); err != nil {
 		t.Fatal(err)
 	}
-	c.img = buildAppliance(t, c.config, fmt.Sprintf("%s.initrd", t.Name()))
+	// One test may build several chains (a benchmark compares two).
+	c.img = buildAppliance(t, c.config, fmt.Sprintf("%s-%d.initrd", t.Name(), imageSeq.Add(1)))
 	if c.binary, err = os.ReadFile(filepath.Join(filepath.Dir(c.img.Initrd), "embassy-appliance")); err != nil {
 		t.Fatal(err)
 	}
