@@ -236,3 +236,14 @@ func (c *chain) noServing(t testing.TB, m *qemu.Machine) {
 		t.Errorf("an NBD client got through:\n%s", out)
 	}
 }
+
+// nbdAnswers reports whether an NBD client gets through to the export.
+func (c *chain) nbdAnswers(t testing.TB, m *qemu.Machine) error {
+	t.Helper()
+	cmd := exec.Command(testenv.Tool(t, "nbdinfo"), "--size", c.uri(m))
+	cmd.Env = testenv.SystemPathEnv()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("nbdinfo: %w\n%s", err, out)
+	}
+	return nil
+}
