@@ -1,0 +1,97 @@
+//go:build embassy_issue17
+
+// Built with -tags embassy_issue17 until the issue 17 branches are merged
+// (see enroll_ceremony.go); on merge drop the build line.
+
+package main
+
+import (
+	"bytes"
+	"database/sql"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dataembassy/embassy/internal/pki"
+)
+
+// remoteShare reads the share value a verifier database holds for id.
+func remoteShare(t *testing.T, db, id string) []byte {
+	t.Helper()
+	raw, err := sql.Open("sqlite", db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	var v []byte
+	if err := raw.QueryRow(`SELECT remote_share FROM appliances WHERE id = ?`, id).Scan(&v); err != nil {
+		t.Fatalf("%s: %v", db, err)
+	}
+	return v
+}
+
+// TestEnrollThreshold: one enroll with --db repeated deals k-of-n shares
+// and enrolls the EK into every database with its own share; a database
+// that refuses (here: it has EK roots, so a bare EK public key is not
+// enough) is reported and the others keep their share; the threshold is
+// checked against the number of databases.
+func TestEnrollThreshold(t *testing.T) {
+	a, b, c := newDB(t), newDB(t), newDB(t)
+	ek := writeEKPub(t)
+	ca, err := pki.NewCA("TPM vendor", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Join(t.TempDir(), "root.pem")
+	os.WriteFile(root, ca.CertPEM(), 0o644)
+	if out, code := ctl(t, "ekroot", "add", "--db", c, root); code != 0 {
+		t.Fatalf("ekroot add: %s", out)
+	}
+
+	for _, args := range [][]string{
+		{"--db", a, "--db", b, "--db", c},                     // k required with n > 1
+		{"--db", a, "--db", b, "--db", c, "--threshold", "4"}, // k > n
+		{"--db", a, "--db", b, "--threshold", "0"},            // k < 1
+		{"--db", a, "--db", a, "--threshold", "1"},            // one database twice
+	} {
+		out, code := ctl(t, append(append([]string{"enroll"}, args...), "--id", "rack1", "--ek-pub", ek)...)
+		if code != 2 || !strings.Contains(out, "usage") {
+			t.Errorf("%q: exit %d\n%s", args, code, out)
+		}
+	}
+
+	out, code := ctl(t, "enroll", "--db", a, "--db", b, "--db", c, "--threshold", "2", "--id", "rack1", "--ek-pub", ek)
+	if code != 1 {
+		t.Fatalf("enroll with one database refusing: exit %d\n%s", code, out)
+	}
+	for _, want := range []string{"dealt 2-of-3 key shares for rack1", "share 1  " + a, "share 2  " + b, "share 3  " + c + "  FAILED", "EK certificate is required",
+		"enrolled at 2 of 3 verifiers, 2 still grant the key (threshold 2)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	sa, sb := remoteShare(t, a, "rack1"), remoteShare(t, b, "rack1")
+	if len(sa) != 32 || len(sb) != 32 || bytes.Equal(sa, sb) {
+		t.Errorf("shares %x and %x: want two different 32-byte shares", sa, sb)
+	}
+	// Nothing is enrolled when a database already knows the appliance.
+	d := newDB(t)
+	out, code = ctl(t, "enroll", "--db", d, "--db", a, "--threshold", "1", "--id", "rack1", "--ek-pub", ek)
+	if code != 1 || !strings.Contains(out, "already exists") {
+		t.Fatalf("enroll into a database that has it: exit %d\n%s", code, out)
+	}
+	if out, _ := ctl(t, "appliances", "list", "--db", d); strings.Contains(out, "rack1") {
+		t.Errorf("enrolled into %s though %s refused first:\n%s", d, a, out)
+	}
+
+	// One --db is the 1-of-1 case.
+	out, code = ctl(t, "enroll", "--db", d, "--id", "rack2", "--ek-pub", ek, "--json")
+	var res enrollment
+	if code != 0 || json.Unmarshal([]byte(out), &res) != nil || res.Threshold != 1 || res.Total != 1 || len(res.Verifiers) != 1 ||
+		!res.Verifiers[0].Enrolled || res.Verifiers[0].Share != 1 || len(res.Set) != 32 {
+		t.Fatalf("1-of-1: exit %d\n%s", code, out)
+	}
+}
