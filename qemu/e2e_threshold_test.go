@@ -61,6 +61,23 @@ func waitAnswer(t testing.TB, m *qemu.Machine, from int, name, outcome string, w
 	return l
 }
 
+// audited counts the successful attest records of action (attest-unlock,
+// attest-heartbeat) verifier v holds about the appliance since since.
+func audited(t testing.TB, v *qemu.VerifierProcess, action string, since time.Time) int {
+	t.Helper()
+	recs, err := v.Audit(context.Background(), applianceID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, r := range recs {
+		if r.Action == action && r.Outcome == "ok" && !r.Time.Before(since.Truncate(time.Second)) {
+			n++
+		}
+	}
+	return n
+}
+
 // TestE2EThreshold boots the appliance once against three verifier
 // processes granting its key 2 of 3 with a 20 s lease: it serves with all
 // three answering; with one verifier killed it still serves after that
@@ -75,6 +92,9 @@ func TestE2EThreshold(t *testing.T) {
 	c.waitServing(t, m, 0)
 	for _, name := range verifierNames {
 		waitAnswer(t, m, 0, name, "granted", time.Second)
+		if n := audited(t, c.cluster.Verifier(name), "attest-unlock", time.Time{}); n != 1 {
+			t.Errorf("verifier %s granted %d unlocks, want 1", name, n)
+		}
 	}
 	data := make([]byte, 4<<20)
 	rand.Read(data)
@@ -102,6 +122,11 @@ func TestE2EThreshold(t *testing.T) {
 	}
 	if !bytes.Equal(readBack(t, c.uri(m), len(data)), data) {
 		t.Fatal("data read back with one verifier down differs")
+	}
+	for _, name := range []string{"tallinn", "narva"} {
+		if n := audited(t, c.cluster.Verifier(name), "attest-heartbeat", killed); n == 0 {
+			t.Errorf("verifier %s renewed no lease after tartu was killed", name)
+		}
 	}
 	t.Logf("still serving %v after killing tartu (lease %v); running: %v", time.Since(killed).Round(time.Second), lease, c.cluster.Running())
 
