@@ -346,9 +346,9 @@ func (a *Appliance) serve(ctx context.Context, store Store, id *ServerIdentity, 
 		renewed := r.Lease
 		expires = time.Now().Add(renewed)
 		if first {
-			a.log.Info("server identity reported to the verifier", "sha256", id.Fingerprint, "lease", renewed)
+			a.log.Info("server identity reported to the verifier", "sha256", id.Fingerprint, "lease", renewed, "renewed_by", renewedBy(r.Answers))
 		} else {
-			a.log.Info("lease renewed", "lease", renewed, "epoch", store.Epoch())
+			a.log.Info("lease renewed", "lease", renewed, "epoch", store.Epoch(), "renewed_by", renewedBy(r.Answers))
 		}
 		wait = time.Duration(float64(time.Until(expires)) * a.o.RenewFraction)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -87,6 +88,18 @@ func (a *Appliance) logAnswers(answers []Answer, heartbeat bool) {
 			a.log.Info("verifier answered", args...)
 		}
 	}
+}
+
+// renewedBy names the verifiers that renewed, comma-separated, for the
+// console's "lease renewed" line: which authorities still vouch.
+func renewedBy(answers []Answer) string {
+	var names []string
+	for _, an := range answers {
+		if an.Outcome == OutcomeRenewed {
+			names = append(names, an.Verifier)
+		}
+	}
+	return strings.Join(names, ",")
 }
 
 // addResealed keeps the local share sealed to newly published releases in

@@ -104,7 +104,8 @@ func TestVersion1HeaderHalts(t *testing.T) {
 }
 
 // TestAnswersLogged: every verifier's answer is on the console at unlock;
-// on heartbeats only the ones that are not renewed or unused, at Warn.
+// on heartbeats only the ones that are not renewed or unused, at Warn, and
+// the summary line names the verifiers that renewed.
 func TestAnswersLogged(t *testing.T) {
 	disk := newMemDevice(64 << 10)
 	down := errors.New("dial tcp 10.0.2.3:8443: connection refused")
@@ -149,6 +150,10 @@ func TestAnswersLogged(t *testing.T) {
 	}
 	if got := count("outcome=renewed") + count("outcome=unused"); got != 0 {
 		t.Errorf("%d renewed/unused answers at Info or above, want 0 (Debug)", got)
+	}
+	// The heartbeat's summary names who renewed (a only: c was unused).
+	if got := count(`msg="server identity reported to the verifier"`, "renewed_by=a") - count("renewed_by=a,"); got != 1 {
+		t.Errorf("%d heartbeat lines naming a alone as renewing, want 1:\n%s", got, r.log.String())
 	}
 }
 

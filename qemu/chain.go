@@ -3,13 +3,11 @@ package qemu
 import (
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -177,10 +175,11 @@ func StartVerifier(ctx context.Context, o VerifierOptions) (*Verifier, error) {
 	if err != nil {
 		return nil, err
 	}
-	caPEM, cert, err := serverPKI(GuestHost, "127.0.0.1")
+	caPEM, leaf, err := serverPKI(GuestHost, "127.0.0.1")
 	if err != nil {
 		return nil, err
 	}
+	cert := leaf.TLSCertificate()
 	v.CAPEM = caPEM
 	if v.l, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 		return nil, err
@@ -188,11 +187,7 @@ func StartVerifier(ctx context.Context, o VerifierOptions) (*Verifier, error) {
 	v.GuestURL = "https://" + net.JoinHostPort(GuestHost, strconv.Itoa(v.l.Addr().(*net.TCPAddr).Port))
 	v.srv = &http.Server{Handler: s, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 	go v.srv.ServeTLS(v.l, "", "")
-	_, v.ReleaseKey, err = ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	if err := db.AddReleaseKey(ctx, v.ReleaseKey.Public().(ed25519.PublicKey), "harness"); err != nil {
+	if v.ReleaseKey, err = trustHarnessKey(ctx, db); err != nil {
 		return nil, err
 	}
 	ok = true
@@ -213,15 +208,9 @@ func (v *Verifier) Close() {
 }
 
 // Enroll registers an appliance by its TPM's EK certificate (trusting the
-// TPM's manufacturer CA).
+// TPM's manufacturer CA); the verifier deals itself a 1-of-1 share.
 func (v *Verifier) Enroll(ctx context.Context, id string, t *TPM) error {
-	if err := v.DB.AddEKRoot(ctx, t.CA, "harness"); err != nil {
-		return err
-	}
-	if err := v.DB.AddEKRoot(ctx, t.Intermediate, "harness"); err != nil {
-		return err
-	}
-	return v.DB.Enroll(ctx, verifier.EnrollParams{ID: id, EKCert: t.EKCert, Actor: "harness"})
+	return v.EnrollShare(ctx, id, t, nil)
 }
 
 // Publish signs and publishes a release expecting pcrs.
@@ -300,50 +289,6 @@ func (v *Verifier) Audit(ctx context.Context, id string) ([]verifier.AuditRecord
 	return v.DB.AuditRecords(ctx, verifier.AuditFilter{Appliance: id})
 }
 
-// ConfigOptions describe an appliance configuration for the harness.
-type ConfigOptions struct {
-	Identity      string
-	VerifierURL   string
-	VerifierCAPEM string
-	// ClientCAPEM and ClientIdentity grant one client read-write access to
-	// the export "registers".
-	ClientCAPEM    string
-	ClientIdentity string
-	// RetryMax bounds the appliance's retry backoff (default 4s).
-	RetryMax time.Duration
-	// DiskDevice is the data disk's block device (disk.device; default
-	// the appliance's, /dev/vda). Booting a disk image, name the image's
-	// store partition, e.g. StorePartition.
-	DiskDevice string
-}
-
-// StorePartition names the disk image's store partition (images/disk,
-// GPT name "embassy-store") the way udev would; the appliance resolves
-// it through sysfs (no udev in the initramfs), so it does not depend on
-// the boot disk being /dev/vda.
-const StorePartition = "/dev/disk/by-partlabel/embassy-store"
-
-// ApplianceConfig returns a configuration for QEMU's user network.
-func ApplianceConfig(o ConfigOptions) ([]byte, error) {
-	if o.RetryMax == 0 {
-		o.RetryMax = 4 * time.Second
-	}
-	cfg := map[string]any{
-		"version":  1,
-		"identity": o.Identity,
-		"verifier": map[string]any{"url": o.VerifierURL, "ca_pem": o.VerifierCAPEM},
-		"nbd": map[string]any{"client_ca_pem": o.ClientCAPEM, "exports": []any{
-			map[string]any{"name": "registers", "grants": []any{map[string]any{"identity": o.ClientIdentity, "access": "rw"}}},
-		}},
-		"network": map[string]any{"mode": "static", "address": "10.0.2.15/24", "gateway": GuestHost},
-		"retry":   map[string]any{"initial": "1s", "max": o.RetryMax.String()},
-	}
-	if o.DiskDevice != "" {
-		cfg["disk"] = map[string]any{"device": o.DiskDevice}
-	}
-	return json.MarshalIndent(cfg, "", "  ")
-}
-
 // ClientPKI writes a client CA and a client certificate for identity into
 // dir, in libnbd's tls-certificates layout (client-cert.pem,
 // client-key.pem), and returns the CA certificate PEM.
@@ -363,16 +308,16 @@ func ClientPKI(dir, identity string) (string, error) {
 }
 
 // serverPKI makes a CA and a server certificate for hosts.
-func serverPKI(hosts ...string) (string, tls.Certificate, error) {
+func serverPKI(hosts ...string) (string, *pki.Leaf, error) {
 	ca, err := pki.NewCA("Embassy verifier CA", 30*24*time.Hour)
 	if err != nil {
-		return "", tls.Certificate{}, err
+		return "", nil, err
 	}
 	leaf, err := ca.Issue(pki.LeafOptions{CommonName: "verifier", Usage: pki.Server, Hosts: hosts, Validity: 30 * 24 * time.Hour})
 	if err != nil {
-		return "", tls.Certificate{}, err
+		return "", nil, err
 	}
-	return string(ca.CertPEM()), leaf.TLSCertificate(), nil
+	return string(ca.CertPEM()), leaf, nil
 }
 
 // ErrNoIdentity reports no NBD server identity (on the console or at the

@@ -69,21 +69,8 @@ func (a *Agent) attestation(ak *client.Key, extra []byte) ([]byte, error) {
 	return proto.Marshal(att)
 }
 
-// quote makes the attestation over the verifier's nonce, holding the TPM
-// only for the quote itself so that verifiers are asked concurrently.
-func (a *Agent) quote(extra []byte) ([]byte, error) {
-	a.tpmMu.Lock()
-	defer a.tpmMu.Unlock()
-	ak, err := client.AttestationKeyRSA(a.cfg.TPM)
-	if err != nil {
-		return nil, fmt.Errorf("agent: AK: %w", err)
-	}
-	defer ak.Close()
-	return a.attestation(ak, extra)
-}
-
 // attest fetches a nonce from v and presents a quote for purpose.
-func (a *Agent) attest(ctx context.Context, v *verifierClient, purpose protocol.Purpose, epoch uint64, serverCert []byte) (*protocol.AttestResponse, error) {
+func (a *Agent) attest(ctx context.Context, r *tpmRound, v *verifierClient, purpose protocol.Purpose, epoch uint64, serverCert []byte) (*protocol.AttestResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
 	defer cancel()
 	var n protocol.NonceResponse
@@ -94,7 +81,7 @@ func (a *Agent) attest(ctx context.Context, v *verifierClient, purpose protocol.
 	if err != nil {
 		return nil, err
 	}
-	att, err := a.quote(protocol.QuoteData(n.Nonce, a.cfg.ApplianceID, purpose, epoch, serverCert))
+	att, err := r.quote(protocol.QuoteData(n.Nonce, a.cfg.ApplianceID, purpose, epoch, serverCert))
 	if err != nil {
 		return nil, err
 	}
@@ -115,14 +102,15 @@ type reply struct {
 	err  error
 }
 
-// askAll attests to every verifier concurrently and delivers each reply on
-// the returned channel, which is closed when all have answered.
-func (a *Agent) askAll(ctx context.Context, purpose protocol.Purpose, epoch uint64, serverCert []byte) <-chan reply {
+// askAll attests to every verifier concurrently, quoting with the round's
+// AK, and delivers each reply on the returned channel, which is closed
+// when all have answered.
+func (a *Agent) askAll(ctx context.Context, r *tpmRound, purpose protocol.Purpose, epoch uint64, serverCert []byte) <-chan reply {
 	out := make(chan reply, len(a.verifiers))
 	done := make(chan struct{})
 	for _, v := range a.verifiers {
 		go func() {
-			resp, err := a.attest(ctx, v, purpose, epoch, serverCert)
+			resp, err := a.attest(ctx, r, v, purpose, epoch, serverCert)
 			out <- reply{v: v, resp: resp, err: err}
 			done <- struct{}{}
 		}()

@@ -3,7 +3,6 @@ package agent
 import (
 	"errors"
 	"fmt"
-	"io"
 
 	"github.com/dataembassy/embassy/attest/keys"
 	"github.com/google/go-tpm-tools/client"
@@ -17,12 +16,7 @@ var ErrImport = errors.New("agent: TPM refused to import the remote share")
 // importShare imports one verifier's granted share with the EK. The TPM
 // refuses a blob made for another TPM's EK or for other PCR values; the
 // share itself is checked against the others by keys.Combine.
-func importShare(rw io.ReadWriter, blob *tpmpb.ImportBlob) (*keys.Share, error) {
-	ek, err := client.EndorsementKeyRSA(rw)
-	if err != nil {
-		return nil, fmt.Errorf("agent: EK: %w", err)
-	}
-	defer ek.Close()
+func importShare(ek *client.Key, blob *tpmpb.ImportBlob) (*keys.Share, error) {
 	raw, err := ek.Import(blob)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrImport, err)

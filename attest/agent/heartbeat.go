@@ -45,7 +45,9 @@ func (a *Agent) Heartbeat(ctx context.Context, epoch uint64, serverCert []byte) 
 	start := time.Now()
 	answers := map[string]Answer{}
 	var resps []*protocol.AttestResponse
-	for r := range a.askAll(ctx, protocol.PurposeHeartbeat, epoch, serverCert) {
+	round := a.newRound()
+	replies := a.askAll(ctx, round, protocol.PurposeHeartbeat, epoch, serverCert)
+	for r := range replies {
 		name := r.v.name
 		switch {
 		case r.err != nil:
@@ -57,6 +59,7 @@ func (a *Agent) Heartbeat(ctx context.Context, epoch uint64, serverCert []byte) 
 			resps = append(resps, r.resp)
 		}
 	}
+	round.close()
 	list := a.inOrder(answers)
 	a.tpmMu.Lock()
 	defer a.tpmMu.Unlock()

@@ -91,7 +91,9 @@ func (a *Agent) Unlock(ctx context.Context, epoch uint64, sealed *Sealed) (*Unlo
 		combineErr error
 		grace      <-chan time.Time
 	)
-	replies := a.askAll(rctx, protocol.PurposeUnlock, epoch, nil)
+	round := a.newRound()
+	defer round.close()
+	replies := a.askAll(rctx, round, protocol.PurposeUnlock, epoch, nil)
 	for replies != nil {
 		var r reply
 		var ok bool
@@ -121,7 +123,7 @@ func (a *Agent) Unlock(ctx context.Context, epoch uint64, sealed *Sealed) (*Unlo
 			winners = append(winners, grant{resp: r.resp})
 			continue
 		}
-		sh, err := a.grantedShare(r.resp, sealed)
+		sh, err := a.grantedShare(round, r.resp, sealed)
 		if err != nil {
 			// A share that cannot be used counts as this verifier's refusal.
 			answers[name] = Answer{Verifier: name, Outcome: OutcomeRefused, Release: r.resp.Release, Err: fmt.Errorf("%w: %w", ErrRefused, err)}
@@ -177,7 +179,7 @@ func (a *Agent) Unlock(ctx context.Context, epoch uint64, sealed *Sealed) (*Unlo
 
 // grantedShare decodes and imports the share in resp, refusing one of a
 // provisioning other than sealed's.
-func (a *Agent) grantedShare(resp *protocol.AttestResponse, sealed *Sealed) (*keys.Share, error) {
+func (a *Agent) grantedShare(round *tpmRound, resp *protocol.AttestResponse, sealed *Sealed) (*keys.Share, error) {
 	if resp.Decision != protocol.DecisionGranted || len(resp.ImportBlob) == 0 {
 		return nil, fmt.Errorf("agent: verifier answered %q without a share", resp.Decision)
 	}
@@ -185,9 +187,7 @@ func (a *Agent) grantedShare(resp *protocol.AttestResponse, sealed *Sealed) (*ke
 	if err := proto.Unmarshal(resp.ImportBlob, &blob); err != nil {
 		return nil, fmt.Errorf("agent: import blob: %w", err)
 	}
-	a.tpmMu.Lock()
-	sh, err := importShare(a.cfg.TPM, &blob)
-	a.tpmMu.Unlock()
+	sh, err := round.importShare(&blob)
 	if err != nil {
 		return nil, err
 	}

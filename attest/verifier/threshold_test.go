@@ -18,12 +18,12 @@ import (
 // cluster is n independent verifiers (own database, release key, TLS
 // certificate) holding the shares of one k-of-n dealing per appliance.
 type cluster struct {
-	t  *testing.T
+	t  testing.TB
 	k  int
 	fs []*fixture
 }
 
-func newCluster(t *testing.T, k, n int) *cluster {
+func newCluster(t testing.TB, k, n int) *cluster {
 	t.Helper()
 	c := &cluster{t: t, k: k}
 	for range n {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/dataembassy/embassy/attest/release"
@@ -50,27 +51,72 @@ func releaseThreshold(args []string, stdout, stderr io.Writer) error {
 }
 
 func releasePublish(args []string, stdout, stderr io.Writer) error {
-	fs, df := newDBFlags("release publish", "[--db D] [--json] ENVELOPE.json", stdout, stderr)
+	fs, df := newMultiDBFlags("release publish", "[--db D]... [--json] ENVELOPE.json", stdout, stderr)
 	if err := fs.args(1, 1).parse(args); err != nil {
+		return err
+	}
+	if err := df.unique(fs); err != nil {
 		return err
 	}
 	env, err := readEnvelope(fs.Arg(0))
 	if err != nil {
 		return err
 	}
-	return df.withDB(func(ctx context.Context, db *verifier.DB) error {
-		v, err := db.PublishRelease(ctx, env, *df.actor)
-		if err != nil {
-			return err
+	return df.withDBs(func(ctx context.Context, dbs []verifierDB) error {
+		// Every verifier checks the signatures against its own trusted
+		// keys and threshold: publish to each, report each.
+		var views []publishView
+		var failed []string
+		for _, v := range dbs {
+			ver, err := v.db.PublishRelease(ctx, env, *df.actor)
+			if err != nil {
+				failed = append(failed, v.path)
+				views = append(views, publishView{DB: v.path, Error: err.Error()})
+				if !*df.json {
+					fmt.Fprintf(stdout, "%s: NOT published: %v\n", v.path, err)
+				}
+				continue
+			}
+			view := newManifestView(env, ver.Digest, ver.Manifest, ver.SignedBy)
+			views = append(views, publishView{DB: v.path, Published: &view})
+			if !*df.json {
+				fmt.Fprintf(stdout, "%s: published %s %s (signed by %s)\n", v.path, ver.Manifest.Name, ver.Manifest.Release, strings.Join(ver.SignedBy, ", "))
+			}
 		}
-		view := newManifestView(env, v.Digest, v.Manifest, v.SignedBy)
 		if *df.json {
-			return printJSON(stdout, view)
+			if len(dbs) == 1 && views[0].Published != nil {
+				if err := printJSON(stdout, views[0].Published); err != nil {
+					return err
+				}
+			} else if err := printJSON(stdout, views); err != nil {
+				return err
+			}
+		} else if len(failed) < len(dbs) {
+			fmt.Fprintln(stdout)
+			printManifest(stdout, *firstPublished(views))
 		}
-		fmt.Fprintf(stdout, "published %s %s\n", v.Manifest.Name, v.Manifest.Release)
-		printManifest(stdout, view)
+		if len(failed) > 0 {
+			return fmt.Errorf("release not published to %d of %d verifier databases: %s", len(failed), len(dbs), strings.Join(failed, ", "))
+		}
 		return nil
 	})
+}
+
+// publishView is one verifier database's outcome of release publish
+// --json with several --db.
+type publishView struct {
+	DB        string        `json:"db"`
+	Published *manifestView `json:"published,omitempty"`
+	Error     string        `json:"error,omitempty"`
+}
+
+func firstPublished(views []publishView) *manifestView {
+	for _, v := range views {
+		if v.Published != nil {
+			return v.Published
+		}
+	}
+	return nil
 }
 
 // releaseList prints the published releases.

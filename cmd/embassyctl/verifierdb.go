@@ -24,19 +24,28 @@ type dbFlags struct {
 }
 
 func addDBFlags(fs *cmdFlags) dbFlags {
-	def := os.Getenv("EMBASSY_VERIFIER_DB")
-	if def == "" {
-		def = defaultDB
+	return dbFlags{
+		path:  fs.String("db", defaultDBPath(), "verifier database (env EMBASSY_VERIFIER_DB)"),
+		actor: addActorFlag(fs),
+		json:  fs.Bool("json", false, "print JSON"),
 	}
+}
+
+// defaultDBPath is the verifier database used when --db is not given.
+func defaultDBPath() string {
+	if def := os.Getenv("EMBASSY_VERIFIER_DB"); def != "" {
+		return def
+	}
+	return defaultDB
+}
+
+// addActorFlag declares --actor, defaulting to the user's name.
+func addActorFlag(fs *cmdFlags) *string {
 	who := "operator"
 	if u, err := user.Current(); err == nil {
 		who = u.Username
 	}
-	return dbFlags{
-		path:  fs.String("db", def, "verifier database (env EMBASSY_VERIFIER_DB)"),
-		actor: fs.String("actor", who, "operator name recorded in the audit log"),
-		json:  fs.Bool("json", false, "print JSON"),
-	}
+	return fs.String("actor", who, "operator name recorded in the audit log")
 }
 
 // newDBFlags returns the flag set of a verifier-state command with the
@@ -46,11 +55,15 @@ func newDBFlags(name, synopsis string, stdout, stderr io.Writer) (*cmdFlags, dbF
 	return fs, addDBFlags(fs)
 }
 
-func (d dbFlags) open() (*verifier.DB, error) {
-	if _, err := os.Stat(*d.path); err != nil {
+func (d dbFlags) open() (*verifier.DB, error) { return openDB(*d.path) }
+
+// openDB opens an existing verifier database, durably (operators'
+// changes survive a power cut).
+func openDB(path string) (*verifier.DB, error) {
+	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("verifier database: %w", err)
 	}
-	return verifier.OpenDurableDB(context.Background(), *d.path)
+	return verifier.OpenDurableDB(context.Background(), path)
 }
 
 // withDB opens the verifier database, runs f on it and closes it.

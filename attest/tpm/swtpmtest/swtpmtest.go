@@ -20,6 +20,7 @@ import (
 
 	"github.com/dataembassy/embassy/attest/tpm"
 	"github.com/dataembassy/embassy/internal/testenv"
+	"github.com/google/go-tpm/legacy/tpm2"
 )
 
 // TPM is a running swtpm.
@@ -88,11 +89,16 @@ func (s *TPM) RW() io.ReadWriter {
 }
 
 // Reboot stops the swtpm and starts it again on the same state, as a
-// machine's power cycle would: PCRs and transient objects are reset,
-// persistent objects, NV indexes and the seeds are kept. The connection
-// returned by RW before is dead afterwards; call RW again.
+// machine's orderly reboot would: PCRs and transient objects are reset,
+// persistent objects, NV indexes and the seeds are kept. The TPM is shut
+// down first (TPM2_Shutdown), as an operating system does, so many reboots
+// do not count as unorderly shutdowns towards dictionary-attack lockout.
+// The connection returned by RW before is dead afterwards; call RW again.
 func (s *TPM) Reboot() {
 	s.t.Helper()
+	if err := tpm2.Shutdown(s.RW(), tpm2.StartupClear); err != nil {
+		s.t.Fatalf("TPM2_Shutdown: %v", err)
+	}
 	s.stop()
 	s.start()
 }
