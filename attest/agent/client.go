@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"sync"
+	"time"
 
 	"github.com/dataembassy/embassy/attest/protocol"
 	"github.com/google/go-tpm-tools/client"
@@ -69,31 +71,10 @@ func (a *Agent) attestation(ak *client.Key, extra []byte) ([]byte, error) {
 	return proto.Marshal(att)
 }
 
-// attest fetches a nonce from v and presents a quote for purpose.
-func (a *Agent) attest(ctx context.Context, r *tpmRound, v *verifierClient, purpose protocol.Purpose, epoch uint64, serverCert []byte) (*protocol.AttestResponse, error) {
-	ctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
-	defer cancel()
-	var n protocol.NonceResponse
-	if err := v.post(ctx, protocol.PathNonce, &protocol.NonceRequest{ApplianceID: a.cfg.ApplianceID}, &n); err != nil {
-		return nil, err
-	}
-	logBytes, err := a.cfg.Log.Marshal()
-	if err != nil {
-		return nil, err
-	}
-	att, err := r.quote(protocol.QuoteData(n.Nonce, a.cfg.ApplianceID, purpose, epoch, serverCert))
-	if err != nil {
-		return nil, err
-	}
-	var resp protocol.AttestResponse
-	err = v.post(ctx, protocol.PathAttest, &protocol.AttestRequest{
-		ApplianceID: a.cfg.ApplianceID, Purpose: purpose, Nonce: n.Nonce, StoreEpoch: epoch,
-		Attestation: att, ApplianceLog: logBytes, ServerCert: serverCert}, &resp)
-	if err != nil {
-		return nil, err
-	}
-	return &resp, nil
-}
+// NonceWait is how long a round waits for the other verifiers' nonces
+// after the first arrived before it quotes: every nonce that is in by then
+// is covered by one quote (protocol.QuoteSetData), later ones by another.
+const NonceWait = 250 * time.Millisecond
 
 // reply is one verifier's answer to one round.
 type reply struct {
@@ -102,23 +83,97 @@ type reply struct {
 	err  error
 }
 
-// askAll attests to every verifier concurrently, quoting with the round's
-// AK, and delivers each reply on the returned channel, which is closed
-// when all have answered.
+// nonced is a verifier whose nonce arrived, with the context of its request.
+type nonced struct {
+	v      *verifierClient
+	ctx    context.Context
+	cancel context.CancelFunc
+	nonce  []byte
+	err    error
+}
+
+// askAll attests to every verifier concurrently: it fetches every nonce at
+// once, quotes once over all that arrive within NonceWait of the first
+// (the TPM signs once however many verifiers there are), and presents the
+// quote to each. Each reply is delivered on the returned channel, which is
+// closed when all have answered.
 func (a *Agent) askAll(ctx context.Context, r *tpmRound, purpose protocol.Purpose, epoch uint64, serverCert []byte) <-chan reply {
-	out := make(chan reply, len(a.verifiers))
-	done := make(chan struct{})
+	n := len(a.verifiers)
+	out := make(chan reply, n)
+	nonces := make(chan nonced, n)
 	for _, v := range a.verifiers {
 		go func() {
-			resp, err := a.attest(ctx, r, v, purpose, epoch, serverCert)
-			out <- reply{v: v, resp: resp, err: err}
-			done <- struct{}{}
+			vctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
+			var resp protocol.NonceResponse
+			err := v.post(vctx, protocol.PathNonce, &protocol.NonceRequest{ApplianceID: a.cfg.ApplianceID}, &resp)
+			nonces <- nonced{v: v, ctx: vctx, cancel: cancel, nonce: resp.Nonce, err: err}
 		}()
 	}
 	go func() {
-		for range a.verifiers {
-			<-done
+		logBytes, logErr := a.cfg.Log.Marshal()
+		var wg sync.WaitGroup
+		var batch []nonced
+		var wait <-chan time.Time
+		present := func() {
+			b := batch
+			batch, wait = nil, nil
+			set := make([][]byte, len(b))
+			for i, x := range b {
+				set[i] = protocol.QuoteData(x.nonce, a.cfg.ApplianceID, purpose, epoch, serverCert)
+			}
+			extra := set[0]
+			if len(b) > 1 {
+				extra = protocol.QuoteSetData(set)
+			} else {
+				set = nil
+			}
+			att, err := r.quote(extra)
+			if err == nil {
+				err = logErr
+			}
+			for _, x := range b {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					defer x.cancel()
+					if err != nil {
+						out <- reply{v: x.v, err: err}
+						return
+					}
+					var resp protocol.AttestResponse
+					err := x.v.post(x.ctx, protocol.PathAttest, &protocol.AttestRequest{
+						ApplianceID: a.cfg.ApplianceID, Purpose: purpose, Nonce: x.nonce, StoreEpoch: epoch,
+						Attestation: att, ApplianceLog: logBytes, ServerCert: serverCert, QuoteSet: set}, &resp)
+					if err != nil {
+						out <- reply{v: x.v, err: err}
+						return
+					}
+					out <- reply{v: x.v, resp: &resp}
+				}()
+			}
 		}
+		for pending := n; pending > 0 || batch != nil; {
+			if pending == 0 {
+				present()
+				continue
+			}
+			select {
+			case x := <-nonces:
+				pending--
+				if x.err != nil {
+					x.cancel()
+					out <- reply{v: x.v, err: x.err}
+					continue
+				}
+				if batch == nil {
+					wait = time.After(NonceWait)
+				}
+				batch = append(batch, x)
+			case <-wait:
+				present()
+			}
+		}
+		wg.Wait()
 		close(out)
 	}()
 	return out

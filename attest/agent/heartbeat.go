@@ -45,7 +45,7 @@ func (a *Agent) Heartbeat(ctx context.Context, epoch uint64, serverCert []byte) 
 	start := time.Now()
 	answers := map[string]Answer{}
 	var resps []*protocol.AttestResponse
-	round := a.newRound()
+	round := a.newRound(false)
 	replies := a.askAll(ctx, round, protocol.PurposeHeartbeat, epoch, serverCert)
 	for r := range replies {
 		name := r.v.name

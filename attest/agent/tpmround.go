@@ -58,5 +58,23 @@ func (r *tpmRound) close() {
 	r.ak, r.ek = nil, nil
 }
 
-// newRound starts a round; close it when its replies are handled.
-func (a *Agent) newRound() *tpmRound { return &tpmRound{a: a} }
+// newRound starts a round; close it when its replies are handled. It makes
+// the round's keys at once, while the nonces are on their way and the TPM
+// would otherwise be idle: the AK, and for an unlock the EK.
+func (a *Agent) newRound(unlock bool) *tpmRound {
+	r := &tpmRound{a: a}
+	a.tpmMu.Lock()
+	go func() {
+		defer a.tpmMu.Unlock()
+		// Errors are left for quote and importShare to meet and report.
+		if ak, err := client.AttestationKeyRSA(a.cfg.TPM); err == nil {
+			r.ak = ak
+		}
+		if unlock {
+			if ek, err := client.EndorsementKeyRSA(a.cfg.TPM); err == nil {
+				r.ek = ek
+			}
+		}
+	}()
+	return r
+}

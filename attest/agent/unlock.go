@@ -61,7 +61,8 @@ type grant struct {
 }
 
 // Unlock attests the boot (purpose unlock, reporting the store's epoch) to
-// every verifier concurrently, each with its own nonce and quote, imports
+// every verifier concurrently, each with its own nonce (one quote covers
+// them all: protocol.QuoteSetData), imports
 // each granted share with the EK and, as soon as k shares of one set
 // combine, unseals the local share from sealed (or, when the verifiers say
 // to provision, makes and seals a new one), derives the KEK and extends
@@ -91,7 +92,7 @@ func (a *Agent) Unlock(ctx context.Context, epoch uint64, sealed *Sealed) (*Unlo
 		combineErr error
 		grace      <-chan time.Time
 	)
-	round := a.newRound()
+	round := a.newRound(true)
 	defer round.close()
 	replies := a.askAll(rctx, round, protocol.PurposeUnlock, epoch, nil)
 	for replies != nil {

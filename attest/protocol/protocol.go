@@ -136,7 +136,17 @@ type AttestRequest struct {
 	// server identity reported by the attested software itself rather than
 	// one read off a console in the host country.
 	ServerCert []byte `json:"server_cert,omitempty"`
+	// QuoteSet, when not empty, lists the QuoteData of every verifier one
+	// quote was made for (SHA-256 each, at most MaxQuoteSet): an appliance
+	// attesting to k of n verifiers quotes once over QuoteSetData(QuoteSet)
+	// instead of once per verifier. It must contain this request's own
+	// QuoteData. The other entries are digests, so this verifier learns
+	// nothing of the others' nonces and cannot present their requests.
+	QuoteSet [][]byte `json:"quote_set,omitempty"`
 }
+
+// MaxQuoteSet bounds AttestRequest.QuoteSet (one entry per verifier).
+const MaxQuoteSet = 16
 
 // AttestResponse is the verifier's positive decision.
 type AttestResponse struct {
@@ -210,6 +220,18 @@ func QuoteData(nonce []byte, applianceID string, purpose Purpose, epoch uint64, 
 	writeField(h, []byte(purpose))
 	binary.Write(h, binary.BigEndian, epoch)
 	writeField(h, serverCert)
+	return h.Sum(nil)
+}
+
+// QuoteSetData is the extraData of one quote made for several verifiers:
+// it commits to each verifier's QuoteData, in the order given.
+func QuoteSetData(set [][]byte) []byte {
+	h := sha256.New()
+	h.Write([]byte("embassy-attest-set-v1\x00"))
+	binary.Write(h, binary.BigEndian, uint32(len(set)))
+	for _, d := range set {
+		h.Write(d)
+	}
 	return h.Sum(nil)
 }
 
@@ -305,6 +327,16 @@ func (r *AttestRequest) Validate() error {
 	}
 	if len(r.ServerCert) > MaxServerCert {
 		return fmt.Errorf("%w: server_cert of %d bytes (at most %d)", ErrFormat, len(r.ServerCert), MaxServerCert)
+	}
+	if len(r.QuoteSet) > MaxQuoteSet {
+		return fmt.Errorf("%w: quote_set of %d entries (at most %d)", ErrFormat, len(r.QuoteSet), MaxQuoteSet)
+	}
+	seen := map[string]bool{}
+	for _, d := range r.QuoteSet {
+		if len(d) != sha256.Size || seen[string(d)] {
+			return fmt.Errorf("%w: quote_set entries must be distinct %d-byte digests", ErrFormat, sha256.Size)
+		}
+		seen[string(d)] = true
 	}
 	return nil
 }

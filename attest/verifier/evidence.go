@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto"
 	"fmt"
+	"slices"
 
 	"github.com/dataembassy/embassy/attest/measure"
 	"github.com/dataembassy/embassy/attest/protocol"
@@ -46,6 +47,12 @@ func verifyEvidence(enrolled *appliance, req *protocol.AttestRequest) (map[int][
 		return nil, refuse("quote", -1, "no SHA-256 quote in the attestation")
 	}
 	extra := protocol.QuoteData(req.Nonce, enrolled.id, req.Purpose, req.StoreEpoch, req.ServerCert)
+	if len(req.QuoteSet) > 0 {
+		if !slices.ContainsFunc(req.QuoteSet, func(d []byte) bool { return bytes.Equal(d, extra) }) {
+			return nil, refuse("quote", -1, "the quote set does not cover this verifier's nonce and request")
+		}
+		extra = protocol.QuoteSetData(req.QuoteSet)
+	}
 	// Only the SHA-256 quote may be used by the event-log replay.
 	att.Quotes = []*tpmpb.Quote{quote}
 	// VerifyAttestation verifies the quote's signature, extraData and PCR

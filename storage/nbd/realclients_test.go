@@ -326,6 +326,14 @@ func TestRefusals(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			before := e.srv.Stats().Refused
 			run(t, false, "nbdinfo", tc.uri)
+			// The client may exit before the server has finished its side of
+			// a failed handshake: give the server a moment to count and log.
+			counted := func() bool {
+				return e.srv.Stats().Refused != before && strings.Contains(e.srv.logs.String(), "refused: "+tc.log)
+			}
+			for deadline := time.Now().Add(5 * time.Second); !counted() && time.Now().Before(deadline); {
+				time.Sleep(10 * time.Millisecond)
+			}
 			if e.srv.Stats().Refused == before {
 				t.Error("refusal not counted")
 			}
