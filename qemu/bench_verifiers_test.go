@@ -9,9 +9,10 @@ import (
 // appliance against one verifier process (1 of 1) and against three (2 of
 // 3), each on its own provisioned disk, and reports QEMU start to "serving
 // NBD" for both: serving-n1-s, serving-n3-s, and their ratio
-// n3-over-n1. The agent attests to every verifier concurrently, so the
-// extra verifiers should cost about one more round trip's worth of TPM
-// time (the TPM is shared: quotes are serialised), not two. One reference
+// n3-over-n1. The agent attests to every verifier concurrently with one
+// quote covering all their nonces, so the extra verifiers cost one more
+// share import (TPM commands are serialised) and CPU, not two more
+// attestations. One reference
 // boot per chain before the timed iterations publishes the release (PCR 4
 // from the boot) and provisions the store. Run with:
 //
