@@ -3,6 +3,7 @@ package qemu_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"fmt"
 	"os"
 	"os/exec"
@@ -246,4 +247,20 @@ func (c *chain) nbdAnswers(t testing.TB, m *qemu.Machine) error {
 		return fmt.Errorf("nbdinfo: %w\n%s", err, out)
 	}
 	return nil
+}
+
+// writeRandom writes size random bytes to the start of m's export with
+// nbdcopy over mutual TLS (flushed) and returns them.
+func (c *chain) writeRandom(t testing.TB, m *qemu.Machine, size int) []byte {
+	t.Helper()
+	data := make([]byte, size)
+	rand.Read(data)
+	src := filepath.Join(t.TempDir(), "src")
+	if err := os.WriteFile(src, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nbdcopy(t, "--flush", src, c.uri(m)); err != nil {
+		t.Fatal(err)
+	}
+	return data
 }

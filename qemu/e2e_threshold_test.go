@@ -3,9 +3,6 @@ package qemu_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"os"
-	"path/filepath"
 	"regexp"
 	"testing"
 	"time"
@@ -92,15 +89,7 @@ func TestE2EThreshold(t *testing.T) {
 			t.Errorf("verifier %s granted %d unlocks, want 1", name, n)
 		}
 	}
-	data := make([]byte, 4<<20)
-	rand.Read(data)
-	src := filepath.Join(t.TempDir(), "src")
-	if err := os.WriteFile(src, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := nbdcopy(t, "--flush", src, c.uri(m)); err != nil {
-		t.Fatal(err)
-	}
+	data := c.writeRandom(t, m, 4<<20)
 
 	// One verifier down: two leases stay valid.
 	from := len(m.Lines())

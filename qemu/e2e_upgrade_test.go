@@ -3,10 +3,8 @@ package qemu_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"os"
-	"path/filepath"
 	"regexp"
 	"testing"
 	"time"
@@ -52,15 +50,7 @@ func TestE2EUpgrade(t *testing.T) {
 	m := c.boot(t, "")
 	c.publish(t, m) // test.1
 	c.waitServing(t, m, 0)
-	data := make([]byte, 16<<20)
-	rand.Read(data)
-	src := filepath.Join(t.TempDir(), "src")
-	if err := os.WriteFile(src, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := nbdcopy(t, "--flush", src, c.uri(m)); err != nil {
-		t.Fatal(err)
-	}
+	data := c.writeRandom(t, m, 16<<20)
 	want := sha256.Sum256(data)
 
 	// Release 2 published while release 1 serves: same kernel (PCR 4 as

@@ -214,9 +214,6 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
-// Threshold is k, the number of verifiers that must agree.
-func (a *Agent) Threshold() int { return a.k }
-
 // Close zeroizes the local share the agent kept to seal it to releases
 // published later. The agent cannot reseal after Close.
 func (a *Agent) Close() {

@@ -149,5 +149,5 @@ func (a *Agent) recordLeases(start time.Time, answers []Answer) time.Duration {
 	}
 	// The quorum holds until the k-th latest lease ends.
 	slices.SortFunc(ends, func(x, y time.Time) int { return y.Compare(x) })
-	return ends[a.k-1].Sub(now)
+	return ends[a.k-1].Sub(now).Truncate(100 * time.Millisecond) // rounded down: readable, never longer
 }

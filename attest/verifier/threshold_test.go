@@ -96,6 +96,19 @@ func (c *cluster) enroll(id string, sw *swtpmtest.TPM, shares []*keys.Share) *ag
 	return a
 }
 
+// provisioned enrolls id on a fresh swtpm with a fresh dealing and
+// unlocks it once (a blank disk: provisioning).
+func (c *cluster) provisioned(id string) (*swtpmtest.TPM, *agent.Agent, *agent.Unlocked) {
+	c.t.Helper()
+	sw := swtpmtest.Start(c.t)
+	a := c.enroll(id, sw, nil)
+	u, err := a.Unlock(context.Background(), 0, nil)
+	if err != nil {
+		c.t.Fatalf("first unlock of %s: %v", id, err)
+	}
+	return sw, a, u
+}
+
 // outcomes renders answers as "v0=granted v1=unreachable ...".
 func outcomes(answers []agent.Answer) string {
 	var parts []string
@@ -172,11 +185,7 @@ func TestThresholdTwoOfThree(t *testing.T) {
 func TestThresholdDatabasesBelowK(t *testing.T) {
 	ctx := context.Background()
 	c := newCluster(t, 2, 3)
-	sw := swtpmtest.Start(t)
-	a := c.enroll("rack1", sw, nil)
-	if _, err := a.Unlock(ctx, 0, nil); err != nil {
-		t.Fatal(err)
-	}
+	c.provisioned("rack1")
 	var stolen []*keys.Share
 	for _, f := range c.fs {
 		sh, err := f.db.StoredShare(ctx, "rack1")
@@ -210,11 +219,7 @@ func TestThresholdDatabasesBelowK(t *testing.T) {
 func TestThresholdRevocation(t *testing.T) {
 	ctx := context.Background()
 	c := newCluster(t, 2, 3)
-	sw := swtpmtest.Start(t)
-	a := c.enroll("rack1", sw, nil)
-	if _, err := a.Unlock(ctx, 0, nil); err != nil {
-		t.Fatal(err)
-	}
+	_, a, _ := c.provisioned("rack1")
 	if err := c.fs[0].db.Revoke(ctx, "rack1", "stolen", "op"); err != nil {
 		t.Fatal(err)
 	}
@@ -333,12 +338,7 @@ func TestThresholdForeignShares(t *testing.T) {
 func TestThresholdSealTargetsNeedK(t *testing.T) {
 	ctx := context.Background()
 	c := newCluster(t, 2, 3)
-	sw := swtpmtest.Start(t)
-	a := c.enroll("rack1", sw, nil)
-	u, err := a.Unlock(ctx, 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	sw, a, u := c.provisioned("rack1")
 	publish := func(f *fixture) {
 		f.publish(v2Events, "2")
 		f.now = f.now.Add(3 * time.Second) // past the policy cache

@@ -33,13 +33,7 @@ func TestUpgradeToNewRelease(t *testing.T) {
 		t.Fatal(err)
 	}
 	ap.reboot(v2Events)
-	u2, err := ap.a.Unlock(ctx, 1, u.Sealed)
-	if err != nil {
-		t.Fatalf("unlock after upgrade: %v", err)
-	}
-	if u2.Release != "embassy-appliance 2" || !sameKEK(u.KEK, u2.KEK) {
-		t.Fatalf("after upgrade: release %q, same KEK %v", u2.Release, sameKEK(u.KEK, u2.KEK))
-	}
+	expectUpgraded(t, ap, u)
 	// The release-1 blob does not open under release 2.
 	ap.reboot(v2Events)
 	only1 := &agent.Sealed{Set: u.Sealed.Set, ByRelease: map[string][]byte{u.Release: localBlob(u)}}
@@ -78,7 +72,14 @@ func TestUpgradeSealedOnHeartbeat(t *testing.T) {
 	u.Sealed.ByRelease["embassy-appliance 2"] = blob
 	ap.a.Close()
 	ap.reboot(v2Events)
-	u2, err := ap.a.Unlock(ctx, 1, u.Sealed)
+	expectUpgraded(t, ap, u)
+}
+
+// expectUpgraded unlocks ap, rebooted into release 2, with the header
+// content u left (plus what was added to it) and expects the store's KEK.
+func expectUpgraded(t *testing.T, ap *appliance, u *agent.Unlocked) {
+	t.Helper()
+	u2, err := ap.a.Unlock(context.Background(), 1, u.Sealed)
 	if err != nil {
 		t.Fatalf("unlock after upgrade: %v", err)
 	}
