@@ -62,9 +62,8 @@ type grant struct {
 
 // Unlock attests the boot (purpose unlock, reporting the store's epoch) to
 // every verifier concurrently, each with its own nonce (one quote covers
-// them all: protocol.QuoteSetData), imports
-// each granted share with the EK and, as soon as k shares of one set
-// combine, unseals the local share from sealed (or, when the verifiers say
+// them all: protocol.QuoteSetData), imports each granted share with the EK
+// and, as soon as k shares of one set combine, unseals the local share from sealed (or, when the verifiers say
 // to provision, makes and seals a new one), derives the KEK and extends
 // the phase PCR: after that, in this boot, the TPM gives up no share again.
 // sealed is nil on a blank disk; otherwise shares of a set other than
