@@ -65,14 +65,9 @@ func (a *Agent) Heartbeat(ctx context.Context, epoch uint64, serverCert []byte) 
 	defer a.tpmMu.Unlock()
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	rn := &Renewal{Lease: a.recordLeases(start, list), Answers: list}
-	if rn.Lease <= 0 {
-		valid := 0
-		for _, end := range a.leases {
-			if end.After(time.Now()) {
-				valid++
-			}
-		}
+	lease, valid := a.recordLeases(start, list)
+	rn := &Renewal{Lease: lease, Answers: list}
+	if lease <= 0 {
 		return rn, newQuorumError("heartbeat", a.k, valid, len(a.verifiers), list)
 	}
 	if a.local != nil {

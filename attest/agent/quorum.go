@@ -126,9 +126,9 @@ func (e *QuorumError) Final() bool { return e.final }
 // started at start: a grant or renewal runs from start (the earliest the
 // verifier can have counted from), a refusal or revocation ends that
 // verifier's lease at once, and an unreachable verifier's lease runs on.
-// It returns the time until fewer than k leases are valid (0 if already).
-// The caller holds a.mu.
-func (a *Agent) recordLeases(start time.Time, answers []Answer) time.Duration {
+// It returns the time until fewer than k leases are valid (0 if already)
+// and how many are valid now. The caller holds a.mu.
+func (a *Agent) recordLeases(start time.Time, answers []Answer) (time.Duration, int) {
 	for _, ans := range answers {
 		switch {
 		case ans.Lease > 0:
@@ -145,9 +145,9 @@ func (a *Agent) recordLeases(start time.Time, answers []Answer) time.Duration {
 		}
 	}
 	if len(ends) < a.k {
-		return 0
+		return 0, len(ends)
 	}
 	// The quorum holds until the k-th latest lease ends.
 	slices.SortFunc(ends, func(x, y time.Time) int { return y.Compare(x) })
-	return ends[a.k-1].Sub(now).Truncate(100 * time.Millisecond) // rounded down: readable, never longer
+	return ends[a.k-1].Sub(now).Truncate(100 * time.Millisecond), len(ends) // rounded down: readable, never longer
 }

@@ -241,7 +241,7 @@ func (a *Agent) finishUnlock(start time.Time, remote *keys.Remote, winners []gra
 	if u.KEK, err = keys.DeriveKEK(local, remote, a.cfg.ApplianceID); err != nil {
 		return nil, err
 	}
-	u.Lease = a.recordLeases(start, answers)
+	u.Lease, _ = a.recordLeases(start, answers)
 	return u, nil
 }
 
