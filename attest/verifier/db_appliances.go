@@ -106,19 +106,26 @@ func (d *DB) Enroll(ctx context.Context, p EnrollParams) error {
 
 // ApplianceInfo is an appliance's record as operators see it (no secrets).
 type ApplianceInfo struct {
-	ID          string            `json:"id"`
-	EKSHA256    string            `json:"ek_sha256"`
-	HasEKCert   bool              `json:"has_ek_cert"`
-	Created     time.Time         `json:"created"`
-	AKName      string            `json:"ak_name,omitempty"`
-	Activated   *time.Time        `json:"activated,omitempty"`
-	Baseline    map[string]string `json:"baseline,omitempty"`
-	LastEpoch   uint64            `json:"last_epoch"`
-	Release     string            `json:"release,omitempty"`
-	LeaseUntil  *time.Time        `json:"lease_until,omitempty"`
-	Revoked     *time.Time        `json:"revoked,omitempty"`
-	RevokedBy   string            `json:"revoked_by,omitempty"`
-	RevokReason string            `json:"revoke_reason,omitempty"`
+	ID         string            `json:"id"`
+	EKSHA256   string            `json:"ek_sha256"`
+	HasEKCert  bool              `json:"has_ek_cert"`
+	Created    time.Time         `json:"created"`
+	AKName     string            `json:"ak_name,omitempty"`
+	Activated  *time.Time        `json:"activated,omitempty"`
+	Baseline   map[string]string `json:"baseline,omitempty"`
+	LastEpoch  uint64            `json:"last_epoch"`
+	Release    string            `json:"release,omitempty"`
+	LeaseUntil *time.Time        `json:"lease_until,omitempty"`
+	// LastAttested is when the verifier last admitted an attestation
+	// (the lease's grant time), nil if never.
+	LastAttested *time.Time `json:"last_attested,omitempty"`
+	// LastRefusal is the newest refused (or revoked) request since the
+	// last admitted attestation (nil: none since), so operators see why
+	// an appliance is not serving.
+	LastRefusal *AuditRecord `json:"last_refusal,omitempty"`
+	Revoked     *time.Time   `json:"revoked,omitempty"`
+	RevokedBy   string       `json:"revoked_by,omitempty"`
+	RevokReason string       `json:"revoke_reason,omitempty"`
 	// ServerCert is the DER certificate of the NBD server identity the
 	// appliance last reported in a quoted heartbeat (nil: none yet). The
 	// home state's NBD clients pin it as their CA.
@@ -197,10 +204,13 @@ func (d *DB) Appliance(ctx context.Context, id string) (*ApplianceInfo, error) {
 	if err := d.db.QueryRowContext(ctx, `SELECT last_epoch FROM epochs WHERE appliance = ?`, id).Scan(&ep); err == nil {
 		a.LastEpoch = uint64(ep)
 	}
-	var until int64
-	if err := d.db.QueryRowContext(ctx, `SELECT release, until FROM leases WHERE appliance = ?`, id).Scan(&a.Release, &until); err == nil {
-		t := time.Unix(until, 0).UTC()
-		a.LeaseUntil = &t
+	var until, granted int64
+	if err := d.db.QueryRowContext(ctx, `SELECT release, granted_at, until FROM leases WHERE appliance = ?`, id).Scan(&a.Release, &granted, &until); err == nil {
+		t, g := time.Unix(until, 0).UTC(), time.Unix(granted, 0).UTC()
+		a.LeaseUntil, a.LastAttested = &t, &g
+	}
+	if a.LastRefusal, err = d.lastRefusal(ctx, id); err != nil {
+		return nil, err
 	}
 	var rev int64
 	if err := d.db.QueryRowContext(ctx, `SELECT revoked_at, revoked_by, reason FROM revocations WHERE appliance = ?`, id).Scan(&rev, &a.RevokedBy, &a.RevokReason); err == nil {
@@ -218,6 +228,27 @@ func (d *DB) Appliance(ctx context.Context, id string) (*ApplianceInfo, error) {
 		return nil, fmt.Errorf("verifier: server identity: %w", err)
 	}
 	return &a, nil
+}
+
+// lastRefusal returns appliance id's newest refused or revoked record
+// newer than its newest admitted attestation, or nil.
+func (d *DB) lastRefusal(ctx context.Context, id string) (*AuditRecord, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT seq, time, actor, appliance, action, outcome, check_name, pcr, detail, prev_hash, hash
+		FROM audit WHERE appliance = ? AND outcome IN ('refused', 'revoked') AND seq > COALESCE(
+			(SELECT MAX(seq) FROM audit WHERE appliance = ? AND action LIKE 'attest-%' AND outcome = 'ok'), 0)
+		ORDER BY seq DESC LIMIT 1`, id, id)
+	if err != nil {
+		return nil, fmt.Errorf("verifier: last refusal: %w", err)
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		return nil, rows.Err()
+	}
+	r, err := scanAudit(rows)
+	if err != nil {
+		return nil, err
+	}
+	return &r, nil
 }
 
 type querier interface {

@@ -118,6 +118,11 @@ ALTER TABLE appliances ADD COLUMN share_n INTEGER;
 ALTER TABLE appliances ADD COLUMN share_index INTEGER;
 ALTER TABLE appliances ADD COLUMN share_commit BLOB;     -- 32 bytes
 `,
+	// 4: an appliance's newest audit records (its last refusal, on the
+	// fleet page and in ApplianceInfo) without scanning the whole log.
+	`
+CREATE INDEX audit_appliance ON audit(appliance, seq);
+`,
 }
 
 // SchemaVersion is the schema version this package migrates to.

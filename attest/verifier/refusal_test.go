@@ -491,3 +491,40 @@ func rawShare(f *fixture, id string, out *[]byte) error {
 	*out = s
 	return err
 }
+
+// TestLastRefusal: an appliance's record names its newest refusal until an
+// attestation is admitted again, so operators see why it is not serving.
+func TestLastRefusal(t *testing.T) {
+	f := newFixture(t)
+	ap := f.enrolled("rack1")
+	c := f.raw()
+	ctx := context.Background()
+	req := quote(t, ap, c.nonce(ap.id), protocol.PurposeHeartbeat, 0)
+	if _, e := c.attest(req); e != nil {
+		t.Fatalf("first use refused: %+v", e)
+	}
+	info, err := f.db.Appliance(ctx, ap.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.LastRefusal != nil || info.LastAttested == nil {
+		t.Fatalf("after an admitted attestation: last refusal %+v, last attested %v", info.LastRefusal, info.LastAttested)
+	}
+	_, e := c.attest(req) // replay
+	expectRefusal(t, e, protocol.CodeRefused, "nonce", -1)
+	if info, err = f.db.Appliance(ctx, ap.id); err != nil {
+		t.Fatal(err)
+	}
+	if r := info.LastRefusal; r == nil || r.Check != "nonce" || r.Outcome != "refused" || r.Seq != e.AuditSeq {
+		t.Fatalf("after a replay: last refusal %+v, want the nonce refusal seq %d", r, e.AuditSeq)
+	}
+	if _, e := c.attest(quote(t, ap, c.nonce(ap.id), protocol.PurposeHeartbeat, 0)); e != nil {
+		t.Fatalf("fresh attestation refused: %+v", e)
+	}
+	if info, err = f.db.Appliance(ctx, ap.id); err != nil {
+		t.Fatal(err)
+	}
+	if info.LastRefusal != nil {
+		t.Fatalf("after a new admitted attestation: last refusal %+v, want none", info.LastRefusal)
+	}
+}
