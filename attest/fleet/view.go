@@ -90,7 +90,9 @@ func newRow(a *verifier.ApplianceInfo, now time.Time) applianceRow {
 // leaseView is the lease column.
 type leaseView struct {
 	Serving bool
-	Until   *stamp
+	// Ended is true when the lease's end has passed.
+	Ended bool
+	Until *stamp
 	// Left is the seconds the lease still runs.
 	Left int64
 }
@@ -98,7 +100,9 @@ type leaseView struct {
 // Lease is the row's lease column.
 func (r applianceRow) Lease() (leaseView, error) {
 	until, err := at(r.now, r.LeaseUntil)
-	return leaseView{Serving: r.Status.State == Serving, Until: until, Left: int64(r.Status.LeaseLeft / time.Second)}, err
+	v := leaseView{Serving: r.Status.State == Serving, Until: until, Left: int64(r.Status.LeaseLeft / time.Second)}
+	v.Ended = r.LeaseUntil != nil && !r.now.Before(*r.LeaseUntil)
+	return v, err
 }
 
 // identityView is the server identity column.
