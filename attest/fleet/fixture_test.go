@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"net/http/httptest"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -64,11 +63,7 @@ type testFleet struct {
 func newFleet(t *testing.T) *testFleet {
 	t.Helper()
 	ctx := context.Background()
-	db, err := verifier.OpenDB(ctx, filepath.Join(t.TempDir(), "verifier.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
+	db := openDB(t)
 	_, relKey, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
