@@ -135,11 +135,7 @@ func (h *handler) render(w http.ResponseWriter, r *http.Request, page string, lo
 		h.fail(w, r, http.StatusInternalServerError, "The page could not be rendered; the error is in the verifier's log.")
 		return
 	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.WriteHeader(http.StatusOK)
-	if r.Method != http.MethodHead {
-		w.Write(buf.Bytes())
-	}
+	write(w, r, http.StatusOK, buf.Bytes())
 }
 
 // fail writes a small HTML error page, linking back to the fleet page.
@@ -149,15 +145,20 @@ func (h *handler) fail(w http.ResponseWriter, r *http.Request, status int, msg s
 		home = "./"
 	}
 	var buf bytes.Buffer
-	e := errorPage{page: h.newPage(http.StatusText(status), home, h.opts.Now().UTC()), Status: status, Text: http.StatusText(status), Message: msg}
+	e := errorPage{page: h.newPage(http.StatusText(status), home, h.opts.Now().UTC()), Status: status, Message: msg}
 	if err := pages.ExecuteTemplate(&buf, "error", e); err != nil {
 		h.opts.Logger.Error("fleet: rendering the error page", "err", err)
 		http.Error(w, msg, status)
 		return
 	}
+	write(w, r, status, buf.Bytes())
+}
+
+// write sends an HTML page (its headers only, for HEAD).
+func write(w http.ResponseWriter, r *http.Request, status int, page []byte) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
 	if r.Method != http.MethodHead {
-		w.Write(buf.Bytes())
+		w.Write(page)
 	}
 }

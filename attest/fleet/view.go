@@ -30,7 +30,6 @@ var styleHash = func() string {
 var pages = template.Must(template.New("").Funcs(template.FuncMap{
 	"at":    at,
 	"short": short,
-	"secs":  func(d time.Duration) int64 { return int64(d / time.Second) },
 	"bad":   func(outcome string) bool { return outcome != "ok" },
 }).ParseFS(files, "templates/*.html"))
 
@@ -125,10 +124,10 @@ type stateCount struct {
 // states is the order of the summary.
 var states = []State{Refused, Revoked, LeaseExpired, NeverAttested, Serving}
 
+// errorPage is an error's page; its Title is the status text.
 type errorPage struct {
 	page
 	Status  int
-	Text    string
 	Message string
 }
 
