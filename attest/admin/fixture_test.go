@@ -2,6 +2,7 @@ package admin_test
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -10,8 +11,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/json"
 	"io"
+	"log"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -69,6 +72,7 @@ func startTLS(t *testing.T, h http.Handler, cfg *tls.Config) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewUnstartedServer(h)
 	srv.TLS = cfg
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // the refused handshakes
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	return srv
@@ -225,4 +229,17 @@ func signedRelease(t *testing.T, name string) (*release.Envelope, ed25519.Public
 	}
 	env.Sign(priv)
 	return env, pub
+}
+
+func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+func mustParsePKIX(t *testing.T, der []byte) crypto.PublicKey {
+	t.Helper()
+	k, err := x509.ParsePKIXPublicKey(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }
