@@ -75,11 +75,8 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("admin: %s %s: %w", method, path, err)
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
-	if err != nil {
-		return fmt.Errorf("admin: %s %s: %w", method, path, err)
-	}
 	if resp.StatusCode >= 300 {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
 		var eb ErrorBody
 		if json.Unmarshal(b, &eb) != nil || eb.Code == "" {
 			eb = ErrorBody{Code: "http", Error: strings.TrimSpace(string(b))}
@@ -89,11 +86,15 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if out == nil {
 		return nil
 	}
-	if err := json.Unmarshal(b, out); err != nil {
+	// An answer (the whole audit log, say) may be large: stream it.
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 		return fmt.Errorf("admin: %s %s: answer: %w", method, path, err)
 	}
 	return nil
 }
+
+// maxErrorBody bounds the error answer the client reads.
+const maxErrorBody = 64 << 10
 
 // Appliances lists all appliances, ordered by id.
 func (c *Client) Appliances(ctx context.Context) ([]verifier.ApplianceInfo, error) {

@@ -70,13 +70,12 @@ type connFlags struct {
 	urls, dbs     *targetList
 	cert, key, ca *string
 	actor         *string
-	stderr        io.Writer
 }
 
 // addConnFlags declares --verifier, --cert, --key, --ca, --db and --actor;
 // with multi, --verifier and --db may be repeated, once per verifier.
 func addConnFlags(fs *cmdFlags, multi bool) connFlags {
-	c := connFlags{fs: fs, multi: multi, urls: &targetList{}, dbs: &targetList{}, stderr: fs.stderr}
+	c := connFlags{fs: fs, multi: multi, urls: &targetList{}, dbs: &targetList{}}
 	repeat := ""
 	if multi {
 		repeat = "; repeat once per verifier"
@@ -187,7 +186,7 @@ func (c connFlags) open() ([]verifierDB, error) {
 		}
 		return out, nil
 	}
-	fmt.Fprint(c.stderr, recoveryWarning)
+	fmt.Fprint(c.fs.stderr, recoveryWarning)
 	for _, p := range dbs {
 		db, err := openDB(p)
 		if err != nil {
