@@ -20,6 +20,7 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,7 +38,7 @@ type fixture struct {
 	ops      *pki.CA // the operators' CA
 	serverCA *pki.CA
 	// fleetHits and metricsHits count the requests the stubs served.
-	fleetHits, metricsHits int
+	fleetHits, metricsHits atomic.Int32
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -52,11 +53,11 @@ func newFixture(t *testing.T) *fixture {
 		DB:        db,
 		Operators: f.ops.Pool(),
 		Fleet: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			f.fleetHits++
+			f.fleetHits.Add(1)
 			w.Write([]byte("fleet page " + r.URL.Path))
 		}),
 		Metrics: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			f.metricsHits++
+			f.metricsHits.Add(1)
 			w.Write([]byte("metrics"))
 		}),
 	})

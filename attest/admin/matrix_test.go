@@ -111,8 +111,8 @@ func TestRoleMatrix(t *testing.T) {
 			t.Errorf("role %s has no endpoint in the matrix", r)
 		}
 	}
-	if f.fleetHits != 1 || f.metricsHits != 1 {
-		t.Errorf("fleet served %d times, metrics %d: want once each (the viewer)", f.fleetHits, f.metricsHits)
+	if f.fleetHits.Load() != 1 || f.metricsHits.Load() != 1 {
+		t.Errorf("fleet served %d times, metrics %d: want once each (the viewer)", f.fleetHits.Load(), f.metricsHits.Load())
 	}
 	rep, err := f.db.VerifyAudit(t.Context(), 0, "")
 	if err != nil || len(rep.Problems) > 0 {
