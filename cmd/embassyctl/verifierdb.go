@@ -80,16 +80,16 @@ func addConnFlags(fs *cmdFlags, multi bool) connFlags {
 	if multi {
 		repeat = "; repeat once per verifier"
 	}
-	fs.Var(c.urls, "verifier", "the verifier's admin API, https://HOST:PORT"+repeat+" (env EMBASSY_VERIFIER_URL)")
-	c.cert = fs.String("cert", os.Getenv("EMBASSY_OPERATOR_CERT"), "operator certificate (PEM; env EMBASSY_OPERATOR_CERT)")
-	c.key = fs.String("key", os.Getenv("EMBASSY_OPERATOR_KEY"), "operator private key (PEM; env EMBASSY_OPERATOR_KEY)")
-	c.ca = fs.String("ca", os.Getenv("EMBASSY_OPERATOR_CA"), "CA of the verifier's server certificate (PEM; default: the system's; env EMBASSY_OPERATOR_CA)")
-	fs.Var(c.dbs, "db", "recovery mode: the verifier database itself, on the verifier host"+repeat+" (env EMBASSY_VERIFIER_DB)")
+	fs.Var(c.urls, "verifier", "the `URL` of the verifier's admin API, https://HOST:PORT"+repeat+" (env EMBASSY_VERIFIER_URL)")
+	c.cert = fs.String("cert", os.Getenv("EMBASSY_OPERATOR_CERT"), "operator certificate `FILE` (PEM; env EMBASSY_OPERATOR_CERT)")
+	c.key = fs.String("key", os.Getenv("EMBASSY_OPERATOR_KEY"), "operator private key `FILE` (PEM; env EMBASSY_OPERATOR_KEY)")
+	c.ca = fs.String("ca", os.Getenv("EMBASSY_OPERATOR_CA"), "the CA certificate `FILE` the verifier's server certificate chains to (PEM; default: the system's roots; env EMBASSY_OPERATOR_CA)")
+	fs.Var(c.dbs, "db", "recovery mode: the verifier database file `PATH` itself, on the verifier host"+repeat+" (env EMBASSY_VERIFIER_DB)")
 	who := "operator"
 	if u, err := user.Current(); err == nil {
 		who = u.Username
 	}
-	c.actor = fs.String("actor", who, "recovery mode: operator name recorded in the audit log (the admin API records the certificate's)")
+	c.actor = fs.String("actor", who, "recovery mode: operator `NAME` recorded in the audit log (the admin API records the certificate's)")
 	return c
 }
 
