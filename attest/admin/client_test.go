@@ -179,6 +179,8 @@ func TestBadInput(t *testing.T) {
 		{"bad EK", "POST", "/admin/v1/appliances", `{"id":"x","ek_public":"AAAA"}`, 400, "bad_request"},
 		{"bad share", "POST", "/admin/v1/appliances", `{"id":"x","ek_public":"` + b64(ekPublicDER(t)) + `","share":"AAAA"}`, 400, "bad_request"},
 		{"blank reason", "POST", "/admin/v1/appliances/rack1/revoke", `{"reason":"  "}`, 400, "bad_request"},
+		{"long reason", "POST", "/admin/v1/appliances/rack1/revoke", `{"reason":"` + strings.Repeat("x", 1025) + `"}`, 400, "bad_request"},
+		{"long id", "POST", "/admin/v1/appliances", `{"id":"` + strings.Repeat("x", 1<<20) + `","ek_public":"` + b64(ekPublicDER(t)) + `"}`, 400, "bad_argument"},
 		{"body too large", "POST", "/admin/v1/appliances/rack1/revoke", big, 400, "bad_request"},
 		{"revoke unknown", "POST", "/admin/v1/appliances/nope/revoke", `{"reason":"r"}`, 404, "not_found"},
 		{"PCR out of range", "POST", "/admin/v1/appliances/rack1/baseline", `{"pcrs":{"24":"` + strings.Repeat("00", 32) + `"}}`, 400, "bad_request"},
@@ -213,5 +215,28 @@ func TestBadInput(t *testing.T) {
 	}
 	if apps, _ := f.db.Appliances(t.Context()); len(apps) != 1 {
 		t.Errorf("%d appliances after bad enrolls", len(apps))
+	}
+	// Each failed change is recorded, its detail bounded.
+	recs, err := f.db.AuditRecords(t.Context(), verifier.AuditFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := 0
+	for _, r := range recs {
+		if r.Outcome == "error" {
+			failed++
+		}
+		if len(r.Detail) > 1024 {
+			t.Errorf("record %d (%s) has a detail of %d bytes", r.Seq, r.Action, len(r.Detail))
+		}
+	}
+	changes := 0
+	for _, tc := range tests {
+		if tc.method == "POST" {
+			changes++
+		}
+	}
+	if failed != changes {
+		t.Errorf("%d failed changes recorded, want %d", failed, changes)
 	}
 }

@@ -159,13 +159,16 @@ func addEKRoot(c *call) (any, error) {
 	return nil, c.db.AddEKRoot(c.r.Context(), cert, c.actor)
 }
 
+// maxReason bounds a revocation's reason, which the audit log keeps.
+const maxReason = 1024
+
 func revoke(c *call) (any, error) {
 	var req RevokeRequest
 	if err := decode(c.r, &req); err != nil {
 		return nil, err
 	}
-	if strings.TrimSpace(req.Reason) == "" {
-		return nil, fmt.Errorf("%w: reason must say why", ErrBadRequest)
+	if strings.TrimSpace(req.Reason) == "" || len(req.Reason) > maxReason {
+		return nil, fmt.Errorf("%w: reason must say why, in at most %d bytes", ErrBadRequest, maxReason)
 	}
 	return nil, c.db.Revoke(c.r.Context(), c.r.PathValue("id"), req.Reason, c.actor)
 }

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strings"
 
 	"github.com/dataembassy/embassy/attest/release"
 	"github.com/dataembassy/embassy/attest/verifier"
@@ -145,9 +146,9 @@ func (h *handler) authenticate(r *http.Request) (*operator, error) {
 }
 
 // guard authorises and audits a request to rt (authenticated by
-// ServeHTTP), then serves it. A read is audited when authorised, before it runs; a change audits
-// itself (the verifier records it with the operator as actor) and is
-// audited here only when it fails.
+// ServeHTTP), then serves it. A read is audited when authorised, before it
+// runs; a change audits itself (the verifier records it with the operator
+// as actor) and is audited here only when it fails.
 func (h *handler) guard(rt route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		op := r.Context().Value(operatorKey{}).(*operator)
@@ -176,7 +177,7 @@ func (h *handler) guard(rt route) http.Handler {
 		v, err := rt.serve(&call{db: h.opts.DB, r: r, actor: op.actor()})
 		if err != nil {
 			if rt.change {
-				rec.Outcome, rec.Detail = "error", rec.Detail+": "+err.Error()
+				rec.Outcome, rec.Detail = "error", rec.Detail+": "+bounded(err.Error())
 				if aerr := h.opts.DB.Audit(r.Context(), rec); aerr != nil {
 					h.log.Error("admin API: audit", "err", aerr)
 				}
@@ -205,10 +206,15 @@ func (h *handler) auditRead(w http.ResponseWriter, r *http.Request, rec *verifie
 
 // requestLine is the method and the request URI, bounded, for the audit
 // log.
-func requestLine(r *http.Request) string {
-	s := r.Method + " " + r.URL.RequestURI()
-	if len(s) > 256 {
-		s = s[:256] + "..."
+func requestLine(r *http.Request) string { return bounded(r.Method + " " + r.URL.RequestURI()) }
+
+// maxDetail bounds what a request puts in an audit record's detail.
+const maxDetail = 512
+
+// bounded is s cut to maxDetail bytes (a request may carry megabytes).
+func bounded(s string) string {
+	if len(s) > maxDetail {
+		return strings.ToValidUTF8(s[:maxDetail], "") + "..."
 	}
 	return s
 }
