@@ -79,7 +79,7 @@ func startTLS(t *testing.T, h http.Handler, cfg *tls.Config) *httptest.Server {
 	return srv
 }
 
-func newCA(t *testing.T, name string) *pki.CA {
+func newCA(t testing.TB, name string) *pki.CA {
 	t.Helper()
 	ca, err := pki.NewCA(name, time.Hour)
 	if err != nil {
