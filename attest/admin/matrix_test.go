@@ -51,7 +51,7 @@ func TestRoleMatrix(t *testing.T) {
 		{"POST", "/admin/v1/appliances/rack1/revoke", `{"reason":"stolen"}`, admin.Revoker, 204, "revoke"},
 		{"GET", "/admin/v1/audit?limit=5&appliance=rack1", "", admin.Auditor, 200, ""},
 		{"GET", "/admin/v1/audit/verify", "", admin.Auditor, 200, ""},
-		{"GET", "/fleet/", "", admin.Viewer, 200, ""},
+		{"GET", "/fleet/appliances/rack1", "", admin.Viewer, 200, ""},
 		{"GET", "/metrics", "", admin.Viewer, 200, ""},
 	}
 	type op struct {
@@ -82,6 +82,9 @@ func TestRoleMatrix(t *testing.T) {
 			if status != want {
 				t.Errorf("%s %s as %s: HTTP %d %s, want %d", ep.method, ep.path, o.name, status, body, want)
 				continue
+			}
+			if allowed && strings.HasPrefix(ep.path, "/fleet/") && string(body) != "fleet page /appliances/rack1" {
+				t.Errorf("the fleet handler answered %q: want its path without the /fleet prefix", body)
 			}
 			if !allowed {
 				var eb admin.ErrorBody

@@ -52,7 +52,7 @@ func routes(o Options) []route {
 		{pattern: "GET " + Prefix + "audit/verify", role: Auditor, action: "audit-verify", serve: auditVerify},
 	}
 	if o.Fleet != nil {
-		rs = append(rs, route{pattern: "GET /fleet/", role: Viewer, action: "fleet", handler: o.Fleet})
+		rs = append(rs, route{pattern: "GET /fleet/", role: Viewer, action: "fleet", handler: http.StripPrefix("/fleet", o.Fleet)})
 	}
 	if o.Metrics != nil {
 		rs = append(rs, route{pattern: "GET /metrics", role: Viewer, action: "metrics", handler: o.Metrics})

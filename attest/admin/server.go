@@ -47,7 +47,8 @@ type Options struct {
 	// every request's client certificate against it itself, whatever the
 	// listener's TLS configuration (use TLSConfig) let through.
 	Operators *x509.CertPool
-	// Fleet, when set, is served under /fleet/ to viewers.
+	// Fleet, when set, is served under /fleet/ to viewers, with the
+	// "/fleet" prefix stripped (it sees "/", "/appliances/rack1", …).
 	Fleet http.Handler
 	// Metrics, when set, is served at /metrics to viewers.
 	Metrics http.Handler
