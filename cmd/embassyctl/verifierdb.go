@@ -97,8 +97,6 @@ func addConnFlags(fs *cmdFlags, multi bool) connFlags {
 // (exactly one of them is non-empty), after the flags are parsed: flags
 // first, then EMBASSY_VERIFIER_URL, then EMBASSY_VERIFIER_DB.
 func (c connFlags) targets() (urls, dbs []string, err error) {
-	set := map[string]bool{}
-	c.fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	urls, dbs = *c.urls, *c.dbs
 	switch {
 	case len(urls) > 0 && len(dbs) > 0:
@@ -124,7 +122,9 @@ func (c connFlags) targets() (urls, dbs []string, err error) {
 		seen[t] = true
 	}
 	if len(urls) > 0 {
-		if set["actor"] {
+		actorSet := false
+		c.fs.Visit(func(f *flag.Flag) { actorSet = actorSet || f.Name == "actor" })
+		if actorSet {
 			return nil, nil, c.fs.usageError("--actor is for --db only: the admin API records the operator's certificate")
 		}
 		if *c.cert == "" || *c.key == "" {
