@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/dataembassy/embassy/attest/admin"
+	"github.com/dataembassy/embassy/attest/fleet"
 	"github.com/dataembassy/embassy/attest/verifier"
 )
 
@@ -64,7 +65,10 @@ func (a adminFlags) server(db *verifier.DB, cert tls.Certificate, log *slog.Logg
 			return nil, nil, fmt.Errorf("admin API certificate: %w", err)
 		}
 	}
-	h, err := admin.NewHandler(admin.Options{DB: db, Operators: ops, Logger: log})
+	h, err := admin.NewHandler(admin.Options{
+		DB: db, Operators: ops, Logger: log,
+		Fleet: fleet.NewHandler(fleet.Options{Source: db, Logger: log}),
+	})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -6,9 +6,11 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -113,6 +115,27 @@ func TestAdminAPI(t *testing.T) {
 		t.Cleanup(func() { c.Close() })
 		return c
 	}
+	// page GETs path on the admin listener as an operator with roles.
+	page := func(path, name string, roles ...admin.Role) (int, string) {
+		t.Helper()
+		leaf, err := ops.Issue(admin.IssueOptions(name, roles, time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
+			RootCAs: roots, Certificates: []tls.Certificate{leaf.TLSCertificate()}}}}
+		defer hc.CloseIdleConnections()
+		resp, err := hc.Get("https://" + adminAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, string(body)
+	}
 	alice := client("alice", admin.Enroller, admin.Viewer)
 	bob := client("bob", admin.Revoker)
 	ctx := t.Context()
@@ -142,6 +165,14 @@ func TestAdminAPI(t *testing.T) {
 	want := []string{"operator:alice enroll ok", "operator:alice revoke refused", "operator:bob revoke ok"}
 	if strings.Join(got, "; ") != strings.Join(want, "; ") {
 		t.Errorf("rack1's audit records:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+
+	// The fleet page is on the admin listener, for viewers only.
+	if code, body := page("/fleet/", "dave", admin.Viewer); code != http.StatusOK || !strings.Contains(body, "rack1") || !strings.Contains(body, "stolen") {
+		t.Errorf("fleet page as a viewer: %d\n%s", code, body)
+	}
+	if code, _ := page("/fleet/", "erin", admin.Revoker); code != http.StatusForbidden {
+		t.Errorf("fleet page as a revoker: %d, want 403", code)
 	}
 }
 
