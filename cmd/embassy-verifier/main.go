@@ -74,6 +74,7 @@ func run(ctx context.Context, args []string, logw io.Writer, ready func(addr str
 	nonceTTL := fs.Duration("nonce-ttl", time.Minute, "nonce lifetime")
 	initTLS := fs.String("init-tls", "", "write a CA and server certificate into this directory and exit")
 	hosts := fs.String("hosts", "localhost,127.0.0.1", "with --init-tls: comma-separated server names and IPs")
+	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics at /metrics over plain HTTP on this address (e.g. 127.0.0.1:9464; empty: off)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			usage(stdout, "")
@@ -105,9 +106,15 @@ func run(ctx context.Context, args []string, logw io.Writer, ready func(addr str
 		// Operators can keep this head to detect a truncated log later.
 		log.Info("audit log intact", "records", rep.Records, "head", fmt.Sprintf("%d:%s", rep.HeadSeq, rep.HeadHash))
 	}
-	srv, err := verifier.NewServer(verifier.Options{DB: db, Lease: *lease, NonceTTL: *nonceTTL, Logger: log})
+	metrics := verifier.NewMetrics()
+	srv, err := verifier.NewServer(verifier.Options{DB: db, Lease: *lease, NonceTTL: *nonceTTL, Logger: log, Metrics: metrics})
 	if err != nil {
 		return err
+	}
+	if *metricsListen != "" {
+		if err := serveMetrics(ctx, *metricsListen, metrics.Handler(), log); err != nil {
+			return err
+		}
 	}
 	cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
 	if err != nil {
@@ -140,6 +147,22 @@ func run(ctx context.Context, args []string, logw io.Writer, ready func(addr str
 		defer cancel()
 		return hs.Shutdown(sctx)
 	}
+}
+
+// serveMetrics serves h at /metrics on addr (plain HTTP: bind it to
+// loopback or a monitoring network) until ctx ends.
+func serveMetrics(ctx context.Context, addr string, h http.Handler, log *slog.Logger) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", h)
+	ms := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
+	context.AfterFunc(ctx, func() { ms.Close() })
+	go ms.Serve(ln)
+	log.Info("serving metrics", "addr", ln.Addr().String())
+	return nil
 }
 
 // writeTLS makes a private CA and a server certificate for hosts.
