@@ -329,3 +329,22 @@ func TestListenFailureDoesNotStopServing(t *testing.T) {
 		t.Errorf("Close: %v", err)
 	}
 }
+
+// BenchmarkRequest is the cost an NBD request pays for metrics: what
+// Metrics.Request adds to the nbd observer hook (BenchmarkRead4KQD32Observed
+// in storage/nbd).
+func BenchmarkRequest(b *testing.B) {
+	ca, err := pki.NewCA("scrapers", time.Hour)
+	if err != nil {
+		b.Fatal(err)
+	}
+	m, err := metrics.New(metrics.Options{Config: &appliance.MetricsConfig{Listen: "127.0.0.1:0", ClientCAPEM: string(ca.CertPEM())}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			m.Request("registers", "read", 4096, 150*time.Microsecond, nil)
+		}
+	})
+}
