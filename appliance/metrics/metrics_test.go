@@ -1,6 +1,7 @@
 package metrics_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -35,6 +37,7 @@ type served struct {
 	counter *storage.FileCounter
 	id      *appliance.ServerIdentity
 	addr    string
+	disk    string // the device file
 }
 
 func serve(t *testing.T, m *metrics.Metrics) *served {
@@ -42,13 +45,14 @@ func serve(t *testing.T, m *metrics.Metrics) *served {
 	kek := make([]byte, storage.KEKSize)
 	rand.Read(kek)
 	dir := t.TempDir()
-	dev, err := storage.CreateFileDevice(filepath.Join(dir, "disk.img"), 16<<20)
+	disk := filepath.Join(dir, "disk.img")
+	dev, err := storage.CreateFileDevice(disk, 16<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { dev.Close() })
 	counter := storage.NewFileCounter(filepath.Join(dir, "counter"))
-	st, err := (&wiring.Storage{Counter: counter}).Format(dev, kek)
+	st, err := (&wiring.Storage{Counter: counter, Logger: slog.New(slog.DiscardHandler)}).Format(dev, kek)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +84,7 @@ func serve(t *testing.T, m *metrics.Metrics) *served {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return &served{store: st.(*storage.Store), counter: counter, id: id, addr: l.Addr().String()}
+	return &served{store: st.(*storage.Store), counter: counter, id: id, addr: l.Addr().String(), disk: disk}
 }
 
 // scrapePlain scrapes m's handler without TLS.
@@ -175,6 +179,48 @@ func TestNBDAndStoreMetrics(t *testing.T) {
 	}
 	if fams["embassy_store_epoch"] != nil {
 		t.Error("store gauges after Stopped")
+	}
+}
+
+// TestIntegrityErrorCounted: a read of tampered data fails with EIO and
+// shows in the store's integrity counter and the NBD error counter.
+func TestIntegrityErrorCounted(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	m := newMetrics(t, newCA(t, "scrapers"), &now)
+	s := serve(t, m)
+	m.Serving(s.store, s.id)
+	c := dialNBD(t, s.addr, "registers")
+	if errno, _ := c.do(nbdWrite, 0, 4096, bytes.Repeat([]byte{7}, 4096)); errno != 0 {
+		t.Fatalf("write: errno %d", errno)
+	}
+	if errno, _ := c.do(nbdFlush, 0, 0, nil); errno != 0 {
+		t.Fatalf("flush: errno %d", errno)
+	}
+	// The host flips every byte past the two superblocks.
+	f, err := os.OpenFile(s.disk, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(bytes.Repeat([]byte{0xa5}, 16<<20-2*storage.BlockSize), 2*storage.BlockSize); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if errno, _ := c.do(nbdRead, 0, 4096, nil); errno != 5 {
+		t.Fatalf("read of tampered data: errno %d, want EIO", errno)
+	}
+	res, err := http.Get(scrapePlain(t, m).URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fams := parse(t, res)
+	if v, _ := sample(fams, "embassy_store_integrity_errors_total"); v < 1 || v != float64(s.store.Stats().IntegrityFailures) {
+		t.Errorf("integrity errors %v, store counted %d", v, s.store.Stats().IntegrityFailures)
+	}
+	if v, _ := sample(fams, "embassy_nbd_errors_total", "export", "registers", "command", "read"); v != 1 {
+		t.Errorf("read errors %v, want 1", v)
+	}
+	if v, _ := sample(fams, "embassy_nbd_bytes_total", "export", "registers", "command", "read"); v != 0 {
+		t.Errorf("read bytes %v, want 0 (the read failed)", v)
 	}
 }
 
