@@ -29,6 +29,10 @@ type route struct {
 	serve func(*call) (any, error)
 	// handler, instead of serve, is a mounted read-only handler.
 	handler http.Handler
+	// unaudited skips the audit record of an authorised call (refusals
+	// are still recorded): a scraper polling every few seconds would
+	// otherwise bury the operators' trail.
+	unaudited bool
 }
 
 // routes is the role matrix: every endpoint and the role it needs
@@ -55,7 +59,7 @@ func routes(o Options) []route {
 		rs = append(rs, route{pattern: "GET /fleet/", role: Viewer, action: "fleet", handler: http.StripPrefix("/fleet", o.Fleet)})
 	}
 	if o.Metrics != nil {
-		rs = append(rs, route{pattern: "GET /metrics", role: Viewer, action: "metrics", handler: o.Metrics})
+		rs = append(rs, route{pattern: "GET /metrics", role: Viewer, action: "metrics", handler: o.Metrics, unaudited: true})
 	}
 	return rs
 }

@@ -47,8 +47,9 @@ func (a adminFlags) check() error {
 }
 
 // server returns the admin API's server and listener, or nils without
-// --admin-listen. cert is the appliances' API certificate, the default.
-func (a adminFlags) server(db *verifier.DB, cert tls.Certificate, log *slog.Logger) (*http.Server, net.Listener, error) {
+// --admin-listen. cert is the appliances' API certificate, the default;
+// metrics is served at /metrics.
+func (a adminFlags) server(db *verifier.DB, cert tls.Certificate, metrics http.Handler, log *slog.Logger) (*http.Server, net.Listener, error) {
 	if *a.listen == "" {
 		return nil, nil, nil
 	}
@@ -67,7 +68,8 @@ func (a adminFlags) server(db *verifier.DB, cert tls.Certificate, log *slog.Logg
 	}
 	h, err := admin.NewHandler(admin.Options{
 		DB: db, Operators: ops, Logger: log,
-		Fleet: fleet.NewHandler(fleet.Options{Source: db, Logger: log}),
+		Fleet:   fleet.NewHandler(fleet.Options{Source: db, Logger: log}),
+		Metrics: metrics,
 	})
 	if err != nil {
 		return nil, nil, err

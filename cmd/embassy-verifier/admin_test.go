@@ -174,6 +174,14 @@ func TestAdminAPI(t *testing.T) {
 	if code, _ := page("/fleet/", "erin", admin.Revoker); code != http.StatusForbidden {
 		t.Errorf("fleet page as a revoker: %d, want 403", code)
 	}
+	// So are the metrics: the verifier's own, with rack1's gauges.
+	if code, body := page("/metrics", "prometheus", admin.Viewer); code != http.StatusOK ||
+		!strings.Contains(body, "embassy_verifier_up 1") || !strings.Contains(body, `embassy_verifier_appliance_revoked{appliance="rack1"} 1`) {
+		t.Errorf("metrics as a viewer: %d\n%s", code, body)
+	}
+	if code, _ := page("/metrics", "frank", admin.Auditor); code != http.StatusForbidden {
+		t.Errorf("metrics as an auditor: %d, want 403", code)
+	}
 }
 
 // TestAdminUsage: the admin API is never served without the operators'

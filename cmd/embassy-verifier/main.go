@@ -114,7 +114,8 @@ func run(ctx context.Context, args []string, logw io.Writer, ready func(addr str
 		// Operators can keep this head to detect a truncated log later.
 		log.Info("audit log intact", "records", rep.Records, "head", fmt.Sprintf("%d:%s", rep.HeadSeq, rep.HeadHash))
 	}
-	srv, err := verifier.NewServer(verifier.Options{DB: db, Lease: *lease, NonceTTL: *nonceTTL, Logger: log})
+	metrics := verifier.NewMetrics()
+	srv, err := verifier.NewServer(verifier.Options{DB: db, Lease: *lease, NonceTTL: *nonceTTL, Logger: log, Metrics: metrics})
 	if err != nil {
 		return err
 	}
@@ -139,7 +140,7 @@ func run(ctx context.Context, args []string, logw io.Writer, ready func(addr str
 	servers := []*http.Server{hs}
 	errc := make(chan error, 2)
 	go func() { errc <- hs.ServeTLS(ln, "", "") }()
-	as, aln, err := adm.server(db, cert, log)
+	as, aln, err := adm.server(db, cert, metrics.Handler(), log)
 	if err != nil {
 		hs.Close()
 		return err
