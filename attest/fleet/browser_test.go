@@ -3,7 +3,6 @@ package fleet_test
 import (
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"log"
@@ -19,7 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dataembassy/embassy/attest/admin"
 	"github.com/dataembassy/embassy/attest/fleet"
+	"github.com/dataembassy/embassy/attest/verifier"
 	"github.com/dataembassy/embassy/internal/pki"
 	"github.com/dataembassy/embassy/internal/testenv"
 )
@@ -66,7 +67,7 @@ func TestBrowser(t *testing.T) {
 		t.Fatalf("playwright-core is not installed in %s (run scripts/install-browser-deps.sh, or make deps): %v", browserDir, err)
 	}
 	f := newFleet(t)
-	srv := startAdmin(t, http.StripPrefix("/fleet", fleet.NewHandler(fleet.Options{Source: f.db})))
+	srv := startAdmin(t, f.db)
 
 	shot := filepath.Join(t.TempDir(), "fleet.png")
 	cfg, _ := json.Marshal(map[string]string{
@@ -127,6 +128,16 @@ func TestBrowser(t *testing.T) {
 	if len(srv.requests()) != 2 {
 		t.Errorf("a request reached the handler without a certificate: %q", srv.requests())
 	}
+	// The admin API audited each page load, naming the operator.
+	recs, err := f.db.AuditRecords(t.Context(), verifier.AuditFilter{Limit: 2})
+	if err != nil || len(recs) != 2 {
+		t.Fatalf("audit records: %d, %v", len(recs), err)
+	}
+	for _, r := range recs {
+		if r.Actor != "operator:operator-viewer" || r.Action != "admin-read" || !strings.HasPrefix(r.Detail, "fleet GET /fleet/") {
+			t.Errorf("audit record of a page load: %+v", r)
+		}
+	}
 
 	if png, err := os.ReadFile(shot); err != nil || !bytes.HasPrefix(png, []byte("\x89PNG")) {
 		t.Errorf("screenshot: %v", err)
@@ -155,9 +166,11 @@ func reddish(t *testing.T, css string, margin int) bool {
 	return r-g > margin && r-b > margin
 }
 
-// admin is an HTTPS server on 127.0.0.1 that, as the verifier's admin
-// listener, demands a client certificate from the operators' CA.
-type admin struct {
+// adminServer is the verifier's admin API (attest/admin) serving the
+// fleet page over HTTPS on 127.0.0.1, as embassy-verifier's admin listener
+// does: a client certificate from the operators' CA is required, and the
+// page needs the viewer role.
+type adminServer struct {
 	origin                string
 	clientCert, clientKey string // an operator's certificate and key (PEM files)
 
@@ -166,20 +179,20 @@ type admin struct {
 	refused bool     // a handshake failed for want of a client certificate
 }
 
-func (a *admin) requests() []string {
+func (a *adminServer) requests() []string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return append([]string(nil), a.seen...)
 }
 
-func (a *admin) handshakeRefused() bool {
+func (a *adminServer) handshakeRefused() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.refused
 }
 
 // Write receives the server's error log.
-func (a *admin) Write(p []byte) (int, error) {
+func (a *adminServer) Write(p []byte) (int, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if bytes.Contains(p, []byte("TLS handshake error")) && bytes.Contains(p, []byte("client didn't provide a certificate")) {
@@ -188,7 +201,7 @@ func (a *admin) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func startAdmin(t *testing.T, h http.Handler) *admin {
+func startAdmin(t *testing.T, db *verifier.DB) *adminServer {
 	t.Helper()
 	serverCA, err := pki.NewCA("verifier admin", time.Hour)
 	if err != nil {
@@ -202,7 +215,11 @@ func startAdmin(t *testing.T, h http.Handler) *admin {
 	if err != nil {
 		t.Fatal(err)
 	}
-	operator, err := operatorCA.Issue(pki.LeafOptions{CommonName: "operator-viewer", Usage: pki.Client, Validity: time.Hour})
+	operator, err := operatorCA.Issue(admin.IssueOptions("operator-viewer", []admin.Role{admin.Viewer}, time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := admin.NewHandler(admin.Options{DB: db, Operators: operatorCA.Pool(), Fleet: fleet.NewHandler(fleet.Options{Source: db})})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +231,7 @@ func startAdmin(t *testing.T, h http.Handler) *admin {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &admin{origin: "https://" + ln.Addr().String(),
+	a := &adminServer{origin: "https://" + ln.Addr().String(),
 		clientCert: filepath.Join(dir, "operator-cert.pem"), clientKey: filepath.Join(dir, "operator-key.pem")}
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -223,12 +240,7 @@ func startAdmin(t *testing.T, h http.Handler) *admin {
 			a.mu.Unlock()
 			h.ServeHTTP(w, r)
 		}),
-		TLSConfig: &tls.Config{
-			Certificates: []tls.Certificate{serverLeaf.TLSCertificate()},
-			ClientAuth:   tls.RequireAndVerifyClientCert,
-			ClientCAs:    operatorCA.Pool(),
-			MinVersion:   tls.VersionTLS12,
-		},
+		TLSConfig:         admin.TLSConfig(serverLeaf.TLSCertificate(), operatorCA.Pool()),
 		ErrorLog:          log.New(a, "", 0),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
