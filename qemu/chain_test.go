@@ -22,6 +22,9 @@ const (
 	applianceID = "lux-01"
 	clientID    = "tallinn-client"
 	nbdPort     = 10809
+	// metricsPort is the appliance's Prometheus listener in the guest,
+	// forwarded when the chain has a scraper.
+	metricsPort = 9464
 )
 
 // imageSeq numbers the chains' images.
@@ -45,6 +48,9 @@ type chain struct {
 	initrd   []byte
 	disk     string
 	release  int
+	// scraper, when set, is the Prometheus scraper the appliance's
+	// metrics section trusts; boots then forward metricsPort.
+	scraper *scraper
 }
 
 func newChain(t testing.TB, lease time.Duration) *chain {
@@ -56,7 +62,24 @@ func newChain(t testing.TB, lease time.Duration) *chain {
 // diskDevice ("" = the appliance's default, /dev/vda).
 func newChainDisk(t testing.TB, lease time.Duration, diskDevice string) *chain {
 	t.Helper()
+	return newChainConfig(t, newChainTPM(t), lease, qemu.ConfigOptions{DiskDevice: diskDevice})
+}
+
+// newChainMetrics is newChain with the appliance serving Prometheus
+// metrics on metricsPort to the chain's scraper.
+func newChainMetrics(t testing.TB, lease time.Duration) *chain {
+	t.Helper()
 	c := newChainTPM(t)
+	c.scraper = newScraper(t)
+	return newChainConfig(t, c, lease, qemu.ConfigOptions{
+		MetricsListen: fmt.Sprintf(":%d", metricsPort), MetricsClientCAPEM: c.scraper.caPEM,
+	})
+}
+
+// newChainConfig starts c's verifier, enrolls c's TPM and builds the
+// appliance configured with o (its verifier filled in).
+func newChainConfig(t testing.TB, c *chain, lease time.Duration, o qemu.ConfigOptions) *chain {
+	t.Helper()
 	ctx := context.Background()
 	var err error
 	if c.v, err = qemu.StartVerifier(ctx, qemu.VerifierOptions{Dir: t.TempDir(), Lease: lease}); err != nil {
@@ -66,7 +89,8 @@ func newChainDisk(t testing.TB, lease time.Duration, diskDevice string) *chain {
 	if err := c.v.Enroll(ctx, applianceID, c.tpm); err != nil {
 		t.Fatal(err)
 	}
-	c.build(t, qemu.ConfigOptions{VerifierURL: c.v.GuestURL, VerifierCAPEM: c.v.CAPEM, DiskDevice: diskDevice})
+	o.VerifierURL, o.VerifierCAPEM = c.v.GuestURL, c.v.CAPEM
+	c.build(t, o)
 	return c
 }
 
@@ -112,10 +136,13 @@ func (c *chain) boot(t testing.TB, initrd string) *qemu.Machine {
 	if initrd == "" {
 		initrd = c.img.Initrd
 	}
+	fw := []qemu.Forward{{GuestPort: nbdPort}}
+	if c.scraper != nil {
+		fw = append(fw, qemu.Forward{GuestPort: metricsPort})
+	}
 	return startT(t, qemu.Config{
 		Kernel: c.img.Kernel, Initrd: initrd, Append: qemu.DefaultAppend,
-		DataDisk: c.disk, TPMState: c.tpm.StateDir,
-		Forwards: []qemu.Forward{{GuestPort: nbdPort}},
+		DataDisk: c.disk, TPMState: c.tpm.StateDir, Forwards: fw,
 	})
 }
 

@@ -37,6 +37,13 @@ type ConfigOptions struct {
 	// the appliance's, /dev/vda). Booting a disk image, name the image's
 	// store partition, e.g. StorePartition.
 	DiskDevice string
+	// MetricsListen and MetricsClientCAPEM, if MetricsListen is set, give
+	// the configuration a "metrics" section: the Prometheus listener on
+	// that address inside the guest (e.g. ":9464"; forward the port to
+	// reach it), open to scrapers whose client certificate chains to
+	// MetricsClientCAPEM.
+	MetricsListen      string
+	MetricsClientCAPEM string
 }
 
 // StorePartition names the disk image's store partition (images/disk,
@@ -70,6 +77,9 @@ func ApplianceConfig(o ConfigOptions) ([]byte, error) {
 		}
 	} else {
 		cfg["verifier"] = map[string]any{"url": o.VerifierURL, "ca_pem": o.VerifierCAPEM}
+	}
+	if o.MetricsListen != "" {
+		cfg["metrics"] = map[string]any{"listen": o.MetricsListen, "client_ca_pem": o.MetricsClientCAPEM}
 	}
 	if o.DiskDevice != "" {
 		cfg["disk"] = map[string]any{"device": o.DiskDevice}

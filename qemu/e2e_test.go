@@ -21,15 +21,16 @@ import (
 // TestE2ELifecycle runs, on one provisioned disk:
 //
 //   - scenario 1: first boot provisions and serves; 64 MiB written with
-//     nbdcopy over TLS read back identical; after a reboot (same TPM, same
-//     disk) the data is still there;
+//     nbdcopy over TLS read back identical, the appliance's Prometheus
+//     metrics (scraped over mutual TLS) count that traffic; after a reboot
+//     (same TPM, same disk) the data is still there;
 //   - scenario 7: the whole disk rolled back to an earlier copy is refused
 //     at unlock;
 //   - scenario 3: the same disk with another TPM gets no key;
 //   - scenario 4: revoking the running appliance stops it serving within
 //     its lease, and a revoked appliance is refused at boot.
 func TestE2ELifecycle(t *testing.T) {
-	c := newChain(t, 30*time.Second)
+	c := newChainMetrics(t, 30*time.Second)
 	ctx := context.Background()
 
 	// Scenario 1.
@@ -53,6 +54,7 @@ func TestE2ELifecycle(t *testing.T) {
 	if !bytes.Equal(readBack(t, c.uri(m), len(data)), data) {
 		t.Fatal("data read back differs")
 	}
+	c.checkMetrics(t, m, len(data), 30*time.Second)
 	m.Close()
 	snapshot := filepath.Join(t.TempDir(), "snapshot.img")
 	copyFile(t, c.disk, snapshot)

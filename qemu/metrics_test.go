@@ -1,0 +1,184 @@
+package qemu_test
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dataembassy/embassy/internal/pki"
+	"github.com/dataembassy/embassy/qemu"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// scraper is a Prometheus scraper's client certificate and the CA that
+// issued it (the appliance's metrics.client_ca_pem).
+type scraper struct {
+	caPEM string
+	cert  tls.Certificate
+}
+
+func newScraper(t testing.TB) *scraper {
+	t.Helper()
+	ca, err := pki.NewCA("Embassy scrapers CA", 24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Issue(pki.LeafOptions{CommonName: "prometheus", Usage: pki.Client, Validity: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &scraper{caPEM: string(ca.CertPEM()), cert: leaf.TLSCertificate()}
+}
+
+// metricsClient is an HTTPS client that verifies the appliance against
+// the server identity the chain pinned for its NBD clients (certs/
+// ca-cert.pem, as libnbd does, for the host 127.0.0.1) and presents
+// certs as its client certificates.
+func (c *chain) metricsClient(t testing.TB, certs []tls.Certificate) *http.Client {
+	t.Helper()
+	pinned, err := os.ReadFile(filepath.Join(c.certs, "ca-cert.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pinned) {
+		t.Fatal("no certificate in the pinned server identity")
+	}
+	return &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots, Certificates: certs},
+	}}
+}
+
+// scrapeWith GETs /metrics from m's forwarded metrics port with client.
+func scrapeWith(client *http.Client, m *qemu.Machine) (*http.Response, error) {
+	req, err := http.NewRequest(http.MethodGet, "https://"+m.HostAddr(metricsPort)+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "text/plain;version=0.0.4")
+	return client.Do(req)
+}
+
+// scrape fetches and parses m's metrics as the chain's scraper.
+func (c *chain) scrape(t testing.TB, m *qemu.Machine) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := scrapeWith(c.metricsClient(t, []tls.Certificate{c.scraper.cert}), m)
+	if err != nil {
+		t.Fatal("scrape:", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape: %s", resp.Status)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatal("parsing the scrape:", err)
+	}
+	return fams
+}
+
+// scrapeRefused checks that a scrape without a client certificate fails
+// in the TLS handshake: TLS 1.3 clients learn it from the server's
+// certificate_required alert.
+func (c *chain) scrapeRefused(t testing.TB, m *qemu.Machine) {
+	t.Helper()
+	resp, err := scrapeWith(c.metricsClient(t, nil), m)
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("a scrape without a client certificate got %s", resp.Status)
+	}
+	if !strings.Contains(err.Error(), "certificate required") {
+		t.Fatalf("a scrape without a client certificate failed, but not in the handshake: %v", err)
+	}
+	t.Logf("scrape without a client certificate: %v", err)
+}
+
+// sample returns the value of the one series of family name whose labels
+// include labels, failing if there is no such series or more than one.
+func sample(t testing.TB, fams map[string]*dto.MetricFamily, name string, labels map[string]string) float64 {
+	t.Helper()
+	f, ok := fams[name]
+	if !ok {
+		t.Fatalf("scrape has no %s", name)
+	}
+	var found []float64
+	for _, m := range f.GetMetric() {
+		have := map[string]string{}
+		for _, l := range m.GetLabel() {
+			have[l.GetName()] = l.GetValue()
+		}
+		match := true
+		for k, v := range labels {
+			match = match && have[k] == v
+		}
+		if !match {
+			continue
+		}
+		switch f.GetType() {
+		case dto.MetricType_COUNTER:
+			found = append(found, m.GetCounter().GetValue())
+		case dto.MetricType_GAUGE:
+			found = append(found, m.GetGauge().GetValue())
+		default:
+			t.Fatalf("%s is a %v, want a counter or gauge", name, f.GetType())
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("scrape has %d series %s%v, want 1", len(found), name, labels)
+	}
+	return found[0]
+}
+
+// checkMetrics scrapes m after the test wrote and read back at least
+// written bytes of the export, and checks the appliance's view of it:
+// serving, the NBD traffic counted, a committed store and a valid lease
+// of at most lease. A scrape without a client certificate is refused.
+func (c *chain) checkMetrics(t testing.TB, m *qemu.Machine, written int, lease time.Duration) {
+	t.Helper()
+	c.scrapeRefused(t, m)
+	fams := c.scrape(t, m)
+	nbd := func(name, command string) float64 {
+		return sample(t, fams, name, map[string]string{"export": "registers", "command": command})
+	}
+	got := map[string]float64{
+		"serving":        sample(t, fams, "embassy_appliance_serving", nil),
+		"write requests": nbd("embassy_nbd_requests_total", "write"),
+		"read requests":  nbd("embassy_nbd_requests_total", "read"),
+		"write bytes":    nbd("embassy_nbd_bytes_total", "write"),
+		"read bytes":     nbd("embassy_nbd_bytes_total", "read"),
+		"errors":         nbd("embassy_nbd_errors_total", "write") + nbd("embassy_nbd_errors_total", "read"),
+		"epoch":          sample(t, fams, "embassy_store_epoch", nil),
+		"nv counter":     sample(t, fams, "embassy_store_nv_counter", nil),
+		"lease":          sample(t, fams, "embassy_appliance_lease_remaining_seconds", map[string]string{"verifier": "verifier"}),
+		"quorum lease":   sample(t, fams, "embassy_appliance_quorum_lease_remaining_seconds", nil),
+	}
+	t.Logf("metrics: %v", got)
+	checks := []struct {
+		what string
+		ok   bool
+	}{
+		{"embassy_appliance_serving is 1", got["serving"] == 1},
+		{"write requests counted", got["write requests"] > 0},
+		{"read requests counted", got["read requests"] > 0},
+		{fmt.Sprintf("at least the %d bytes written counted", written), got["write bytes"] >= float64(written)},
+		{fmt.Sprintf("at least the %d bytes read back counted", written), got["read bytes"] >= float64(written)},
+		{"no NBD errors", got["errors"] == 0},
+		{"a committed store epoch", got["epoch"] > 0},
+		{fmt.Sprintf("the verifier's lease remaining, at most %v", lease), got["lease"] > 0 && got["lease"] <= lease.Seconds()},
+		{"the quorum's lease remaining", got["quorum lease"] > 0 && got["quorum lease"] <= lease.Seconds()},
+	}
+	for _, ch := range checks {
+		if !ch.ok {
+			t.Errorf("metrics: want %s", ch.what)
+		}
+	}
+}
