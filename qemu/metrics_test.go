@@ -86,20 +86,22 @@ func (c *chain) scrape(t testing.TB, m *qemu.Machine) map[string]*dto.MetricFami
 	return fams
 }
 
-// scrapeRefused checks that a scrape without a client certificate fails
-// in the TLS handshake: TLS 1.3 clients learn it from the server's
-// certificate_required alert.
-func (c *chain) scrapeRefused(t testing.TB, m *qemu.Machine) {
+// scrapeRefused checks that a scrape presenting certs (what) fails in the
+// TLS handshake with the server's alert want: TLS 1.3 clients learn of
+// the refusal from the alert on their first read.
+func (c *chain) scrapeRefused(t testing.TB, m *qemu.Machine, what string, certs []tls.Certificate, want string) {
 	t.Helper()
-	resp, err := scrapeWith(c.metricsClient(t, nil), m)
+	resp, err := scrapeWith(c.metricsClient(t, certs), m)
 	if err == nil {
 		resp.Body.Close()
-		t.Fatalf("a scrape without a client certificate got %s", resp.Status)
+		t.Errorf("a scrape %s got %s", what, resp.Status)
+		return
 	}
-	if !strings.Contains(err.Error(), "certificate required") {
-		t.Fatalf("a scrape without a client certificate failed, but not in the handshake: %v", err)
+	if !strings.Contains(err.Error(), "remote error: tls: "+want) {
+		t.Errorf("a scrape %s failed, but not with the TLS alert %q: %v", what, want, err)
+		return
 	}
-	t.Logf("scrape without a client certificate: %v", err)
+	t.Logf("scrape %s: %v", what, err)
 }
 
 // sample returns the value of the one series of family name whose labels
@@ -141,10 +143,13 @@ func sample(t testing.TB, fams map[string]*dto.MetricFamily, name string, labels
 // checkMetrics scrapes m after the test wrote and read back at least
 // written bytes of the export, and checks the appliance's view of it:
 // serving, the NBD traffic counted, a committed store and a valid lease
-// of at most lease. A scrape without a client certificate is refused.
+// of at most lease. Scrapes without a client certificate or with one
+// from another CA are refused.
 func (c *chain) checkMetrics(t testing.TB, m *qemu.Machine, written int, lease time.Duration) {
 	t.Helper()
-	c.scrapeRefused(t, m)
+	c.scrapeRefused(t, m, "without a client certificate", nil, "certificate required")
+	c.scrapeRefused(t, m, "with a client certificate from another CA",
+		[]tls.Certificate{newScraper(t).cert}, "unknown certificate authority")
 	fams := c.scrape(t, m)
 	nbd := func(name, command string) float64 {
 		return sample(t, fams, name, map[string]string{"export": "registers", "command": command})
