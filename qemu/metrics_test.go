@@ -167,6 +167,9 @@ func (c *chain) checkMetrics(t testing.TB, m *qemu.Machine, written int, lease t
 		"quorum lease":   sample(t, fams, "embassy_appliance_quorum_lease_remaining_seconds", nil),
 	}
 	t.Logf("metrics: %v", got)
+	for _, s := range fams["embassy_nbd_requests_total"].GetMetric() {
+		t.Logf("embassy_nbd_requests_total%v %v", s.GetLabel(), s.GetCounter().GetValue())
+	}
 	checks := []struct {
 		what string
 		ok   bool
