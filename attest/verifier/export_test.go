@@ -24,7 +24,7 @@ func (d *DB) ForgetShareSet(ctx context.Context, id string) error {
 // TruncateShareCommit leaves appliance id's share row incomplete, as a
 // damaged database would.
 func (d *DB) TruncateShareCommit(ctx context.Context, id string) error {
-	_, err := d.db.ExecContext(ctx, `UPDATE appliances SET share_commit = x'00' WHERE id = ?`, id)
+	_, err := d.db.ExecContext(ctx, `UPDATE appliances SET share_commit = ? WHERE id = ?`, []byte{0}, id)
 	return err
 }
 
