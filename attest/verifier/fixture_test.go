@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -31,7 +30,7 @@ var bootEvents = []measure.Event{
 // fixture is a verifier with one published release and its clock.
 type fixture struct {
 	t      testing.TB
-	dbPath string
+	dsn    string // the database, kept across restarts
 	db     *verifier.DB
 	srv    *httptest.Server
 	pool   *x509.CertPool
@@ -43,7 +42,7 @@ type fixture struct {
 
 func newFixture(t testing.TB) *fixture {
 	t.Helper()
-	f := &fixture{t: t, dbPath: filepath.Join(t.TempDir(), "verifier.db"), now: time.Now()}
+	f := &fixture{t: t, dsn: testDSN(t), now: time.Now()}
 	_, f.relKey, _ = ed25519.GenerateKey(rand.Reader)
 	f.start()
 	ctx := context.Background()
@@ -60,7 +59,7 @@ func (f *fixture) clock() time.Time { return f.now }
 func (f *fixture) start() {
 	t := f.t
 	t.Helper()
-	db, err := verifier.OpenDB(context.Background(), f.dbPath)
+	db, err := verifier.OpenDB(context.Background(), f.dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +99,8 @@ func (f *fixture) stop() {
 	}
 }
 
-// restart stops the server and the DB and starts them again on the file.
+// restart stops the server and the DB and starts them again on the same
+// database.
 func (f *fixture) restart() {
 	f.stop()
 	f.start()
