@@ -37,3 +37,10 @@ func (d *DB) StoredShare(ctx context.Context, id string) (*keys.Share, error) {
 	}
 	return a.share, nil
 }
+
+// UsedNonces counts the nonces burnt by an attestation.
+func (d *DB) UsedNonces(ctx context.Context) (int, error) {
+	var n int
+	err := d.db.QueryRowContext(ctx, `SELECT count(*) FROM nonces WHERE used_at IS NOT NULL`).Scan(&n)
+	return n, err
+}

@@ -42,7 +42,13 @@ type fixture struct {
 
 func newFixture(t testing.TB) *fixture {
 	t.Helper()
-	f := &fixture{t: t, dsn: testDSN(t), now: time.Now()}
+	return newFixtureAt(t, testDSN(t))
+}
+
+// newFixtureAt is newFixture on the empty database dsn.
+func newFixtureAt(t testing.TB, dsn string) *fixture {
+	t.Helper()
+	f := &fixture{t: t, dsn: dsn, now: time.Now()}
 	_, f.relKey, _ = ed25519.GenerateKey(rand.Reader)
 	f.start()
 	ctx := context.Background()
