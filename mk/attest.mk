@@ -3,9 +3,10 @@
 
 RACE_PKGS += ./attest/verifier/ ./attest/agent/ ./attest/tpm/
 
-## test-attest: attest packages and the verifier CLI tests (real swtpm)
+## test-attest: attest packages and the verifier CLI tests (real swtpm), the verifier suite again on PostgreSQL
 test-attest:
 	$(GO) test -count=1 -timeout 20m ./attest/... ./cmd/embassy-verifier/...
+	EMBASSY_TEST_DB=postgres $(GO) test -count=1 -timeout 20m ./attest/verifier/
 	$(GO) test -count=1 -run 'TestEnrollListRevokeAudit|TestReleasePublishThreshold|TestHelpEverywhere' ./cmd/embassyctl/
 
 # Load test knobs (see attest/verifier/bench_test.go).

@@ -304,7 +304,9 @@ func TestVerifierProcessKilledMidLoad(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	killOnce.Do(func() { t.Fatalf("process 0 admitted %d quotes, never reached %d: not killed", admittedAt0.Load(), killAfter) })
+	killOnce.Do(func() {
+		t.Fatalf("process 0 admitted %d quotes, never reached %d: not killed", admittedAt0.Load(), killAfter)
+	})
 	var unanswered, recorded int
 	for i, ok := range answered {
 		if ok {
