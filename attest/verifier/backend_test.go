@@ -1,10 +1,16 @@
 package verifier_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"errors"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
+	"github.com/dataembassy/embassy/attest/verifier"
 	"github.com/dataembassy/embassy/internal/pgtest"
 )
 
@@ -40,4 +46,61 @@ func backend(env string) string {
 		return b
 	}
 	return "sqlite"
+}
+
+// openTwice opens dsn concurrently from two handles (two connection pools,
+// as two processes would), migrating it once between them.
+func openTwice(t *testing.T, dsn string) [2]*verifier.DB {
+	t.Helper()
+	var dbs [2]*verifier.DB
+	var errs [2]error
+	var wg sync.WaitGroup
+	for i := range dbs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dbs[i], errs[i] = verifier.OpenDB(t.Context(), dsn)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("open %d: %v", i, err)
+		}
+		t.Cleanup(func() { dbs[i].Close() })
+	}
+	return dbs
+}
+
+// TestConcurrentOperatorWrites races the same operator write through two
+// handles on one database: exactly one succeeds and the other gets the
+// same sentinel error on either backend.
+func TestConcurrentOperatorWrites(t *testing.T) {
+	dbs := openTwice(t, testDSN(t))
+	ctx := t.Context()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	race := func(name string, want error, op func(*verifier.DB) error) {
+		t.Helper()
+		var errs [2]error
+		var wg sync.WaitGroup
+		for i, db := range dbs {
+			wg.Add(1)
+			go func() { defer wg.Done(); errs[i] = op(db) }()
+		}
+		wg.Wait()
+		if ok := (errs[0] == nil) != (errs[1] == nil); !ok || !errors.Is(errors.Join(errs[:]...), want) {
+			t.Errorf("%s twice at once: %v, %v; want one success and one %v", name, errs[0], errs[1], want)
+		}
+	}
+	race("enroll", verifier.ErrExists, func(db *verifier.DB) error {
+		return db.Enroll(ctx, verifier.EnrollParams{ID: "rack1", EKPublic: &k.PublicKey, Actor: "test"})
+	})
+	race("revoke", verifier.ErrExists, func(db *verifier.DB) error { return db.Revoke(ctx, "rack1", "lost", "test") })
+	rep, err := dbs[0].VerifyAudit(ctx, 0, "")
+	if err != nil || len(rep.Problems) != 0 || rep.Records != 2 {
+		t.Fatalf("audit: %v %+v, want 2 records, intact", err, rep)
+	}
 }
