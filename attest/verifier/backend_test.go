@@ -48,35 +48,23 @@ func backend(env string) string {
 	return "sqlite"
 }
 
-// openTwice opens dsn concurrently from two handles (two connection pools,
-// as two processes would), migrating it once between them.
-func openTwice(t *testing.T, dsn string) [2]*verifier.DB {
+// openDB opens dsn, closing it when the test ends.
+func openDB(t *testing.T, dsn string) *verifier.DB {
 	t.Helper()
-	var dbs [2]*verifier.DB
-	var errs [2]error
-	var wg sync.WaitGroup
-	for i := range dbs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			dbs[i], errs[i] = verifier.OpenDB(t.Context(), dsn)
-		}()
+	db, err := verifier.OpenDB(t.Context(), dsn)
+	if err != nil {
+		t.Fatalf("open %s: %v", dsn, err)
 	}
-	wg.Wait()
-	for i, err := range errs {
-		if err != nil {
-			t.Fatalf("open %d: %v", i, err)
-		}
-		t.Cleanup(func() { dbs[i].Close() })
-	}
-	return dbs
+	t.Cleanup(func() { db.Close() })
+	return db
 }
 
 // TestConcurrentOperatorWrites races the same operator write through two
 // handles on one database: exactly one succeeds and the other gets the
 // same sentinel error on either backend.
 func TestConcurrentOperatorWrites(t *testing.T) {
-	dbs := openTwice(t, testDSN(t))
+	dsn := testDSN(t)
+	dbs := [2]*verifier.DB{openDB(t, dsn), openDB(t, dsn)} // two connection pools, as two processes have
 	ctx := t.Context()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

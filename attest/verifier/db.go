@@ -104,14 +104,13 @@ func (d *DB) Close() error { return d.db.Close() }
 func (d *DB) SetClock(now func() time.Time) { d.now = now }
 
 func (d *DB) migrate(ctx context.Context) error {
+	// The transaction holds the write lock, so processes starting at once
+	// migrate one after the other.
 	tx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("verifier: migrate: %w", err)
 	}
 	defer tx.Rollback()
-	if err := d.lockWrites(ctx, tx); err != nil { // two processes starting at once
-		return fmt.Errorf("verifier: migrate: %w", err)
-	}
 	if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
 		return fmt.Errorf("verifier: migrate: %w", err)
 	}
@@ -154,8 +153,8 @@ func (d *DB) Setting(ctx context.Context, key, def string) (string, error) {
 }
 
 // withTx runs f in a write transaction: immediate on SQLite, holding the
-// write lock (writeLockSQL) on PostgreSQL. Either way write transactions
-// run one at a time, across processes too.
+// write lock (beginSQL) on PostgreSQL. Either way write transactions run
+// one at a time, across processes too.
 func (d *DB) withTx(ctx context.Context, f func(*sql.Tx) error) error {
 	d.writeMu.Lock()
 	defer d.writeMu.Unlock()
@@ -164,9 +163,6 @@ func (d *DB) withTx(ctx context.Context, f func(*sql.Tx) error) error {
 		return fmt.Errorf("verifier: begin: %w", err)
 	}
 	defer tx.Rollback()
-	if err := d.lockWrites(ctx, tx); err != nil {
-		return fmt.Errorf("verifier: begin: %w", err)
-	}
 	if err := f(tx); err != nil {
 		return err
 	}
@@ -174,16 +170,6 @@ func (d *DB) withTx(ctx context.Context, f func(*sql.Tx) error) error {
 		return fmt.Errorf("verifier: commit: %w", err)
 	}
 	return nil
-}
-
-// lockWrites takes PostgreSQL's write lock for tx; SQLite's immediate
-// transactions already hold its write lock.
-func (d *DB) lockWrites(ctx context.Context, tx *sql.Tx) error {
-	if !d.pg {
-		return nil
-	}
-	_, err := tx.ExecContext(ctx, writeLockSQL)
-	return err
 }
 
 // Prepared statements for the hot path: without them the driver parses the

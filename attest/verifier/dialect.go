@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -25,13 +26,16 @@ func isPostgres(dsn string) bool {
 	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
 }
 
-// writeLockSQL serialises write transactions across every verifier
-// process sharing one PostgreSQL database, as SQLite's write lock does
-// for processes sharing a file: the audit chain's read-the-head-then-
+// beginSQL begins a PostgreSQL transaction holding the verifier's write
+// lock, in one round trip. Every transaction the verifier opens writes, so
+// each takes the lock (as SQLite's immediate transactions take its write
+// lock): write transactions run one at a time across every verifier
+// process sharing the database, and the audit chain's read-the-head-then-
 // append, the nonce burn and every check-then-insert stay linear. The
-// lock is released at commit or rollback; its key is scoped to the
-// database, so other databases on the cluster do not contend.
-const writeLockSQL = `SELECT pg_advisory_xact_lock(7100339453712098103)` // an arbitrary key, the verifier's
+// advisory lock (its key arbitrary, the verifier's) is released at commit
+// or rollback; it is scoped to the database, so other databases on the
+// cluster do not contend.
+const beginSQL = `BEGIN; SELECT pg_advisory_xact_lock(7100339453712098103)`
 
 // openPostgres opens the PostgreSQL database dsn. synchronousCommit is
 // the session's synchronous_commit: "off" keeps commits ordered and
@@ -68,6 +72,30 @@ func (c pgConn) Prepare(q string) (driver.Stmt, error) { return c.Conn.Prepare(r
 func (c pgConn) PrepareContext(ctx context.Context, q string) (driver.Stmt, error) {
 	return c.Conn.PrepareContext(ctx, rebind(q))
 }
+
+// BeginTx begins a transaction holding the write lock (beginSQL).
+func (c pgConn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	if opts.Isolation != driver.IsolationLevel(sql.LevelDefault) || opts.ReadOnly {
+		return nil, errors.New("verifier: PostgreSQL transactions take the default options only")
+	}
+	if c.Conn.Conn().IsClosed() {
+		return nil, driver.ErrBadConn
+	}
+	tx, err := c.Conn.Conn().BeginTx(ctx, pgx.TxOptions{BeginQuery: beginSQL})
+	if err != nil {
+		return nil, err
+	}
+	return pgTx{ctx, tx}, nil
+}
+
+// pgTx is a pgx transaction as database/sql drives it.
+type pgTx struct {
+	ctx context.Context
+	tx  pgx.Tx
+}
+
+func (t pgTx) Commit() error   { return t.tx.Commit(t.ctx) }
+func (t pgTx) Rollback() error { return t.tx.Rollback(t.ctx) }
 
 func (c pgConn) ExecContext(ctx context.Context, q string, args []driver.NamedValue) (driver.Result, error) {
 	return c.Conn.ExecContext(ctx, rebind(q), args)

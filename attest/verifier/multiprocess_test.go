@@ -170,6 +170,35 @@ func (p *verifierProc) attest(q *protocol.AttestRequest) (ok bool, refusal *prot
 	return code == http.StatusOK && resp.AuditSeq > 0, e
 }
 
+// TestConcurrentMigrationsPostgres opens a new PostgreSQL database from
+// several handles at once, as verifier processes starting together do:
+// each migrates it or waits for the one that does, and all succeed.
+func TestConcurrentMigrationsPostgres(t *testing.T) {
+	dsn := pgtest.NewDatabase(t)
+	errs := make([]error, 4)
+	var wg sync.WaitGroup
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			db, err := verifier.OpenDB(t.Context(), dsn)
+			if err == nil {
+				err = db.Close()
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("open %d of %d at once: %v", i+1, len(errs), err)
+		}
+	}
+	if _, err := openDB(t, dsn).AuditRecords(t.Context(), verifier.AuditFilter{}); err != nil {
+		t.Errorf("migrated database: %v", err)
+	}
+}
+
 // sharedPostgres is an in-process fixture (for enrolment and the final
 // checks) and two verifier processes, all on one PostgreSQL database, and
 // nApp enrolled appliances.
