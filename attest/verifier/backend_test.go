@@ -14,7 +14,13 @@ import (
 	"github.com/dataembassy/embassy/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+func TestMain(m *testing.M) {
+	code := pgtest.Main(m)
+	if binPath != "" { // built by verifierBinary
+		os.RemoveAll(filepath.Dir(binPath))
+	}
+	os.Exit(code)
+}
 
 // testDSN returns a new, empty verifier database for t on the backend
 // EMBASSY_TEST_DB selects (see newDSN).
