@@ -13,9 +13,10 @@ all: build
 help:
 	@$(GO) run ./internal/cmd/makehelp Makefile mk/*.mk
 
-## deps: install system packages and the guest kernel (idempotent)
+## deps: install system packages, the browser tests' npm packages and the guest kernel (idempotent)
 deps:
 	@scripts/install-deps.sh
+	@scripts/install-browser-deps.sh
 	@if [ -x scripts/fetch-kernel.sh ]; then scripts/fetch-kernel.sh; fi
 
 ## build: the three binaries into build/

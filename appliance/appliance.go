@@ -41,6 +41,7 @@ type Options struct {
 	Attester Attester
 	Storage  Storage
 	Exporter Exporter
+	Monitor  Monitor // optional
 
 	// Logger receives the console log (default slog.Default()).
 	Logger *slog.Logger
@@ -68,6 +69,9 @@ func New(opts Options) (*Appliance, error) {
 	}
 	if opts.RenewFraction <= 0 || opts.RenewFraction >= 1 {
 		opts.RenewFraction = 0.5
+	}
+	if opts.Monitor == nil {
+		opts.Monitor = noMonitor{}
 	}
 	return &Appliance{o: opts, log: opts.Logger}, nil
 }
@@ -230,6 +234,7 @@ func (a *Appliance) unlock(ctx context.Context, epoch uint64, sealed *SealedShar
 			return err
 		}
 		a.logAnswers(u.Answers, false)
+		a.o.Monitor.Leases(u.Answers, u.Lease)
 		a.log.Info("verifier granted the key", "release", u.Release, "lease", u.Lease, "provision", u.Provision)
 		return nil
 	})
@@ -312,11 +317,13 @@ func (a *Appliance) serve(ctx context.Context, store Store, id *ServerIdentity, 
 	go func() {
 		served <- a.o.Exporter.Serve(serveCtx, store, id, func(addr string) {
 			a.log.Info("serving NBD", "addr", addr, "since_start", time.Since(a.start).Round(time.Millisecond))
+			a.o.Monitor.Serving(store, id)
 		})
 	}()
 	stop := func(why error) error {
 		stopServing()
 		<-served
+		a.o.Monitor.Stopped()
 		// Zeroize: the store wipes its keys on Close.
 		if err := store.Close(); err != nil {
 			a.log.Error("closing store", "err", err)
@@ -353,6 +360,13 @@ func (a *Appliance) serve(ctx context.Context, store Store, id *ServerIdentity, 
 		wait = time.Duration(float64(time.Until(expires)) * a.o.RenewFraction)
 	}
 }
+
+// noMonitor is the Monitor of an appliance given none.
+type noMonitor struct{}
+
+func (noMonitor) Leases([]Answer, time.Duration) {}
+func (noMonitor) Serving(Store, *ServerIdentity) {}
+func (noMonitor) Stopped()                       {}
 
 // certIPs are the addresses the server certificate names: the static
 // address, if any, and loopback (clients reaching the appliance through a

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -37,6 +38,7 @@ type rig struct {
 	measurer *fakeMeasurer
 	attester *fakeAttester
 	exporter *fakeExporter
+	monitor  *fakeMonitor
 	log      *syncBuffer
 	done     chan struct{}
 	runErr   error
@@ -59,6 +61,7 @@ func start(t *testing.T, disk *memDevice, att *fakeAttester) *rig {
 		measurer: &fakeMeasurer{},
 		attester: att,
 		exporter: newFakeExporter(),
+		monitor:  &fakeMonitor{},
 		log:      &syncBuffer{},
 		done:     make(chan struct{}),
 	}
@@ -69,7 +72,7 @@ func start(t *testing.T, disk *memDevice, att *fakeAttester) *rig {
 			{Type: "config", Name: "/etc/embassy/appliance.json", Data: []byte("cfg")},
 		},
 		Platform: r.platform, Measurer: r.measurer, Attester: r.attester,
-		Storage: fakeStorage{}, Exporter: r.exporter,
+		Storage: fakeStorage{}, Exporter: r.exporter, Monitor: r.monitor,
 		Logger: slog.New(slog.NewTextHandler(r.log, nil)),
 	})
 	if err != nil {
@@ -269,6 +272,34 @@ func TestRevokedWhileServingStopsAndZeroizes(t *testing.T) {
 	}
 	if n, _ := att.counts(); n != 1 {
 		t.Errorf("Unlock called %d times in one boot, want 1", n)
+	}
+}
+
+// TestMonitorSeesLeasesAndServing: the Monitor hears of the unlock's and
+// every heartbeat's leases, of serving with the store served, and of the
+// stop, last, before the store is closed.
+func TestMonitorSeesLeasesAndServing(t *testing.T) {
+	disk := newMemDevice(64 << 10)
+	att := &fakeAttester{tpm: "A", decide: grant(true, time.Hour), answers: []appliance.Answer{{Verifier: "tallinn", Outcome: appliance.OutcomeGranted, Lease: time.Hour}},
+		heartbeat: func(n int) (time.Duration, error) {
+			if n == 1 {
+				return 200 * time.Millisecond, nil
+			}
+			return 0, fmt.Errorf("operator revoked: %w", appliance.ErrRevoked)
+		}}
+	r := start(t, disk, att)
+	r.waitServing(t)
+	r.waitLog(t, "stopped serving, keys zeroized")
+	r.stop(t)
+	ev := r.monitor.log()
+	want := []string{"leases 1h0m0s tallinn=granted", "serving open", "leases 200ms", "stopped"}
+	// The first heartbeat and Serving race (the exporter reports ready on
+	// its own goroutine): compare without their order.
+	if len(ev) != 4 || ev[0] != want[0] || ev[3] != want[3] || !slices.Contains(ev[1:3], want[1]) || !slices.Contains(ev[1:3], want[2]) {
+		t.Fatalf("monitor heard %q, want %q (middle two in any order)", ev, want)
+	}
+	if !r.exporter.stores[0].isClosed() || r.monitor.store != r.exporter.stores[0] {
+		t.Error("the store reported serving is not the one served and closed")
 	}
 }
 

@@ -57,6 +57,9 @@ type Config struct {
 	// Retry bounds the backoff between attempts after a refusal or an
 	// unreachable verifier.
 	Retry RetryConfig `json:"retry"`
+	// Metrics, if given, serves Prometheus metrics over mutual TLS
+	// (docs/metrics.md). Absent: no metrics listener.
+	Metrics *MetricsConfig `json:"metrics,omitempty"`
 }
 
 // MaxVerifiers is the most verifiers a configuration may list (n).
@@ -109,6 +112,18 @@ type GrantConfig struct {
 	Identity string `json:"identity"`
 	// Access is "rw" or "ro".
 	Access string `json:"access"`
+}
+
+// MetricsConfig configures the Prometheus metrics listener: HTTPS with the
+// NBD server identity as its certificate, serving /metrics only to clients
+// whose certificate chains to ClientCAPEM.
+type MetricsConfig struct {
+	// Listen is the TCP address to serve on, on the management network
+	// ("10.0.9.15:9464"). Required; it must differ from nbd.listen.
+	Listen string `json:"listen"`
+	// ClientCAPEM is the PEM certificate(s) scrapers' client certificates
+	// must chain to. Required.
+	ClientCAPEM string `json:"client_ca_pem"`
 }
 
 // NetworkConfig configures the network interface.
@@ -250,6 +265,17 @@ func (c *Config) Validate() error {
 	}
 	if len(c.NBD.Exports) == 0 {
 		return bad("nbd.exports is empty")
+	}
+	if m := c.Metrics; m != nil {
+		if _, port, err := net.SplitHostPort(m.Listen); err != nil || port == "" {
+			return bad("metrics.listen %q: want host:port", m.Listen)
+		}
+		if m.Listen == c.NBD.Listen {
+			return bad("metrics.listen %q is nbd.listen too", m.Listen)
+		}
+		if _, err := ParseCertPool(m.ClientCAPEM); err != nil {
+			return bad("metrics.client_ca_pem: %v", err)
+		}
 	}
 	names := map[string]bool{}
 	for _, e := range c.NBD.Exports {

@@ -56,6 +56,22 @@ func TestParseConfigDefaults(t *testing.T) {
 	}
 }
 
+func TestParseConfigMetrics(t *testing.T) {
+	c, err := appliance.ParseConfig(marshal(t, validConfig(t)))
+	if err != nil || c.Metrics != nil {
+		t.Fatalf("without a metrics section: %+v, %v; want no metrics", c.Metrics, err)
+	}
+	m := validConfig(t)
+	ca := testCAPEM(t)
+	m["metrics"] = map[string]any{"listen": "10.0.9.15:9464", "client_ca_pem": ca}
+	if c, err = appliance.ParseConfig(marshal(t, m)); err != nil {
+		t.Fatal(err)
+	}
+	if c.Metrics == nil || c.Metrics.Listen != "10.0.9.15:9464" || c.Metrics.ClientCAPEM != ca {
+		t.Fatalf("metrics section read as %+v", c.Metrics)
+	}
+}
+
 func TestParseConfigRejects(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -76,6 +92,14 @@ func TestParseConfigRejects(t *testing.T) {
 		{"header size", func(m map[string]any) { m["disk"] = map[string]any{"header_size": 1000} }, "header_size"},
 		{"retry", func(m map[string]any) { m["retry"] = map[string]any{"initial": "1m", "max": "1s"} }, "retry"},
 		{"duration type", func(m map[string]any) { m["retry"] = map[string]any{"initial": 5} }, "duration"},
+		{"metrics listen", func(m map[string]any) {
+			m["metrics"] = map[string]any{"listen": "10.0.9.15", "client_ca_pem": m["nbd"].(map[string]any)["client_ca_pem"]}
+		}, "metrics.listen"},
+		{"metrics on nbd port", func(m map[string]any) {
+			m["metrics"] = map[string]any{"listen": ":10809", "client_ca_pem": m["nbd"].(map[string]any)["client_ca_pem"]}
+		}, "is nbd.listen"},
+		{"metrics ca", func(m map[string]any) { m["metrics"] = map[string]any{"listen": ":9464", "client_ca_pem": "junk"} }, "metrics.client_ca_pem"},
+		{"metrics field", func(m map[string]any) { m["metrics"] = map[string]any{"listen": ":9464", "ca": "x"} }, "unknown field"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := validConfig(t)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -270,4 +271,44 @@ func (e *fakeExporter) isServing() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.serving
+}
+
+// fakeMonitor records what it is told, one line per call.
+type fakeMonitor struct {
+	mu     sync.Mutex
+	events []string
+	store  appliance.Store
+}
+
+func (m *fakeMonitor) add(e string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.events = append(m.events, e)
+}
+
+func (m *fakeMonitor) Leases(answers []appliance.Answer, quorum time.Duration) {
+	e := "leases " + quorum.String()
+	for _, a := range answers {
+		e += " " + a.Verifier + "=" + a.Outcome
+	}
+	m.add(e)
+}
+
+func (m *fakeMonitor) Serving(st appliance.Store, id *appliance.ServerIdentity) {
+	state := "open"
+	if st.(*fakeStore).isClosed() || len(id.Certificate.Certificate) == 0 {
+		state = "closed or without identity"
+	}
+	m.mu.Lock()
+	m.store = st
+	m.mu.Unlock()
+	m.add("serving " + state)
+}
+
+func (m *fakeMonitor) Stopped() { m.add("stopped") }
+
+func (m *fakeMonitor) log() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.events)
 }

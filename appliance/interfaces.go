@@ -175,6 +175,21 @@ type Exporter interface {
 	Serve(ctx context.Context, store Store, id *ServerIdentity, ready func(addr string)) error
 }
 
+// Monitor is told what the boot sequence does, for metrics
+// (appliance/metrics). Its methods may be called concurrently (Serving
+// comes from the Exporter's goroutine) and must return quickly.
+type Monitor interface {
+	// Leases reports the verifiers' answers to a successful unlock or
+	// heartbeat and the quorum lease they give.
+	Leases(answers []Answer, quorum time.Duration)
+	// Serving reports that store is exported over NBD under the server
+	// identity id.
+	Serving(store Store, id *ServerIdentity)
+	// Stopped reports that serving stopped: the store is closed and the
+	// identity wiped right after it returns.
+	Stopped()
+}
+
 // Platform is the machine: kernel modules, network, data disk, power.
 type Platform interface {
 	// LoadModules loads the kernel modules shipped in the image.

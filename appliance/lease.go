@@ -28,6 +28,7 @@ func (a *Appliance) heartbeat(ctx context.Context, store Store, expires time.Tim
 		}
 		if err == nil {
 			a.logAnswers(r.Answers, true)
+			a.o.Monitor.Leases(r.Answers, r.Lease)
 			a.addResealed(r.Resealed)
 			return r, nil
 		}

@@ -1,13 +1,13 @@
 # Attestation and key release (attest/, cmd/embassy-verifier).
 .PHONY: test-attest bench-verifier bench-verifier-handler fuzz-attest
 
-RACE_PKGS += ./attest/verifier/ ./attest/agent/ ./attest/tpm/
+RACE_PKGS += ./attest/verifier/ ./attest/agent/ ./attest/tpm/ ./attest/admin/
 
 ## test-attest: attest packages and the verifier CLI tests (real swtpm), the verifier suite again on PostgreSQL
 test-attest:
 	$(GO) test -count=1 -timeout 20m ./attest/... ./cmd/embassy-verifier/...
 	EMBASSY_TEST_DB=postgres $(GO) test -count=1 -timeout 20m ./attest/verifier/
-	$(GO) test -count=1 -run 'TestEnrollListRevokeAudit|TestReleasePublishThreshold|TestHelpEverywhere' ./cmd/embassyctl/
+	$(GO) test -count=1 -run 'TestEnrollListRevokeAudit|TestReleasePublishThreshold|TestHelpEverywhere|TestAPIMode' ./cmd/embassyctl/
 
 # Load test knobs (see attest/verifier/bench_test.go).
 BENCH_ATTESTATIONS ?= 2000
@@ -32,7 +32,7 @@ bench-verifier-handler:
 	  EMBASSY_BENCH_PURPOSE=$$p $(GO) test -run '^$$' -bench BenchmarkAttestHandler -benchtime=300x -count=1 ./attest/verifier/ | grep -E 'Benchmark|FAIL' || exit 1; \
 	done
 
-## fuzz-attest: run each attestation parser's fuzz target (key shares, protocol, logs, releases, verifier handler) for 30 s
+## fuzz-attest: run each attestation parser's fuzz target (key shares, protocol, logs, releases, verifier handler, admin API) for 30 s
 fuzz-attest:
 	$(GO) test -run XXX -fuzz FuzzParseShare -fuzztime 30s ./attest/keys/
 	@for f in FuzzAttestRequest FuzzNonceRequest FuzzEnrollChallengeRequest FuzzEnrollActivateRequest; do \
@@ -40,4 +40,5 @@ fuzz-attest:
 	$(GO) test -run XXX -fuzz FuzzParse -fuzztime 30s ./attest/measure/
 	$(GO) test -run XXX -fuzz FuzzParseEnvelope -fuzztime 30s ./attest/release/
 	$(GO) test -run XXX -fuzz FuzzParseManifest -fuzztime 30s ./attest/release/
+	$(GO) test -run XXX -fuzz FuzzHandler -fuzztime 30s ./attest/admin/
 	$(GO) test -run XXX -fuzz FuzzAttestHandler -fuzztime 30s ./attest/verifier/

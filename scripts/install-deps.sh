@@ -9,6 +9,7 @@ packages=(
   libnbd-bin nbdkit fio python3-libnbd
   systemd-boot-efi sbsigntool openssl osslsigncode binutils
   ca-certificates xz-utils cpio zstd
+  chromium fonts-dejavu-core
   postgresql  # internal/pgtest: throwaway clusters for the verifier's PostgreSQL tests
 )
 

@@ -22,6 +22,8 @@ type Exporter struct {
 	// Stats, if set, is called with the server once it exists (tests and
 	// status reporting read its counters).
 	Stats func(*nbd.Server)
+	// Observer, if set, is told of every NBD request (appliance/metrics).
+	Observer nbd.Observer
 }
 
 // ErrNotBackend reports a store that cannot back an NBD export.
@@ -45,7 +47,8 @@ func (e *Exporter) Serve(ctx context.Context, store appliance.Store, id *applian
 			ClientAuth:   tls.RequireAndVerifyClientCert,
 			MinVersion:   tls.VersionTLS13,
 		},
-		Logger: e.Logger,
+		Logger:   e.Logger,
+		Observer: e.Observer,
 	}
 	for _, ex := range e.Config.Exports {
 		opts.Exports = append(opts.Exports, nbd.Export{

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"time"
 
 	"github.com/dataembassy/embassy/attest/protocol"
 	"github.com/dataembassy/embassy/attest/tpm"
@@ -14,6 +15,8 @@ import (
 // in docs/attestation.md, then the decision (decide). Every refusal but a
 // bad request is audited and burns the nonce.
 func (s *Server) attest(ctx context.Context, req *protocol.AttestRequest) (resp *protocol.AttestResponse, err error) {
+	start := time.Now()
+	defer func() { s.opts.Metrics.attestation(req.Purpose, err, time.Since(start)) }()
 	defer func() {
 		var ref *Refusal
 		if errors.As(err, &ref) && ref.Code != protocol.CodeBadRequest {

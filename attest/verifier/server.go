@@ -29,6 +29,9 @@ type Options struct {
 	PolicyRefresh time.Duration
 	// Logger receives operational logs. Default slog.Default().
 	Logger *slog.Logger
+	// Metrics, if set, count the attestations decided and read the
+	// per-appliance gauges from DB (nil: no metrics).
+	Metrics *Metrics
 }
 
 // Server is the appliance-facing API. It implements http.Handler.
@@ -64,6 +67,9 @@ func NewServer(opts Options) (*Server, error) {
 		opts.Logger = slog.Default()
 	}
 	s := &Server{db: opts.DB, opts: opts, log: opts.Logger, mux: http.NewServeMux()}
+	if opts.Metrics != nil {
+		opts.Metrics.bind(opts.DB, opts.Logger)
+	}
 	s.mux.HandleFunc("POST "+protocol.PathEnrollChallenge, handle(s, s.enrollChallenge))
 	s.mux.HandleFunc("POST "+protocol.PathEnrollActivate, handle(s, s.enrollActivate))
 	s.mux.HandleFunc("POST "+protocol.PathNonce, handle(s, s.nonce))

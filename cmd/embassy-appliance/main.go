@@ -19,6 +19,7 @@ import (
 
 	"github.com/dataembassy/embassy/appliance"
 	"github.com/dataembassy/embassy/appliance/linux"
+	"github.com/dataembassy/embassy/appliance/metrics"
 	"github.com/dataembassy/embassy/appliance/wiring"
 	"github.com/dataembassy/embassy/attest/measure"
 	"github.com/dataembassy/embassy/attest/tpm"
@@ -85,6 +86,15 @@ func run(ctx context.Context, log *slog.Logger, configPath, tpmPath string) erro
 	for _, s := range measure.AppliancePlan(self, cfgBytes) {
 		measurements = append(measurements, appliance.Measurement(s))
 	}
+	exporter := &wiring.Exporter{Config: cfg.NBD, Logger: log}
+	var monitor appliance.Monitor
+	if cfg.Metrics != nil {
+		m, err := metrics.New(metrics.Options{Config: cfg.Metrics, Logger: log})
+		if err != nil {
+			return err
+		}
+		exporter.Observer, monitor = m, m
+	}
 	a, err := appliance.New(appliance.Options{
 		Config:       cfg,
 		Measurements: measurements,
@@ -96,7 +106,8 @@ func run(ctx context.Context, log *slog.Logger, configPath, tpmPath string) erro
 		PCRs:       linux.SysfsPCRs{},
 		Attester:   attester,
 		Storage:    &wiring.Storage{Counter: counter, Logger: log},
-		Exporter:   &wiring.Exporter{Config: cfg.NBD, Logger: log},
+		Exporter:   exporter,
+		Monitor:    monitor,
 		Logger:     log,
 	})
 	if err != nil {

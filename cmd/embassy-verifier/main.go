@@ -1,9 +1,11 @@
 // Command embassy-verifier is the home state's attestation verifier: it
-// serves the appliance-facing HTTPS JSON API (/v1/...) over the SQLite state
-// that operators manage with embassyctl on the same host.
+// serves the appliance-facing HTTPS JSON API (/v1/...) and, on a listener
+// of its own, the operators' admin API (/admin/v1/..., mutual TLS against
+// the operators' CA; docs/admin-api.md) that embassyctl drives.
 //
 //	embassy-verifier --db /var/lib/embassy/verifier.db --listen :8443 \
-//	    --cert server.pem --key server.key
+//	    --cert server.pem --key server.key \
+//	    --admin-listen 127.0.0.1:8444 --operator-ca operators/ca.pem
 //	embassy-verifier --init-tls DIR --hosts verifier.example,10.0.0.5
 //
 // --init-tls writes a private CA (ca.pem, the file appliances pin) and a
@@ -17,7 +19,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -74,6 +75,8 @@ func run(ctx context.Context, args []string, logw io.Writer, ready func(addr str
 	nonceTTL := fs.Duration("nonce-ttl", time.Minute, "nonce lifetime")
 	initTLS := fs.String("init-tls", "", "write a CA and server certificate into this directory and exit")
 	hosts := fs.String("hosts", "localhost,127.0.0.1", "with --init-tls: comma-separated server names and IPs")
+	adm := addAdminFlags(fs)
+	logFormat := fs.String("log-format", "text", "log lines as text or json (log/slog)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			usage(stdout, "")
@@ -90,7 +93,13 @@ func run(ctx context.Context, args []string, logw io.Writer, ready func(addr str
 	if *certFile == "" || *keyFile == "" {
 		return usage(logw, "--cert and --key are required (see --init-tls)")
 	}
-	log := slog.New(slog.NewTextHandler(logw, nil))
+	if err := adm.check(); err != nil {
+		return usage(logw, "%v", err)
+	}
+	log, err := newLogger(*logFormat, logw)
+	if err != nil {
+		return usage(logw, "%v", err)
+	}
 
 	db, err := verifier.OpenDB(ctx, *dbPath)
 	if err != nil {
@@ -105,7 +114,8 @@ func run(ctx context.Context, args []string, logw io.Writer, ready func(addr str
 		// Operators can keep this head to detect a truncated log later.
 		log.Info("audit log intact", "records", rep.Records, "head", fmt.Sprintf("%d:%s", rep.HeadSeq, rep.HeadHash))
 	}
-	srv, err := verifier.NewServer(verifier.Options{DB: db, Lease: *lease, NonceTTL: *nonceTTL, Logger: log})
+	metrics := verifier.NewMetrics()
+	srv, err := verifier.NewServer(verifier.Options{DB: db, Lease: *lease, NonceTTL: *nonceTTL, Logger: log, Metrics: metrics})
 	if err != nil {
 		return err
 	}
@@ -127,19 +137,34 @@ func run(ctx context.Context, args []string, logw io.Writer, ready func(addr str
 		return err
 	}
 	log.Info("serving", "addr", ln.Addr().String(), "db", *dbPath)
+	servers := []*http.Server{hs}
+	errc := make(chan error, 2)
+	go func() { errc <- hs.ServeTLS(ln, "", "") }()
+	as, aln, err := adm.server(db, cert, metrics.Handler(), log)
+	if err != nil {
+		hs.Close()
+		return err
+	}
+	if as != nil {
+		servers = append(servers, as)
+		go func() { errc <- as.ServeTLS(aln, "", "") }()
+	}
 	if ready != nil {
 		ready(ln.Addr().String())
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- hs.ServeTLS(ln, "", "") }()
+	var err2 error
 	select {
-	case err := <-errc:
-		return err
+	case err2 = <-errc:
 	case <-ctx.Done():
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		return hs.Shutdown(sctx)
 	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, s := range servers {
+		if err := s.Shutdown(sctx); err2 == nil {
+			err2 = err
+		}
+	}
+	return err2
 }
 
 // writeTLS makes a private CA and a server certificate for hosts.

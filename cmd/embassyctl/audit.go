@@ -16,8 +16,8 @@ func init() {
 }
 
 func runAudit(args []string, stdout, stderr io.Writer) error {
-	usage := `usage: embassyctl audit list [--db D] [--appliance ID] [--limit N] [--json]
-       embassyctl audit verify [--db D] [--head SEQ:HASH] [--json]
+	usage := `usage: embassyctl audit list [--verifier URL | --db D] [--appliance ID] [--limit N] [--json]
+       embassyctl audit verify [--verifier URL | --db D] [--head SEQ:HASH] [--json]
 
 verify walks the whole chain and reports records whose content changed and
 records deleted from the middle; with --head (printed by an earlier verify)
@@ -31,13 +31,13 @@ problem is found.
 }
 
 func auditList(args []string, stdout, stderr io.Writer) error {
-	fs, df := newDBFlags("audit list", "[--db D] [--appliance ID] [--limit N] [--json]", stdout, stderr)
+	fs, df := newDBFlags("audit list", "[--verifier URL | --db D] [--appliance ID] [--limit N] [--json]", stdout, stderr)
 	app := fs.String("appliance", "", "only this appliance's records")
 	limit := fs.Int("limit", 50, "newest N records (0: all)")
 	if err := fs.parse(args); err != nil {
 		return err
 	}
-	return df.withDB(func(ctx context.Context, db *verifier.DB) error {
+	return df.withDB(func(ctx context.Context, db verifierState) error {
 		recs, err := db.AuditRecords(ctx, verifier.AuditFilter{Appliance: *app, Limit: *limit})
 		if err != nil {
 			return err
@@ -53,7 +53,7 @@ func auditList(args []string, stdout, stderr io.Writer) error {
 }
 
 func auditVerify(args []string, stdout, stderr io.Writer) error {
-	fs, df := newDBFlags("audit verify", "[--db D] [--head SEQ:HASH] [--json]", stdout, stderr)
+	fs, df := newDBFlags("audit verify", "[--verifier URL | --db D] [--head SEQ:HASH] [--json]", stdout, stderr)
 	head := fs.String("head", "", "a head recorded earlier (SEQ:HASH) that must still be in the log")
 	if err := fs.parse(args); err != nil {
 		return err
@@ -68,7 +68,7 @@ func auditVerify(args []string, stdout, stderr io.Writer) error {
 		}
 		seq, hash = n, strings.ToLower(h)
 	}
-	return df.withDB(func(ctx context.Context, db *verifier.DB) error {
+	return df.withDB(func(ctx context.Context, db verifierState) error {
 		rep, err := db.VerifyAudit(ctx, seq, hash)
 		if err != nil {
 			return err

@@ -22,21 +22,21 @@ func init() {
 }
 
 func runEKRoot(args []string, stdout, stderr io.Writer) error {
-	return subcommands(args, stdout, stderr, "usage: embassyctl ekroot add [--db D] CERT.pem...\n       embassyctl ekroot list [--db D] [--json]\n",
+	return subcommands(args, stdout, stderr, "usage: embassyctl ekroot add [--verifier URL | --db D] CERT.pem...\n       embassyctl ekroot list [--verifier URL | --db D] [--json]\n",
 		map[string]subcommand{
 			"add": ekRootAdd,
-			"list": listCommand("ekroot list", "SHA-256\tSUBJECT", (*verifier.DB).EKRoots, func(tw io.Writer, r verifier.EKRoot) {
+			"list": listCommand("ekroot list", "SHA-256\tSUBJECT", verifierState.EKRoots, func(tw io.Writer, r verifier.EKRoot) {
 				fmt.Fprintf(tw, "%s\t%s\n", r.Fingerprint, r.Subject)
 			}),
 		})
 }
 
 func ekRootAdd(args []string, stdout, stderr io.Writer) error {
-	fs, df := newDBFlags("ekroot add", "[--db D] CERT.pem...", stdout, stderr)
+	fs, df := newDBFlags("ekroot add", "[--verifier URL | --db D] CERT.pem...", stdout, stderr)
 	if err := fs.args(1, -1).parse(args); err != nil {
 		return err
 	}
-	return df.withDB(func(ctx context.Context, db *verifier.DB) error {
+	return df.withDB(func(ctx context.Context, db verifierState) error {
 		for _, p := range fs.Args() {
 			c, err := pki.ReadCertFile(p)
 			if err != nil {
@@ -52,12 +52,12 @@ func ekRootAdd(args []string, stdout, stderr io.Writer) error {
 }
 
 func runAppliances(args []string, stdout, stderr io.Writer) error {
-	usage := "usage: embassyctl appliances list [--db D] [--json]\n       embassyctl appliances show [--db D] [--json] ID\n       embassyctl appliances server-cert [--db D] ID > ca-cert.pem\n"
+	usage := "usage: embassyctl appliances list [--verifier URL | --db D] [--json]\n       embassyctl appliances show [--verifier URL | --db D] [--json] ID\n       embassyctl appliances server-cert [--verifier URL | --db D] ID > ca-cert.pem\n"
 	return subcommands(args, stdout, stderr, usage, map[string]subcommand{
-		"list": listCommand("appliances list", "ID\tSTATE\tRELEASE\tEPOCH\tLEASE UNTIL", (*verifier.DB).Appliances, func(tw io.Writer, a verifier.ApplianceInfo) {
+		"list": listCommand("appliances list", "ID\tSTATE\tRELEASE\tEPOCH\tLEASE UNTIL", verifierState.Appliances, func(tw io.Writer, a verifier.ApplianceInfo) {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", a.ID, a.State(), orDash(a.Release), a.LastEpoch, fmtTime(a.LeaseUntil))
 		}),
-		"show": withAppliance("show", "[--db D] [--json]", func(a *verifier.ApplianceInfo, df dbFlags, stdout io.Writer) error {
+		"show": withAppliance("show", "[--verifier URL | --db D] [--json]", func(a *verifier.ApplianceInfo, df dbFlags, stdout io.Writer) error {
 			if *df.json {
 				return printJSON(stdout, a)
 			}
@@ -87,7 +87,7 @@ func runAppliances(args []string, stdout, stderr io.Writer) error {
 			}
 			return nil
 		}),
-		"server-cert": withAppliance("server-cert", "[--db D]", func(a *verifier.ApplianceInfo, _ dbFlags, stdout io.Writer) error {
+		"server-cert": withAppliance("server-cert", "[--verifier URL | --db D]", func(a *verifier.ApplianceInfo, _ dbFlags, stdout io.Writer) error {
 			if a.ServerCert == nil {
 				return fmt.Errorf("%w: appliance %q has not reported an NBD server identity in an admitted heartbeat yet", verifier.ErrNotFound, a.ID)
 			}
@@ -104,7 +104,7 @@ func withAppliance(sub, flags string, show func(a *verifier.ApplianceInfo, df db
 		if err := fs.args(1, 1).parse(args); err != nil {
 			return err
 		}
-		return df.withDB(func(ctx context.Context, db *verifier.DB) error {
+		return df.withDB(func(ctx context.Context, db verifierState) error {
 			a, err := db.Appliance(ctx, fs.Arg(0))
 			if err != nil {
 				return err
@@ -115,7 +115,7 @@ func withAppliance(sub, flags string, show func(a *verifier.ApplianceInfo, df db
 }
 
 func runRevoke(args []string, stdout, stderr io.Writer) error {
-	fs, df := newDBFlags("revoke", "[--db D] --reason TEXT ID", stdout, stderr)
+	fs, df := newDBFlags("revoke", "[--verifier URL | --db D] --reason TEXT ID", stdout, stderr)
 	reason := fs.String("reason", "", "why (recorded in the audit log)")
 	if err := fs.require("reason").args(1, 1).parse(args); err != nil {
 		return err
@@ -123,7 +123,7 @@ func runRevoke(args []string, stdout, stderr io.Writer) error {
 	if strings.TrimSpace(*reason) == "" {
 		return fs.usageError("--reason must say why")
 	}
-	return df.withDB(func(ctx context.Context, db *verifier.DB) error {
+	return df.withDB(func(ctx context.Context, db verifierState) error {
 		if err := db.Revoke(ctx, fs.Arg(0), *reason, *df.actor); err != nil {
 			return err
 		}

@@ -17,32 +17,33 @@ import (
 )
 
 func runEnroll(args []string, stdout, stderr io.Writer) error {
-	fs, df := newMultiDBFlags("enroll", "[--db D]... [--threshold K] --id ID (--ek-cert F | --ek-pub F) [--json]", stdout, stderr)
+	fs, df := newMultiDBFlags("enroll", "[--verifier URL | --db D]... [--threshold K] --id ID (--ek-cert F | --ek-pub F) [--json]", stdout, stderr)
 	id := fs.String("id", "", "appliance id (letters, digits, . _ -; at most 64)")
 	certPath := fs.String("ek-cert", "", "EK certificate (PEM or DER); each verifier validates it against its EK roots when it has any")
 	pubPath := fs.String("ek-pub", "", "EK public key (PEM or DER PKIX), when the TPM has no certificate")
-	threshold := fs.Int("threshold", 0, "k: how many of the verifiers (one per --db) must grant the key (default 1 with one --db; required with more)")
+	threshold := fs.Int("threshold", 0, "k: how many of the verifiers (one per --verifier or --db) must grant the key (default 1 with one verifier; required with more)")
 	if err := fs.require("id").parse(args); err != nil {
-		return err
-	}
-	if err := df.unique(fs); err != nil {
 		return err
 	}
 	if (*certPath == "") == (*pubPath == "") {
 		return fs.usageError("exactly one of --ek-cert or --ek-pub required")
 	}
-	n := len(df.list())
+	names, err := df.names()
+	if err != nil {
+		return err
+	}
+	n := len(names)
 	k := *threshold
 	if k == 0 && n == 1 {
 		k = 1
 	}
 	switch {
 	case n > keys.MaxShares:
-		return fs.usageError("at most %d verifier databases, got %d", keys.MaxShares, n)
+		return fs.usageError("at most %d verifiers, got %d", keys.MaxShares, n)
 	case k == 0:
-		return fs.usageError("--threshold required with %d verifier databases", n)
+		return fs.usageError("--threshold required with %d verifiers", n)
 	case k < 1 || k > n:
-		return fs.usageError("--threshold %d: need 1 <= k <= %d (the number of --db)", k, n)
+		return fs.usageError("--threshold %d: need 1 <= k <= %d (the number of verifiers)", k, n)
 	}
 	p := verifier.EnrollParams{ID: *id, Actor: *df.actor}
 	if *certPath != "" {

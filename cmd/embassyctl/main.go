@@ -6,7 +6,13 @@
 // parses its flags with newFlags (flags.go), so all of them spell flags
 // --name, print their usage on stdout and exit 0 for --help, and print it on
 // stderr and exit 2 for wrong arguments. A flag means the same in every
-// command that takes it (--kek, --counter, --out, --db, --json).
+// command that takes it (--kek, --counter, --out, --verifier, --db,
+// --json).
+//
+// The verifier-state commands (enroll, ekroot, appliances, revoke, audit,
+// release trust/threshold/publish/list/withdraw) talk to the verifier's
+// admin API with an operator certificate (--verifier, --cert, --key,
+// --ca); --db works on the database directly, for recovery only.
 package main
 
 import (

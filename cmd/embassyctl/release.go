@@ -35,12 +35,14 @@ subcommands:
   verify  --trust K.pub[,K2.pub] [-k N] [--json] E.json
                                         verify k-of-n signatures by trusted keys
 
-verifier database (on the verifier host; --db, env EMBASSY_VERIFIER_DB):
-  trust     [--db D] K.pub...            trust release signing keys
-  threshold [--db D] K                   require K distinct trusted signatures
-  publish   [--db D] E.json              verify (k of n) and accept a release
-  list      [--db D] [--json]            published releases
-  withdraw  [--db D] DIGEST              stop accepting a release
+verifier (its admin API: --verifier URL --cert F --key F [--ca F];
+recovery mode: --db D on the verifier host):
+  trust     K.pub...                     trust release signing keys
+  threshold K                            require K distinct trusted signatures
+  publish   E.json                       verify (k of n) and accept a release;
+                                         --verifier (or --db) once per verifier
+  list      [--json]                     published releases
+  withdraw  DIGEST                       stop accepting a release
 `
 
 func runRelease(args []string, stdout, stderr io.Writer) error {

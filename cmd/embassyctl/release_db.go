@@ -13,7 +13,7 @@ import (
 )
 
 func releaseTrust(args []string, stdout, stderr io.Writer) error {
-	fs, df := newDBFlags("release trust", "[--db D] KEY.pub...", stdout, stderr)
+	fs, df := newDBFlags("release trust", "[--verifier URL | --db D] KEY.pub...", stdout, stderr)
 	if err := fs.args(1, -1).parse(args); err != nil {
 		return err
 	}
@@ -21,7 +21,7 @@ func releaseTrust(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return df.withDB(func(ctx context.Context, db *verifier.DB) error {
+	return df.withDB(func(ctx context.Context, db verifierState) error {
 		for _, k := range keys {
 			if err := db.AddReleaseKey(ctx, k, *df.actor); err != nil {
 				return err
@@ -33,7 +33,7 @@ func releaseTrust(args []string, stdout, stderr io.Writer) error {
 }
 
 func releaseThreshold(args []string, stdout, stderr io.Writer) error {
-	fs, df := newDBFlags("release threshold", "[--db D] K", stdout, stderr)
+	fs, df := newDBFlags("release threshold", "[--verifier URL | --db D] K", stdout, stderr)
 	if err := fs.args(1, 1).parse(args); err != nil {
 		return err
 	}
@@ -41,7 +41,7 @@ func releaseThreshold(args []string, stdout, stderr io.Writer) error {
 	if err != nil || k < 1 {
 		return fs.usageError("threshold must be a positive integer")
 	}
-	return df.withDB(func(ctx context.Context, db *verifier.DB) error {
+	return df.withDB(func(ctx context.Context, db verifierState) error {
 		if err := db.SetReleaseThreshold(ctx, k, *df.actor); err != nil {
 			return err
 		}
@@ -51,11 +51,8 @@ func releaseThreshold(args []string, stdout, stderr io.Writer) error {
 }
 
 func releasePublish(args []string, stdout, stderr io.Writer) error {
-	fs, df := newMultiDBFlags("release publish", "[--db D]... [--json] ENVELOPE.json", stdout, stderr)
+	fs, df := newMultiDBFlags("release publish", "[--verifier URL | --db D]... [--json] ENVELOPE.json", stdout, stderr)
 	if err := fs.args(1, 1).parse(args); err != nil {
-		return err
-	}
-	if err := df.unique(fs); err != nil {
 		return err
 	}
 	env, err := readEnvelope(fs.Arg(0))
@@ -120,16 +117,16 @@ func firstPublished(views []publishView) *manifestView {
 }
 
 // releaseList prints the published releases.
-var releaseList = listCommand("release list", "DIGEST\tNAME\tRELEASE\tPUBLISHED\tWITHDRAWN", (*verifier.DB).Releases, func(tw io.Writer, r verifier.ReleaseInfo) {
+var releaseList = listCommand("release list", "DIGEST\tNAME\tRELEASE\tPUBLISHED\tWITHDRAWN", verifierState.Releases, func(tw io.Writer, r verifier.ReleaseInfo) {
 	fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Digest, r.Name, r.Release, r.Published.Format(time.RFC3339), fmtTime(r.Withdrawn))
 })
 
 func releaseWithdraw(args []string, stdout, stderr io.Writer) error {
-	fs, df := newDBFlags("release withdraw", "[--db D] DIGEST", stdout, stderr)
+	fs, df := newDBFlags("release withdraw", "[--verifier URL | --db D] DIGEST", stdout, stderr)
 	if err := fs.args(1, 1).parse(args); err != nil {
 		return err
 	}
-	return df.withDB(func(ctx context.Context, db *verifier.DB) error {
+	return df.withDB(func(ctx context.Context, db verifierState) error {
 		if err := db.WithdrawRelease(ctx, fs.Arg(0), *df.actor); err != nil {
 			return err
 		}

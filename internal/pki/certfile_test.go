@@ -1,6 +1,7 @@
 package pki_test
 
 import (
+	"crypto/x509"
 	"os"
 	"path/filepath"
 	"testing"
@@ -44,5 +45,49 @@ func TestReadCertFile(t *testing.T) {
 	}
 	if _, err := pki.ReadCertFile(filepath.Join(dir, "missing")); err == nil {
 		t.Error("a missing file read as a certificate")
+	}
+}
+
+func TestCAFilesRoundTrip(t *testing.T) {
+	ca, err := pki.NewCA("operators", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "ca")
+	if err := ca.WriteFiles(dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.WriteFiles(dir); err == nil {
+		t.Error("WriteFiles overwrote an existing CA")
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "ca-key.pem")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("CA key file: %v, %v", fi, err)
+	}
+	got, err := pki.LoadCA(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := got.Issue(pki.LeafOptions{CommonName: "alice", Usage: pki.Client, Validity: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := leaf.Cert.Verify(x509.VerifyOptions{Roots: ca.Pool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("a leaf of the loaded CA does not verify against the original: %v", err)
+	}
+
+	// A key that is not the certificate's, and a missing directory.
+	other, _ := pki.NewCA("other", time.Hour)
+	mixed := t.TempDir()
+	if err := other.WriteFiles(mixed); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(mixed, "ca.pem"), ca.CertPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pki.LoadCA(mixed); err == nil {
+		t.Error("LoadCA paired a certificate with another CA's key")
+	}
+	if _, err := pki.LoadCA(filepath.Join(dir, "missing")); err == nil {
+		t.Error("LoadCA of a missing directory succeeded")
 	}
 }

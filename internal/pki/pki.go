@@ -22,6 +22,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 )
 
@@ -62,6 +63,17 @@ func NewCA(commonName string, validity time.Duration) (*CA, error) {
 // CertPEM returns the CA certificate in PEM.
 func (ca *CA) CertPEM() []byte { return certPEM(ca.Cert) }
 
+// Roles returns the roles a certificate carries: its subject's
+// OrganizationalUnit values as LeafOptions.Roles wrote them, sorted and
+// without duplicates (X.509 does not keep their order). The caller decides
+// which names mean something; only a verified certificate's roles are
+// worth reading.
+func Roles(c *x509.Certificate) []string {
+	r := slices.Clone(c.Subject.OrganizationalUnit)
+	slices.Sort(r)
+	return slices.Compact(r)
+}
+
 // Pool returns a pool holding only this CA, for RootCAs or ClientCAs.
 func (ca *CA) Pool() *x509.CertPool {
 	p := x509.NewCertPool()
@@ -93,6 +105,10 @@ type LeafOptions struct {
 	URIs []*url.URL
 	// Validity is how long the certificate is valid from now.
 	Validity time.Duration
+	// Roles are written as the subject's OrganizationalUnit values: the
+	// verifier's admin API reads an operator's roles from them (see
+	// Roles). Each must be non-empty.
+	Roles []string
 }
 
 // Leaf is an issued certificate and its private key.
@@ -115,8 +131,13 @@ func (ca *CA) Issue(o LeafOptions) (*Leaf, error) {
 		return nil, fmt.Errorf("pki: leaf key: %w", err)
 	}
 	now := time.Now()
+	for _, r := range o.Roles {
+		if r == "" {
+			return nil, errors.New("pki: empty role")
+		}
+	}
 	tmpl := &x509.Certificate{
-		Subject:   pkix.Name{CommonName: o.CommonName},
+		Subject:   pkix.Name{CommonName: o.CommonName, OrganizationalUnit: o.Roles},
 		NotBefore: now.Add(-clockSkew),
 		NotAfter:  now.Add(o.Validity),
 		KeyUsage:  x509.KeyUsageDigitalSignature,

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -97,9 +98,34 @@ func TestIssueRejectsBadOptions(t *testing.T) {
 	for _, o := range []pki.LeafOptions{
 		{CommonName: "no validity"},
 		{CommonName: "bad usage", Usage: pki.Usage(7), Validity: time.Hour},
+		{CommonName: "empty role", Roles: []string{"viewer", ""}, Validity: time.Hour},
 	} {
 		if _, err := ca.Issue(o); err == nil {
 			t.Errorf("Issue(%+v) succeeded", o)
+		}
+	}
+}
+
+func TestRoles(t *testing.T) {
+	ca, err := pki.NewCA("test CA", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, roles := range [][]string{nil, {"viewer"}, {"auditor", "enroller", "revoker"}} {
+		// Given out of order and with a duplicate: read back sorted, once.
+		given := append(slices.Clone(roles), roles...)
+		slices.Reverse(given)
+		leaf, err := ca.Issue(pki.LeafOptions{CommonName: "alice", Usage: pki.Client, Roles: given, Validity: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Parse the DER again: the roles must survive the encoding.
+		c, err := x509.ParseCertificate(leaf.Cert.Raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := pki.Roles(c); !slices.Equal(got, roles) || c.Subject.CommonName != "alice" {
+			t.Errorf("roles %q: certificate has CN %q, roles %q", roles, c.Subject.CommonName, got)
 		}
 	}
 }

@@ -15,6 +15,24 @@ func benchQD(b *testing.B, typ uint16, size uint32, depth int, structured bool) 
 	benchConn(b, dialExport(b, srv.addr, "mem", structured), typ, size, depth)
 }
 
+// benchObservedQD is benchQD with an Observer set: beside benchQD it
+// shows the cost of the observer hook itself (clock reads, the call).
+func benchObservedQD(b *testing.B, typ uint16, size uint32, depth int) {
+	obs := &countObserver{}
+	srv := startServer(b, nbd.ServerOptions{
+		Exports:    []nbd.Export{{Name: "mem", Backend: newMem(64 << 20)}},
+		Grants:     []nbd.Grant{{Identity: nbd.AnyIdentity, Export: "mem", Access: nbd.ReadWrite}},
+		Plaintext:  true,
+		QueueDepth: 32,
+		MaxPayload: 1 << 20,
+		Observer:   obs,
+	})
+	benchConn(b, dialExport(b, srv.addr, "mem", false), typ, size, depth)
+	if obs.n.Load() < int64(b.N) {
+		b.Fatalf("observer saw %d requests of %d", obs.n.Load(), b.N)
+	}
+}
+
 // benchFileQD is benchQD against a plain file (whose cached reads and
 // whole-page writes the connection's reader serves itself).
 func benchFileQD(b *testing.B, typ uint16, size uint32, depth int) {
@@ -75,6 +93,9 @@ func BenchmarkRead4KQD32Struct(b *testing.B) { benchQD(b, cmdRead, 4096, 32, tru
 func BenchmarkWrite4KQD32(b *testing.B)      { benchQD(b, cmdWrite, 4096, 32, false) }
 func BenchmarkRead1MQD8Struct(b *testing.B)  { benchQD(b, cmdRead, 1<<20, 8, true) }
 func BenchmarkWrite1MQD8(b *testing.B)       { benchQD(b, cmdWrite, 1<<20, 8, false) }
+
+func BenchmarkRead4KQD32Observed(b *testing.B)  { benchObservedQD(b, cmdRead, 4096, 32) }
+func BenchmarkWrite4KQD32Observed(b *testing.B) { benchObservedQD(b, cmdWrite, 4096, 32) }
 
 func BenchmarkFileRead1MQD8(b *testing.B)  { benchFileQD(b, cmdRead, 1<<20, 8) }
 func BenchmarkFileWrite1MQD8(b *testing.B) { benchFileQD(b, cmdWrite, 1<<20, 8) }

@@ -63,26 +63,30 @@ func (c *conn) handle(r *request, rep *reply, inline bool) bool {
 		}
 	}
 	*rep = reply{cookie: r.cookie}
-	served := c.dispatch(r, rep, inline)
+	served, err := c.dispatch(r, rep, inline)
 	if served {
 		c.s.requests.Add(1)
+		if c.s.obs != nil {
+			c.observe(r, err)
+		}
 	}
 	return served
 }
 
-// dispatch checks r, runs its command and fills rep with the outcome. It
-// returns false only for an inline read that would wait for the device.
-func (c *conn) dispatch(r *request, rep *reply, inline bool) bool {
+// dispatch checks r, runs its command and fills rep with the outcome,
+// returning the error answered (nil: success). It returns served false
+// only for an inline read that would wait for the device.
+func (c *conn) dispatch(r *request, rep *reply, inline bool) (served bool, err error) {
 	if r.typ == cmdRead || r.typ == cmdBlockStatus {
 		rep.kind = kindRead // errors on these go in an error chunk
 	}
-	err := c.check(r)
+	err = c.check(r)
 	if err == nil {
 		switch r.typ {
 		case cmdRead:
 			var wouldBlock bool
 			if wouldBlock, err = c.serveRead(r, rep, inline); wouldBlock {
-				return false
+				return false, nil
 			}
 		case cmdWrite:
 			err = c.serveWrite(r)
@@ -110,7 +114,7 @@ func (c *conn) dispatch(r *request, rep *reply, inline bool) bool {
 			rep.errno = c.errno(err, r)
 		}
 	}
-	return true
+	return true, err
 }
 
 // check refuses a request the connection or the export does not allow,

@@ -105,6 +105,8 @@ type ServerOptions struct {
 	// Logger receives connection events, refusals and integrity errors.
 	// Nil means slog.Default().
 	Logger *slog.Logger
+	// Observer, if set, is told of every request served (metrics).
+	Observer Observer
 }
 
 // Stats are a server's counters since it was created.
@@ -132,6 +134,7 @@ type Server struct {
 	maxPay    uint32
 	hsTimeout time.Duration
 	log       *slog.Logger
+	obs       Observer
 
 	connections, refused, requests, integrity atomic.Uint64
 }
@@ -162,6 +165,7 @@ func NewServer(opts ServerOptions) (*Server, error) {
 		maxPay:    opts.MaxPayload,
 		hsTimeout: opts.HandshakeTimeout,
 		log:       opts.Logger,
+		obs:       opts.Observer,
 	}
 	if s.depth <= 0 {
 		s.depth = defaultQueueDepth

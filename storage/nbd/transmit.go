@@ -26,6 +26,8 @@ type request struct {
 	// tooLarge is set by the reader when it discarded a write payload
 	// over MaxPayload: the request is refused with EINVAL.
 	tooLarge bool
+	// start is when the request was read, set only for an Observer.
+	start time.Time
 }
 
 // transmit serves requests until the client disconnects or ctx ends.
@@ -82,6 +84,9 @@ func (c *conn) transmit(ctx context.Context) {
 		if !c.readRequest(r) {
 			<-sem
 			break
+		}
+		if c.s.obs != nil {
+			r.start = time.Now()
 		}
 		if c.inline != nil && c.handle(r, &rep, true) {
 			// While the next request is already buffered the reader goes on
