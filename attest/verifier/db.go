@@ -41,7 +41,7 @@ const maxIdleConns = 32
 // with synchronous=NORMAL; PostgreSQL: synchronous_commit=off; see
 // docs/performance-verifier.md for why).
 func OpenDB(ctx context.Context, dsn string) (*DB, error) {
-	if isPostgres(dsn) {
+	if IsPostgresDSN(dsn) {
 		return openPostgresDB(ctx, dsn, "off")
 	}
 	return openDB(ctx, dsn, "NORMAL")
@@ -52,7 +52,7 @@ func OpenDB(ctx context.Context, dsn string) (*DB, error) {
 // (SQLite: synchronous=FULL; PostgreSQL: synchronous_commit=on), so a
 // power cut right after `embassyctl revoke` cannot undo the revocation.
 func OpenDurableDB(ctx context.Context, dsn string) (*DB, error) {
-	if isPostgres(dsn) {
+	if IsPostgresDSN(dsn) {
 		return openPostgresDB(ctx, dsn, "on")
 	}
 	return openDB(ctx, dsn, "FULL")

@@ -20,9 +20,10 @@ import (
 // placeholders ($1, $2, ...), and the migrations use SQLite's type names
 // and trigger syntax.
 
-// isPostgres reports whether dsn names a PostgreSQL database rather than
-// an SQLite file.
-func isPostgres(dsn string) bool {
+// IsPostgresDSN reports whether dsn, as OpenDB takes it, names a
+// PostgreSQL database (a postgres:// or postgresql:// URL) rather than an
+// SQLite file.
+func IsPostgresDSN(dsn string) bool {
 	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
 }
 
