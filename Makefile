@@ -33,6 +33,7 @@ vet:
 ## test: install what is needed and run every test, QEMU scenarios included
 test: deps vet
 	$(GO) test -count=1 -timeout 60m ./...
+	EMBASSY_TEST_DB=postgres $(GO) test -count=1 -timeout 30m ./attest/verifier/
 	CGO_ENABLED=1 $(GO) test -count=1 -race -timeout 30m $(RACE_PKGS)
 
 RACE_PKGS ?= ./storage/...

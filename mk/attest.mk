@@ -3,9 +3,10 @@
 
 RACE_PKGS += ./attest/verifier/ ./attest/agent/ ./attest/tpm/ ./attest/admin/
 
-## test-attest: attest packages and the verifier CLI tests (real swtpm)
+## test-attest: attest packages and the verifier CLI tests (real swtpm), the verifier suite again on PostgreSQL
 test-attest:
 	$(GO) test -count=1 -timeout 20m ./attest/... ./cmd/embassy-verifier/...
+	EMBASSY_TEST_DB=postgres $(GO) test -count=1 -timeout 20m ./attest/verifier/
 	$(GO) test -count=1 -run 'TestEnrollListRevokeAudit|TestReleasePublishThreshold|TestHelpEverywhere|TestAPIMode' ./cmd/embassyctl/
 
 # Load test knobs (see attest/verifier/bench_test.go).
@@ -15,13 +16,14 @@ BENCH_APPLIANCES ?= 4
 
 BENCH_UNLOCKS ?= 60
 
-## bench-verifier: verifier load test (quotes made ahead on several swtpm, concurrent HTTPS clients; attestations/s, p50/p99) and its threshold mode (agent unlock latency against 3 verifiers, 2 of 3, beside 1)
+## bench-verifier: verifier load test (quotes made ahead on several swtpm, concurrent HTTPS clients; attestations/s, p50/p99) on SQLite, PostgreSQL and two verifiers sharing PostgreSQL, and its threshold mode (agent unlock latency against 3 verifiers, 2 of 3, beside 1)
 bench-verifier:
-	@for p in unlock heartbeat; do \
+	@for p in unlock heartbeat; do for db in sqlite:1 postgres:1 postgres:2; do \
 	  EMBASSY_BENCH_PURPOSE=$$p EMBASSY_BENCH_ATTESTATIONS=$(BENCH_ATTESTATIONS) \
 	  EMBASSY_BENCH_CLIENTS=$(BENCH_CLIENTS) EMBASSY_BENCH_APPLIANCES=$(BENCH_APPLIANCES) \
+	  EMBASSY_BENCH_DB=$${db%:*} EMBASSY_BENCH_SERVERS=$${db#*:} \
 	  $(GO) test -run '^$$' -bench BenchmarkVerifierLoad -benchtime=1x -count=1 ./attest/verifier/ | grep -E 'Benchmark|attestations|FAIL' || exit 1; \
-	done
+	done; done
 	@EMBASSY_BENCH_UNLOCKS=$(BENCH_UNLOCKS) $(GO) test -run '^$$' -bench BenchmarkUnlockVerifiers -benchtime=1x -count=1 ./attest/verifier/ | grep -E 'Benchmark|unlocks each|FAIL'
 
 ## bench-verifier-handler: the server's own CPU per full verification (no TLS/HTTP/clients), quotes made ahead

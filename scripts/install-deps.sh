@@ -10,6 +10,7 @@ packages=(
   systemd-boot-efi sbsigntool openssl osslsigncode binutils
   ca-certificates xz-utils cpio zstd
   chromium fonts-dejavu-core
+  postgresql  # internal/pgtest: throwaway clusters for the verifier's PostgreSQL tests
 )
 
 missing=()

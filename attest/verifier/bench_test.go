@@ -39,7 +39,7 @@ func benchPurpose() protocol.Purpose {
 // appliances), each over its own single-use nonce.
 func prepareAttestations(b *testing.B, nApp, n int, purpose protocol.Purpose) (*fixture, [][]byte) {
 	b.Helper()
-	f := newFixture(b)
+	f := newFixtureAt(b, newDSN(b, "EMBASSY_BENCH_DB"))
 	f.opts.NonceTTL = time.Hour
 	f.restart()
 	c := f.raw()
@@ -64,14 +64,25 @@ func prepareAttestations(b *testing.B, nApp, n int, purpose protocol.Purpose) (*
 // It ignores b.N; run it with -benchtime=1x. Reported: attestations/s and
 // p50/p99 latency per request.
 //
+// With EMBASSY_BENCH_SERVERS=2, two verifier servers, each with a
+// connection pool of its own, share the database (as two verifier
+// processes would; both in this process, on its CPUs) and the clients
+// spread their requests over both.
+//
 //	EMBASSY_BENCH_APPLIANCES (default 4), EMBASSY_BENCH_ATTESTATIONS (2000),
-//	EMBASSY_BENCH_CLIENTS (32), EMBASSY_BENCH_PURPOSE (unlock|heartbeat)
+//	EMBASSY_BENCH_CLIENTS (32), EMBASSY_BENCH_PURPOSE (unlock|heartbeat),
+//	EMBASSY_BENCH_DB (sqlite|postgres), EMBASSY_BENCH_SERVERS (1|2)
 func BenchmarkVerifierLoad(b *testing.B) {
 	nApp := envInt("EMBASSY_BENCH_APPLIANCES", 4)
 	total := envInt("EMBASSY_BENCH_ATTESTATIONS", 2000)
 	clients := envInt("EMBASSY_BENCH_CLIENTS", 32)
+	nSrv := envInt("EMBASSY_BENCH_SERVERS", 1)
 	purpose := benchPurpose()
 	f, bodies := prepareAttestations(b, nApp, total, purpose)
+	urls := []string{f.srv.URL}
+	for len(urls) < nSrv {
+		urls = append(urls, f.twin().srv.URL)
+	}
 
 	tr := f.srv.Client().Transport.(*http.Transport).Clone()
 	tr.MaxIdleConnsPerHost = clients
@@ -94,7 +105,7 @@ func BenchmarkVerifierLoad(b *testing.B) {
 					return
 				}
 				s := time.Now()
-				res, err := hc.Post(f.srv.URL+protocol.PathAttest, "application/json", bytes.NewReader(bodies[i]))
+				res, err := hc.Post(urls[i%len(urls)]+protocol.PathAttest, "application/json", bytes.NewReader(bodies[i]))
 				if err != nil {
 					failed.Add(1)
 					continue
@@ -126,8 +137,8 @@ func BenchmarkVerifierLoad(b *testing.B) {
 	b.ReportMetric(float64(p99.Microseconds())/1000, "p99-ms")
 	b.ReportMetric(float64(cpu.Microseconds())/1000, "cpu-ms/attest")
 	b.ReportMetric(0, "ns/op")
-	b.Logf("%s: %d attestations, %d appliances, %d clients: %.0f/s, p50 %s, p99 %s, process CPU %s per attestation (server and load clients)",
-		purpose, total, nApp, clients, rate, p50, p99, cpu)
+	b.Logf("%s x%d, %s: %d attestations, %d appliances, %d clients: %.0f/s, p50 %s, p99 %s, process CPU %s per attestation (server and load clients)",
+		backend("EMBASSY_BENCH_DB"), nSrv, purpose, total, nApp, clients, rate, p50, p99, cpu)
 	// Every decision is in the audit log and the chain is intact.
 	rep, err := f.db.VerifyAudit(context.Background(), 0, "")
 	if err != nil || len(rep.Problems) != 0 {

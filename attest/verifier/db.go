@@ -12,11 +12,14 @@ import (
 	_ "modernc.org/sqlite" // pure-Go SQLite driver "sqlite"
 )
 
-// DB is the verifier's state in SQLite. The verifier service and the
-// operator CLI (embassyctl, on the verifier host) both use it; SQLite's
-// locking lets them run at the same time. Safe for concurrent use.
+// DB is the verifier's state, in SQLite or in PostgreSQL. The verifier
+// service and the operator CLI (embassyctl, on the verifier host) both use
+// it; the database's locking lets them run at the same time, and several
+// verifier processes may share one PostgreSQL database. Safe for
+// concurrent use.
 type DB struct {
 	db  *sql.DB
+	pg  bool // PostgreSQL, not SQLite
 	now func() time.Time
 	// writeMu serialises this process's write transactions: contending
 	// for SQLite's write lock inside the driver means busy-handler sleeps
@@ -25,23 +28,44 @@ type DB struct {
 	stmts   sync.Map // SQL text -> *sql.Stmt
 }
 
-// maxIdleConns is how many SQLite connections stay open between requests.
+// maxIdleConns is how many database connections stay open between
+// requests; on PostgreSQL it also bounds the open ones, each a server
+// process.
 const maxIdleConns = 32
 
-// OpenDB opens (creating if needed) and migrates the database at path, for
-// the verifier service: commits are ordered and crash-safe, but the newest
-// ones may be lost if the host loses power (WAL with synchronous=NORMAL; see
+// OpenDB opens (creating if needed) and migrates the database dsn, for the
+// verifier service. dsn is a PostgreSQL URL (postgres://... or
+// postgresql://..., see github.com/jackc/pgx/v5's ParseConfig) or else
+// the path of an SQLite file. Commits are ordered and crash-safe, but the
+// newest ones may be lost if the database host loses power (SQLite: WAL
+// with synchronous=NORMAL; PostgreSQL: synchronous_commit=off; see
 // docs/performance-verifier.md for why).
-func OpenDB(ctx context.Context, path string) (*DB, error) {
-	return openDB(ctx, path, "NORMAL")
+func OpenDB(ctx context.Context, dsn string) (*DB, error) {
+	if IsPostgresDSN(dsn) {
+		return openPostgresDB(ctx, dsn, "off")
+	}
+	return openDB(ctx, dsn, "NORMAL")
 }
 
 // OpenDurableDB is OpenDB for operators' writes (enrollment, revocation,
 // release publication): every commit is on disk before it returns
-// (synchronous=FULL on this connection), so a power cut right after
-// `embassyctl revoke` cannot undo the revocation.
-func OpenDurableDB(ctx context.Context, path string) (*DB, error) {
-	return openDB(ctx, path, "FULL")
+// (SQLite: synchronous=FULL; PostgreSQL: synchronous_commit=on), so a
+// power cut right after `embassyctl revoke` cannot undo the revocation.
+func OpenDurableDB(ctx context.Context, dsn string) (*DB, error) {
+	if IsPostgresDSN(dsn) {
+		return openPostgresDB(ctx, dsn, "on")
+	}
+	return openDB(ctx, dsn, "FULL")
+}
+
+func openPostgresDB(ctx context.Context, dsn, synchronousCommit string) (*DB, error) {
+	pdb, err := openPostgres(dsn, synchronousCommit)
+	if err != nil {
+		return nil, err
+	}
+	pdb.SetMaxIdleConns(maxIdleConns)
+	pdb.SetMaxOpenConns(maxIdleConns)
+	return newDB(ctx, pdb, true)
 }
 
 func openDB(ctx context.Context, path, synchronous string) (*DB, error) {
@@ -60,9 +84,14 @@ func openDB(ctx context.Context, path, synchronous string) (*DB, error) {
 	// reopened, paying for the pragmas, the schema parse and re-preparing
 	// the hot statements every time.
 	sdb.SetMaxIdleConns(maxIdleConns)
-	d := &DB{db: sdb, now: time.Now}
+	return newDB(ctx, sdb, false)
+}
+
+// newDB migrates db and returns it as a DB, closing it on error.
+func newDB(ctx context.Context, db *sql.DB, pg bool) (*DB, error) {
+	d := &DB{db: db, pg: pg, now: time.Now}
 	if err := d.migrate(ctx); err != nil {
-		sdb.Close()
+		db.Close()
 		return nil, err
 	}
 	return d, nil
@@ -75,6 +104,8 @@ func (d *DB) Close() error { return d.db.Close() }
 func (d *DB) SetClock(now func() time.Time) { d.now = now }
 
 func (d *DB) migrate(ctx context.Context) error {
+	// The transaction holds the write lock, so processes starting at once
+	// migrate one after the other.
 	tx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("verifier: migrate: %w", err)
@@ -97,7 +128,11 @@ func (d *DB) migrate(ctx context.Context) error {
 		return fmt.Errorf("%w: version %d, this program knows %d", ErrSchemaTooNew, v, len(migrations))
 	}
 	for i := v; i < len(migrations); i++ {
-		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+		m := migrations[i]
+		if d.pg {
+			m = postgresSchema(m)
+		}
+		if _, err := tx.ExecContext(ctx, m); err != nil {
 			return fmt.Errorf("verifier: migration %d: %w", i+1, err)
 		}
 	}
@@ -117,7 +152,9 @@ func (d *DB) Setting(ctx context.Context, key, def string) (string, error) {
 	return v, err
 }
 
-// withTx runs f in an immediate transaction.
+// withTx runs f in a write transaction: immediate on SQLite, holding the
+// write lock (beginSQL) on PostgreSQL. Either way write transactions run
+// one at a time, across processes too.
 func (d *DB) withTx(ctx context.Context, f func(*sql.Tx) error) error {
 	d.writeMu.Lock()
 	defer d.writeMu.Unlock()

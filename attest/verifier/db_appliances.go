@@ -297,7 +297,7 @@ func (d *DB) Revoke(ctx context.Context, id, reason, actor string) error {
 		if n == 0 {
 			return fmt.Errorf("%w: appliance %q", ErrNotFound, id)
 		}
-		res, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO revocations (appliance, revoked_at, revoked_by, reason) VALUES (?,?,?,?)`, id, d.now().Unix(), actor, reason)
+		res, err := tx.ExecContext(ctx, `INSERT INTO revocations (appliance, revoked_at, revoked_by, reason) VALUES (?,?,?,?) ON CONFLICT DO NOTHING`, id, d.now().Unix(), actor, reason)
 		if err != nil {
 			return fmt.Errorf("verifier: revoke: %w", err)
 		}

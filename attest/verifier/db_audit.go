@@ -16,7 +16,7 @@ import (
 // Hash = SHA-256("embassy-audit-v1\x00" || PrevHash || fields), the fields
 // encoded as length-prefixed strings and big-endian integers in the order
 // below (see docs/attestation.md). The first record's PrevHash is 32 zero
-// bytes. SQLite triggers refuse UPDATE and DELETE; VerifyAudit detects
+// bytes. Triggers refuse UPDATE and DELETE; VerifyAudit detects
 // records changed or deleted behind their back.
 type AuditRecord struct {
 	Seq       int64     `json:"seq"`
@@ -55,8 +55,9 @@ func (r *AuditRecord) computeHash() []byte {
 }
 
 // appendAudit adds r to the log inside tx, filling Seq, Time, PrevHash and
-// Hash. The transaction is IMMEDIATE, so concurrent appenders (the verifier
-// and the CLI) serialise on SQLite's write lock and the chain stays linear.
+// Hash. Write transactions hold the database's write lock (withTx), so
+// concurrent appenders (verifier processes, the CLI) serialise and the
+// chain stays linear.
 func (d *DB) appendAudit(ctx context.Context, tx *sql.Tx, r *AuditRecord) error {
 	var last int64
 	var prev []byte

@@ -3,7 +3,6 @@ package verifier
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"time"
 )
 
@@ -42,19 +41,15 @@ func (d *DB) recordDecision(ctx context.Context, dec *decision, admit func(decis
 			return err
 		}
 		if st.nonceFresh {
+			// Revocation may have landed since the first check: re-read it
+			// under the write lock so a decision never follows a revocation.
 			var last int64
-			err = d.txQueryRow(ctx, tx, `SELECT last_epoch FROM epochs WHERE appliance = ?`, dec.appliance).Scan(&last)
-			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			err = d.txQueryRow(ctx, tx, `SELECT COALESCE((SELECT last_epoch FROM epochs WHERE appliance = ?), 0),
+				EXISTS (SELECT 1 FROM revocations WHERE appliance = ?)`, dec.appliance, dec.appliance).Scan(&last, &st.revoked)
+			if err != nil {
 				return err
 			}
 			st.lastEpoch = uint64(last)
-			// Revocation may have landed since the first check: re-read it
-			// under the write lock so a decision never follows a revocation.
-			var n int
-			if err := d.txQueryRow(ctx, tx, `SELECT count(*) FROM revocations WHERE appliance = ?`, dec.appliance).Scan(&n); err != nil {
-				return err
-			}
-			st.revoked = n > 0
 		}
 		if err := admit(st); err != nil {
 			return err

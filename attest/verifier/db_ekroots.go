@@ -44,7 +44,7 @@ func (d *DB) AddEKRoot(ctx context.Context, cert *x509.Certificate, actor string
 	sum := sha256.Sum256(cert.Raw)
 	fp := hex.EncodeToString(sum[:])
 	return d.withTx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO ek_roots (fingerprint, der, subject) VALUES (?,?,?)`, fp, cert.Raw, cert.Subject.String()); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO ek_roots (fingerprint, der, subject) VALUES (?,?,?) ON CONFLICT DO NOTHING`, fp, cert.Raw, cert.Subject.String()); err != nil {
 			return fmt.Errorf("verifier: add EK root: %w", err)
 		}
 		return d.appendAudit(ctx, tx, &AuditRecord{Actor: actor, Action: "ek-root-add", Outcome: "ok", PCR: -1,

@@ -16,7 +16,7 @@ import (
 func (d *DB) AddReleaseKey(ctx context.Context, pub ed25519.PublicKey, actor string) error {
 	id := release.KeyID(pub)
 	return d.withTx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO release_keys (key_id, public_key, added_at) VALUES (?,?,?)`, id, []byte(pub), d.now().Unix()); err != nil {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO release_keys (key_id, public_key, added_at) VALUES (?,?,?) ON CONFLICT DO NOTHING`, id, []byte(pub), d.now().Unix()); err != nil {
 			return fmt.Errorf("verifier: add release key: %w", err)
 		}
 		return d.appendAudit(ctx, tx, &AuditRecord{Actor: actor, Action: "release-key-add", Outcome: "ok", PCR: -1, Detail: id})
@@ -80,7 +80,7 @@ func (d *DB) PublishRelease(ctx context.Context, env *release.Envelope, actor st
 	}
 	dg := hex.EncodeToString(v.Digest[:])
 	err = d.withTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `INSERT OR IGNORE INTO releases (digest, name, release, envelope, published_at, published_by) VALUES (?,?,?,?,?,?)`,
+		res, err := tx.ExecContext(ctx, `INSERT INTO releases (digest, name, release, envelope, published_at, published_by) VALUES (?,?,?,?,?,?) ON CONFLICT DO NOTHING`,
 			dg, v.Manifest.Name, v.Manifest.Release, raw, d.now().Unix(), actor)
 		if err != nil {
 			return fmt.Errorf("verifier: publish: %w", err)

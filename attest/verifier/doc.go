@@ -4,10 +4,10 @@
 // key share only to an appliance that booted a signed release on its
 // enrolled TPM.
 //
-// State lives in SQLite (DB): appliances and their EKs, activated AKs,
-// firmware baselines, single-use nonces, store epochs, leases,
-// revocations, release keys and published releases, and an append-only,
-// hash-chained audit log. The operator CLI (embassyctl) uses DB directly on
+// State lives in SQLite or PostgreSQL (DB): appliances and their EKs,
+// activated AKs, firmware baselines, single-use nonces, store epochs,
+// leases, revocations, release keys and published releases, and an
+// append-only, hash-chained audit log. The operator CLI (embassyctl) uses DB directly on
 // the verifier host. Every SQL statement is a DB method (files db*.go, one
 // per table family); the Server never sees SQL.
 //

@@ -24,7 +24,7 @@ func (d *DB) ForgetShareSet(ctx context.Context, id string) error {
 // TruncateShareCommit leaves appliance id's share row incomplete, as a
 // damaged database would.
 func (d *DB) TruncateShareCommit(ctx context.Context, id string) error {
-	_, err := d.db.ExecContext(ctx, `UPDATE appliances SET share_commit = x'00' WHERE id = ?`, id)
+	_, err := d.db.ExecContext(ctx, `UPDATE appliances SET share_commit = ? WHERE id = ?`, []byte{0}, id)
 	return err
 }
 
@@ -36,4 +36,11 @@ func (d *DB) StoredShare(ctx context.Context, id string) (*keys.Share, error) {
 		return nil, err
 	}
 	return a.share, nil
+}
+
+// UsedNonces counts the nonces burnt by an attestation.
+func (d *DB) UsedNonces(ctx context.Context) (int, error) {
+	var n int
+	err := d.db.QueryRowContext(ctx, `SELECT count(*) FROM nonces WHERE used_at IS NOT NULL`).Scan(&n)
+	return n, err
 }

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -31,7 +30,7 @@ var bootEvents = []measure.Event{
 // fixture is a verifier with one published release and its clock.
 type fixture struct {
 	t      testing.TB
-	dbPath string
+	dsn    string // the database, kept across restarts
 	db     *verifier.DB
 	srv    *httptest.Server
 	pool   *x509.CertPool
@@ -43,7 +42,13 @@ type fixture struct {
 
 func newFixture(t testing.TB) *fixture {
 	t.Helper()
-	f := &fixture{t: t, dbPath: filepath.Join(t.TempDir(), "verifier.db"), now: time.Now()}
+	return newFixtureAt(t, testDSN(t))
+}
+
+// newFixtureAt is newFixture on the empty database dsn.
+func newFixtureAt(t testing.TB, dsn string) *fixture {
+	t.Helper()
+	f := &fixture{t: t, dsn: dsn, now: time.Now()}
 	_, f.relKey, _ = ed25519.GenerateKey(rand.Reader)
 	f.start()
 	ctx := context.Background()
@@ -56,11 +61,20 @@ func newFixture(t testing.TB) *fixture {
 
 func (f *fixture) clock() time.Time { return f.now }
 
+// twin starts a second verifier server with a connection pool of its own
+// on f's database, as a second verifier process would be.
+func (f *fixture) twin() *fixture {
+	f.t.Helper()
+	g := &fixture{t: f.t, dsn: f.dsn, now: f.now, relKey: f.relKey, opts: f.opts}
+	g.start()
+	return g
+}
+
 // start opens the DB and serves it over TLS.
 func (f *fixture) start() {
 	t := f.t
 	t.Helper()
-	db, err := verifier.OpenDB(context.Background(), f.dbPath)
+	db, err := verifier.OpenDB(context.Background(), f.dsn)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,7 +114,8 @@ func (f *fixture) stop() {
 	}
 }
 
-// restart stops the server and the DB and starts them again on the file.
+// restart stops the server and the DB and starts them again on the same
+// database.
 func (f *fixture) restart() {
 	f.stop()
 	f.start()
