@@ -21,6 +21,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -67,7 +68,7 @@ func run(ctx context.Context, args []string, logw io.Writer, ready func(addr str
 		fs.SetOutput(io.Discard)
 		return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, a...))
 	}
-	dbPath := fs.String("db", "/var/lib/embassy/verifier.db", "SQLite database (created and migrated if needed)")
+	dbPath := fs.String("db", "/var/lib/embassy/verifier.db", "the verifier's state: a SQLite file, or a postgres:// URL shared by several verifiers (created and migrated if needed)")
 	listen := fs.String("listen", "127.0.0.1:8443", "HTTPS listen address")
 	certFile := fs.String("cert", "", "server certificate (PEM)")
 	keyFile := fs.String("key", "", "server private key (PEM)")
@@ -136,7 +137,7 @@ func run(ctx context.Context, args []string, logw io.Writer, ready func(addr str
 	if err != nil {
 		return err
 	}
-	log.Info("serving", "addr", ln.Addr().String(), "db", *dbPath)
+	log.Info("serving", "addr", ln.Addr().String(), "db", redactDSN(*dbPath))
 	servers := []*http.Server{hs}
 	errc := make(chan error, 2)
 	go func() { errc <- hs.ServeTLS(ln, "", "") }()
@@ -196,4 +197,21 @@ func writeTLS(dir string, hosts []string) error {
 	}
 	fmt.Fprintf(stdout, "wrote %s/{ca.pem,server.pem,server.key}; appliances pin ca.pem\n", dir)
 	return nil
+}
+
+// redactDSN is the database name for the log: a postgres:// URL without
+// its password (in the user info or as a password parameter).
+func redactDSN(dsn string) string {
+	if !verifier.IsPostgresDSN(dsn) {
+		return dsn
+	}
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return "postgres://(unparsable URL)"
+	}
+	if q := u.Query(); q.Has("password") {
+		q.Set("password", "xxxxx")
+		u.RawQuery = q.Encode()
+	}
+	return u.Redacted()
 }

@@ -197,11 +197,13 @@ func (c connFlags) open() ([]verifierDB, error) {
 	return out, nil
 }
 
-// openDB opens an existing verifier database, durably (operators'
-// changes survive a power cut).
+// openDB opens an existing verifier database (a SQLite file or a
+// postgres:// URL), durably (operators' changes survive a power cut).
 func openDB(path string) (*verifier.DB, error) {
-	if _, err := os.Stat(path); err != nil {
-		return nil, fmt.Errorf("verifier database: %w", err)
+	if !verifier.IsPostgresDSN(path) {
+		if _, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("verifier database: %w", err)
+		}
 	}
 	return verifier.OpenDurableDB(context.Background(), path)
 }
