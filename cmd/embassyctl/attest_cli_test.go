@@ -15,6 +15,8 @@ import (
 	"testing"
 
 	"github.com/dataembassy/embassy/attest/verifier"
+	"github.com/dataembassy/embassy/internal/pgtest"
+	_ "github.com/jackc/pgx/v5/stdlib" // the attacker's raw connection to PostgreSQL
 )
 
 func ctl(t *testing.T, args ...string) (string, int) {
@@ -25,7 +27,7 @@ func ctl(t *testing.T, args ...string) (string, int) {
 	return out.String() + strings.Replace(errb.String(), recoveryWarning, "", 1), code
 }
 
-func newDB(t *testing.T) string {
+func newDB(t testing.TB) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "v.db")
 	db, err := verifier.OpenDB(context.Background(), p)
@@ -48,8 +50,25 @@ func writeEKPub(t *testing.T) string {
 	return p
 }
 
+// TestEnrollListRevokeAudit runs the recovery mode's enroll, list,
+// revoke and audit verify on both backends: a SQLite file and a
+// PostgreSQL URL.
 func TestEnrollListRevokeAudit(t *testing.T) {
-	db := newDB(t)
+	for _, b := range []struct {
+		name, driver string
+		db           func(testing.TB) string
+		// dropTriggers are the attacker's statements that lift the
+		// audit log's append-only triggers.
+		dropTriggers []string
+	}{
+		{"sqlite", "sqlite", newDB, []string{`DROP TRIGGER audit_no_update`, `DROP TRIGGER audit_no_delete`}},
+		{"postgres", "pgx", pgtest.NewDatabase, []string{`DROP TRIGGER audit_no_update ON audit`, `DROP TRIGGER audit_no_delete ON audit`}},
+	} {
+		t.Run(b.name, func(t *testing.T) { testEnrollListRevokeAudit(t, b.driver, b.db(t), b.dropTriggers) })
+	}
+}
+
+func testEnrollListRevokeAudit(t *testing.T, driver, db string, dropTriggers []string) {
 	ek := writeEKPub(t)
 	if out, code := ctl(t, "enroll", "--db", db, "--actor", "alice", "--id", "rack1", "--ek-pub", ek); code != 0 {
 		t.Fatalf("enroll: %d %s", code, out)
@@ -88,15 +107,12 @@ func TestEnrollListRevokeAudit(t *testing.T) {
 
 	// An attacker with the database file: drop the triggers, then edit
 	// one record and delete another.
-	raw, err := sql.Open("sqlite", db)
+	raw, err := sql.Open(driver, db)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer raw.Close()
-	for _, q := range []string{
-		`DROP TRIGGER audit_no_update`, `DROP TRIGGER audit_no_delete`,
-		`UPDATE audit SET detail = 'nothing happened' WHERE seq = 2`,
-	} {
+	for _, q := range append(dropTriggers, `UPDATE audit SET detail = 'nothing happened' WHERE seq = 2`) {
 		if _, err := raw.Exec(q); err != nil {
 			t.Fatal(err)
 		}
