@@ -22,7 +22,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dataembassy/embassy/attest/admin"
 	"github.com/dataembassy/embassy/attest/agent"
+	"github.com/dataembassy/embassy/attest/fleet"
 	"github.com/dataembassy/embassy/attest/release"
 	"github.com/dataembassy/embassy/attest/tpm"
 	"github.com/dataembassy/embassy/attest/verifier"
@@ -139,8 +141,18 @@ type Verifier struct {
 	// ReleaseKey signs release manifests (registered with the DB).
 	ReleaseKey ed25519.PrivateKey
 
-	srv *http.Server
-	l   net.Listener
+	// AdminURL is the admin API's base URL (docs/admin-api.md) when
+	// VerifierOptions.Admin is set: the fleet page is AdminURL+"/fleet/",
+	// the metrics AdminURL+"/metrics".
+	AdminURL string
+	// Operators is the operators' CA the admin API trusts (Admin only):
+	// Operators.Issue(admin.IssueOptions(...)) makes an operator.
+	Operators *pki.CA
+	// ServerCAs verify the verifier's server certificate, on both APIs.
+	ServerCAs *x509.CertPool
+
+	srv, adminSrv *http.Server
+	l             net.Listener
 }
 
 // VerifierOptions configure StartVerifier.
@@ -151,6 +163,10 @@ type VerifierOptions struct {
 	Lease time.Duration
 	// Logger receives the verifier's log (default: discarded).
 	Logger *slog.Logger
+	// Admin also serves the operators' admin API, with the fleet page and
+	// the verifier's metrics, on a listener of its own on 127.0.0.1, as
+	// embassy-verifier --admin-listen does, trusting a new operators' CA.
+	Admin bool
 }
 
 // StartVerifier opens (or creates) the verifier database in o.Dir and
@@ -171,7 +187,8 @@ func StartVerifier(ctx context.Context, o VerifierOptions) (*Verifier, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s, err := verifier.NewServer(verifier.Options{DB: db, Lease: o.Lease, Logger: logger})
+	metrics := verifier.NewMetrics()
+	s, err := verifier.NewServer(verifier.Options{DB: db, Lease: o.Lease, Logger: logger, Metrics: metrics})
 	if err != nil {
 		return nil, err
 	}
@@ -187,6 +204,14 @@ func StartVerifier(ctx context.Context, o VerifierOptions) (*Verifier, error) {
 	v.GuestURL = "https://" + net.JoinHostPort(GuestHost, strconv.Itoa(v.l.Addr().(*net.TCPAddr).Port))
 	v.srv = &http.Server{Handler: s, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
 	go v.srv.ServeTLS(v.l, "", "")
+	if v.ServerCAs = x509.NewCertPool(); !v.ServerCAs.AppendCertsFromPEM([]byte(caPEM)) {
+		return nil, errors.New("qemu: verifier CA PEM")
+	}
+	if o.Admin {
+		if err := v.serveAdmin(metrics, cert, logger); err != nil {
+			return nil, err
+		}
+	}
 	if v.ReleaseKey, err = trustHarnessKey(ctx, db); err != nil {
 		return nil, err
 	}
@@ -194,10 +219,35 @@ func StartVerifier(ctx context.Context, o VerifierOptions) (*Verifier, error) {
 	return v, nil
 }
 
+// serveAdmin serves the admin API with the fleet page and metrics on
+// 127.0.0.1, trusting a new operators' CA.
+func (v *Verifier) serveAdmin(metrics *verifier.Metrics, cert tls.Certificate, logger *slog.Logger) error {
+	ops, err := pki.NewCA("Embassy harness operators", 30*24*time.Hour)
+	if err != nil {
+		return err
+	}
+	h, err := admin.NewHandler(admin.Options{DB: v.DB, Operators: ops.Pool(), Logger: logger,
+		Fleet: fleet.NewHandler(fleet.Options{Source: v.DB, Logger: logger}), Metrics: metrics.Handler()})
+	if err != nil {
+		return err
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	v.Operators, v.AdminURL = ops, "https://"+l.Addr().String()
+	v.adminSrv = &http.Server{Handler: h, TLSConfig: admin.TLSConfig(cert, ops.Pool()), ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+	go v.adminSrv.ServeTLS(l, "", "")
+	return nil
+}
+
 // Close stops serving and closes the database.
 func (v *Verifier) Close() {
 	if v.srv != nil {
 		v.srv.Close()
+	}
+	if v.adminSrv != nil {
+		v.adminSrv.Close()
 	}
 	if v.l != nil {
 		v.l.Close()

@@ -106,7 +106,7 @@ func run(ctx context.Context, dir string, sizeMiB int, verbose, buildOnly, diskI
 	}
 	step("kernel %s (sha256 %s…)", k.Version, k.SHA256[:16])
 
-	v, err := qemu.StartVerifier(ctx, qemu.VerifierOptions{Dir: filepath.Join(dir, "verifier"), Lease: 2 * time.Minute})
+	v, err := qemu.StartVerifier(ctx, qemu.VerifierOptions{Dir: filepath.Join(dir, "verifier"), Lease: 2 * time.Minute, Admin: true})
 	if err != nil {
 		return fmt.Errorf("starting the verifier: %w", err)
 	}
@@ -233,6 +233,9 @@ func run(ctx context.Context, dir string, sizeMiB int, verbose, buildOnly, diskI
 			extra = fmt.Sprintf(" check=%s pcr=%d", r.Check, r.PCR)
 		}
 		step("  #%d %s %-10s %-8s%s %s", r.Seq, r.Time.Format("15:04:05"), r.Action, r.Outcome, extra, r.Detail)
+	}
+	if err := operatorView(ctx, v, applianceID); err != nil {
+		return err
 	}
 	m.Close()
 	step("shut down: QEMU and swtpm stopped, verifier closed. Everything is in %s", dir)
