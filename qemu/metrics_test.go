@@ -12,10 +12,8 @@ import (
 	"time"
 
 	"github.com/dataembassy/embassy/internal/pki"
+	"github.com/dataembassy/embassy/internal/promutil/promtest"
 	"github.com/dataembassy/embassy/qemu"
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 )
 
 // scraper is a Prometheus scraper's client certificate and the CA that
@@ -68,20 +66,15 @@ func scrapeWith(client *http.Client, m *qemu.Machine) (*http.Response, error) {
 }
 
 // scrape fetches and parses m's metrics as the chain's scraper.
-func (c *chain) scrape(t testing.TB, m *qemu.Machine) map[string]*dto.MetricFamily {
+func (c *chain) scrape(t testing.TB, m *qemu.Machine) promtest.Families {
 	t.Helper()
 	resp, err := scrapeWith(c.metricsClient(t, []tls.Certificate{c.scraper.cert}), m)
 	if err != nil {
 		t.Fatal("scrape:", err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("scrape: %s", resp.Status)
-	}
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(resp.Body)
+	fams, err := promtest.ParseResponse(resp)
 	if err != nil {
-		t.Fatal("parsing the scrape:", err)
+		t.Fatal(err)
 	}
 	return fams
 }
@@ -104,40 +97,15 @@ func (c *chain) scrapeRefused(t testing.TB, m *qemu.Machine, what string, certs 
 	t.Logf("scrape %s: %v", what, err)
 }
 
-// sample returns the value of the one series of family name whose labels
-// include labels, failing if there is no such series or more than one.
-func sample(t testing.TB, fams map[string]*dto.MetricFamily, name string, labels map[string]string) float64 {
+// sample returns the value of family name's series with exactly labels
+// (name, value, ...), failing if there is none.
+func sample(t testing.TB, fams promtest.Families, name string, labels ...string) float64 {
 	t.Helper()
-	f, ok := fams[name]
+	v, ok := fams.Sample(name, labels...)
 	if !ok {
-		t.Fatalf("scrape has no %s", name)
+		t.Fatalf("scrape has no series %s%q", name, labels)
 	}
-	var found []float64
-	for _, m := range f.GetMetric() {
-		have := map[string]string{}
-		for _, l := range m.GetLabel() {
-			have[l.GetName()] = l.GetValue()
-		}
-		match := true
-		for k, v := range labels {
-			match = match && have[k] == v
-		}
-		if !match {
-			continue
-		}
-		switch f.GetType() {
-		case dto.MetricType_COUNTER:
-			found = append(found, m.GetCounter().GetValue())
-		case dto.MetricType_GAUGE:
-			found = append(found, m.GetGauge().GetValue())
-		default:
-			t.Fatalf("%s is a %v, want a counter or gauge", name, f.GetType())
-		}
-	}
-	if len(found) != 1 {
-		t.Fatalf("scrape has %d series %s%v, want 1", len(found), name, labels)
-	}
-	return found[0]
+	return v
 }
 
 // checkMetrics scrapes m after the test wrote and read back at least
@@ -152,19 +120,19 @@ func (c *chain) checkMetrics(t testing.TB, m *qemu.Machine, written int, lease t
 		[]tls.Certificate{newScraper(t).cert}, "unknown certificate authority")
 	fams := c.scrape(t, m)
 	nbd := func(name, command string) float64 {
-		return sample(t, fams, name, map[string]string{"export": "registers", "command": command})
+		return sample(t, fams, name, "export", "registers", "command", command)
 	}
 	got := map[string]float64{
-		"serving":        sample(t, fams, "embassy_appliance_serving", nil),
+		"serving":        sample(t, fams, "embassy_appliance_serving"),
 		"write requests": nbd("embassy_nbd_requests_total", "write"),
 		"read requests":  nbd("embassy_nbd_requests_total", "read"),
 		"write bytes":    nbd("embassy_nbd_bytes_total", "write"),
 		"read bytes":     nbd("embassy_nbd_bytes_total", "read"),
 		"errors":         nbd("embassy_nbd_errors_total", "write") + nbd("embassy_nbd_errors_total", "read"),
-		"epoch":          sample(t, fams, "embassy_store_epoch", nil),
-		"nv counter":     sample(t, fams, "embassy_store_nv_counter", nil),
-		"lease":          sample(t, fams, "embassy_appliance_lease_remaining_seconds", map[string]string{"verifier": "verifier"}),
-		"quorum lease":   sample(t, fams, "embassy_appliance_quorum_lease_remaining_seconds", nil),
+		"epoch":          sample(t, fams, "embassy_store_epoch"),
+		"nv counter":     sample(t, fams, "embassy_store_nv_counter"),
+		"lease":          sample(t, fams, "embassy_appliance_lease_remaining_seconds", "verifier", "verifier"),
+		"quorum lease":   sample(t, fams, "embassy_appliance_quorum_lease_remaining_seconds"),
 	}
 	t.Logf("metrics: %v", got)
 	for _, s := range fams["embassy_nbd_requests_total"].GetMetric() {

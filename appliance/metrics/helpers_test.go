@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"io"
 	"log/slog"
-	"maps"
 	"net"
 	"net/http"
 	"testing"
@@ -13,9 +12,7 @@ import (
 	"github.com/dataembassy/embassy/appliance"
 	"github.com/dataembassy/embassy/appliance/metrics"
 	"github.com/dataembassy/embassy/internal/pki"
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
+	"github.com/dataembassy/embassy/internal/promutil/promtest"
 )
 
 // newCA returns a CA for scrapers' client certificates.
@@ -45,50 +42,13 @@ func newMetrics(t *testing.T, ca *pki.CA, now *time.Time) *metrics.Metrics {
 }
 
 // parse reads a scrape's body with the Prometheus text parser.
-func parse(t *testing.T, res *http.Response) map[string]*dto.MetricFamily {
+func parse(t *testing.T, res *http.Response) promtest.Families {
 	t.Helper()
-	defer res.Body.Close()
-	if res.StatusCode != http.StatusOK {
-		t.Fatalf("scrape: %s", res.Status)
-	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(res.Body)
+	fams, err := promtest.ParseResponse(res)
 	if err != nil {
-		t.Fatalf("metrics do not parse: %v", err)
+		t.Fatal(err)
 	}
 	return fams
-}
-
-// sample returns the value of family name's metric with exactly labels
-// (name, value, ...), and whether there is one; histograms give their
-// sample count.
-func sample(fams map[string]*dto.MetricFamily, name string, labels ...string) (float64, bool) {
-	f := fams[name]
-	if f == nil {
-		return 0, false
-	}
-	want := map[string]string{}
-	for i := 0; i+1 < len(labels); i += 2 {
-		want[labels[i]] = labels[i+1]
-	}
-	for _, m := range f.GetMetric() {
-		got := map[string]string{}
-		for _, l := range m.GetLabel() {
-			got[l.GetName()] = l.GetValue()
-		}
-		if !maps.Equal(got, want) {
-			continue
-		}
-		switch f.GetType() {
-		case dto.MetricType_COUNTER:
-			return m.GetCounter().GetValue(), true
-		case dto.MetricType_GAUGE:
-			return m.GetGauge().GetValue(), true
-		case dto.MetricType_HISTOGRAM:
-			return float64(m.GetHistogram().GetSampleCount()), true
-		}
-	}
-	return 0, false
 }
 
 // nbdClient is the least NBD client: plaintext fixed newstyle,

@@ -138,7 +138,7 @@ func TestNBDAndStoreMetrics(t *testing.T) {
 		{"embassy_nbd_request_duration_seconds", "flush", 1},
 	}
 	for _, w := range want {
-		if v, ok := sample(fams, w.name, "export", "registers", "command", w.command); !ok || v != w.value {
+		if v, ok := fams.Sample(w.name, "export", "registers", "command", w.command); !ok || v != w.value {
 			t.Errorf("%s{registers,%s} = %v (present %v), want %v", w.name, w.command, v, ok, w.value)
 		}
 	}
@@ -157,7 +157,7 @@ func TestNBDAndStoreMetrics(t *testing.T) {
 		{"embassy_store_integrity_errors_total", 0},
 		{"embassy_store_size_bytes", float64(s.store.Size())},
 	} {
-		if v, ok := sample(fams, g.name); !ok || v != g.value {
+		if v, ok := fams.Sample(g.name); !ok || v != g.value {
 			t.Errorf("%s = %v (present %v), want %v", g.name, v, ok, g.value)
 		}
 	}
@@ -174,7 +174,7 @@ func TestNBDAndStoreMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	fams = parse(t, res)
-	if v, ok := sample(fams, "embassy_appliance_serving"); !ok || v != 0 {
+	if v, ok := fams.Sample("embassy_appliance_serving"); !ok || v != 0 {
 		t.Errorf("serving = %v after Stopped", v)
 	}
 	if fams["embassy_store_epoch"] != nil {
@@ -213,13 +213,13 @@ func TestIntegrityErrorCounted(t *testing.T) {
 		t.Fatal(err)
 	}
 	fams := parse(t, res)
-	if v, _ := sample(fams, "embassy_store_integrity_errors_total"); v < 1 || v != float64(s.store.Stats().IntegrityFailures) {
+	if v, _ := fams.Sample("embassy_store_integrity_errors_total"); v < 1 || v != float64(s.store.Stats().IntegrityFailures) {
 		t.Errorf("integrity errors %v, store counted %d", v, s.store.Stats().IntegrityFailures)
 	}
-	if v, _ := sample(fams, "embassy_nbd_errors_total", "export", "registers", "command", "read"); v != 1 {
+	if v, _ := fams.Sample("embassy_nbd_errors_total", "export", "registers", "command", "read"); v != 1 {
 		t.Errorf("read errors %v, want 1", v)
 	}
-	if v, _ := sample(fams, "embassy_nbd_bytes_total", "export", "registers", "command", "read"); v != 0 {
+	if v, _ := fams.Sample("embassy_nbd_bytes_total", "export", "registers", "command", "read"); v != 0 {
 		t.Errorf("read bytes %v, want 0 (the read failed)", v)
 	}
 }
@@ -237,11 +237,11 @@ func TestLeases(t *testing.T) {
 		fams := parse(t, res)
 		out := map[string]float64{}
 		for _, v := range []string{"tallinn", "tartu", "narva"} {
-			if s, ok := sample(fams, "embassy_appliance_lease_remaining_seconds", "verifier", v); ok {
+			if s, ok := fams.Sample("embassy_appliance_lease_remaining_seconds", "verifier", v); ok {
 				out[v] = s
 			}
 		}
-		out["quorum"], _ = sample(fams, "embassy_appliance_quorum_lease_remaining_seconds")
+		out["quorum"], _ = fams.Sample("embassy_appliance_quorum_lease_remaining_seconds")
 		return out
 	}
 	m.Leases([]appliance.Answer{
@@ -307,7 +307,7 @@ func TestListenerMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatalf("scrape with a certificate from the CA: %v", err)
 	}
-	if v, ok := sample(parse(t, res), "embassy_appliance_serving"); !ok || v != 1 {
+	if v, ok := parse(t, res).Sample("embassy_appliance_serving"); !ok || v != 1 {
 		t.Errorf("serving = %v", v)
 	}
 	res, err = client(ca).Get(url + "/")

@@ -2,7 +2,6 @@ package verifier_test
 
 import (
 	"context"
-	"maps"
 	"math"
 	"net/http/httptest"
 	"strings"
@@ -10,61 +9,25 @@ import (
 
 	"github.com/dataembassy/embassy/attest/protocol"
 	"github.com/dataembassy/embassy/attest/verifier"
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
+	"github.com/dataembassy/embassy/internal/promutil/promtest"
 )
 
 // scrape fetches h's metrics and parses them with the Prometheus text
 // parser.
-func scrape(t *testing.T, h *httptest.Server) map[string]*dto.MetricFamily {
+func scrape(t *testing.T, h *httptest.Server) promtest.Families {
 	t.Helper()
 	res, err := h.Client().Get(h.URL + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer res.Body.Close()
 	if ct := res.Header.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain") {
 		t.Fatalf("Content-Type %q", ct)
 	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(res.Body)
+	fams, err := promtest.ParseResponse(res)
 	if err != nil {
-		t.Fatalf("metrics do not parse: %v", err)
+		t.Fatal(err)
 	}
 	return fams
-}
-
-// sample returns the value of family name's metric with exactly labels
-// (name, value, name, value ...), and whether there is one. Histograms
-// give their sample count.
-func sample(fams map[string]*dto.MetricFamily, name string, labels ...string) (float64, bool) {
-	f := fams[name]
-	if f == nil {
-		return 0, false
-	}
-	want := map[string]string{}
-	for i := 0; i+1 < len(labels); i += 2 {
-		want[labels[i]] = labels[i+1]
-	}
-	for _, m := range f.GetMetric() {
-		got := map[string]string{}
-		for _, l := range m.GetLabel() {
-			got[l.GetName()] = l.GetValue()
-		}
-		if !maps.Equal(got, want) {
-			continue
-		}
-		switch f.GetType() {
-		case dto.MetricType_COUNTER:
-			return m.GetCounter().GetValue(), true
-		case dto.MetricType_GAUGE:
-			return m.GetGauge().GetValue(), true
-		case dto.MetricType_HISTOGRAM:
-			return float64(m.GetHistogram().GetSampleCount()), true
-		}
-	}
-	return 0, false
 }
 
 // metricsFixture is a fixture whose server records into Metrics served by
@@ -86,13 +49,13 @@ func TestMetricsCountAttestations(t *testing.T) {
 	c := f.raw()
 
 	before := scrape(t, h)
-	if v, ok := sample(before, "embassy_verifier_up"); !ok || v != 1 {
+	if v, ok := before.Sample("embassy_verifier_up"); !ok || v != 1 {
 		t.Fatalf("embassy_verifier_up %v %v, want 1", v, ok)
 	}
-	if _, ok := sample(before, "embassy_verifier_appliance_last_attestation_timestamp_seconds", "appliance", "rack1"); ok {
+	if _, ok := before.Sample("embassy_verifier_appliance_last_attestation_timestamp_seconds", "appliance", "rack1"); ok {
 		t.Fatal("last attestation exported before any attestation")
 	}
-	if v, _ := sample(before, "embassy_verifier_appliance_lease_remaining_seconds", "appliance", "rack1"); v != 0 {
+	if v, _ := before.Sample("embassy_verifier_appliance_lease_remaining_seconds", "appliance", "rack1"); v != 0 {
 		t.Fatalf("lease remaining %v before any attestation", v)
 	}
 
@@ -119,8 +82,8 @@ func TestMetricsCountAttestations(t *testing.T) {
 		{"embassy_verifier_attestation_duration_seconds", []string{"purpose", "unlock"}, 0},
 	}
 	for _, k := range counters {
-		b, _ := sample(before, k.name, k.labels...)
-		a, ok := sample(after, k.name, k.labels...)
+		b, _ := before.Sample(k.name, k.labels...)
+		a, ok := after.Sample(k.name, k.labels...)
 		if !ok || a-b != k.delta {
 			t.Errorf("%s%v: %v -> %v (present %v), want +%v", k.name, k.labels, b, a, ok, k.delta)
 		}
@@ -137,7 +100,7 @@ func TestMetricsCountAttestations(t *testing.T) {
 		{"embassy_verifier_appliance_store_epoch", 3, 3},
 	}
 	for _, g := range gauges {
-		v, ok := sample(after, g.name, "appliance", "rack1")
+		v, ok := after.Sample(g.name, "appliance", "rack1")
 		if !ok || v < g.min || v > g.max {
 			t.Errorf("%s{rack1} = %v (present %v), want %v..%v", g.name, v, ok, g.min, g.max)
 		}
@@ -163,7 +126,7 @@ func TestMetricsCountAttestations(t *testing.T) {
 		{"embassy_verifier_appliance_lease_remaining_seconds", []string{"appliance", "rack1"}, 0},
 		{"embassy_verifier_appliance_last_refusal_timestamp_seconds", []string{"appliance", "rack1"}, float64(f.now.UnixMilli()) / 1e3},
 	} {
-		if v, ok := sample(revoked, k.name, k.labels...); !ok || math.Abs(v-k.want) > 1e-3 {
+		if v, ok := revoked.Sample(k.name, k.labels...); !ok || math.Abs(v-k.want) > 1e-3 {
 			t.Errorf("%s%v = %v (present %v), want %v", k.name, k.labels, v, ok, k.want)
 		}
 	}
@@ -178,17 +141,17 @@ func TestMetricsAccepted(t *testing.T) {
 	}
 	fams := scrape(t, h)
 	for _, purpose := range []string{"unlock", "heartbeat"} {
-		if v, ok := sample(fams, "embassy_verifier_attestations_total", "outcome", "ok", "purpose", purpose); !ok || v != 1 {
+		if v, ok := fams.Sample("embassy_verifier_attestations_total", "outcome", "ok", "purpose", purpose); !ok || v != 1 {
 			t.Errorf("%s ok = %v, want 1", purpose, v)
 		}
 	}
 	if f := fams["embassy_verifier_attestation_refusals_total"]; f != nil && len(f.GetMetric()) > 0 {
 		t.Errorf("refusals counted: %v", f)
 	}
-	if v, _ := sample(fams, "embassy_verifier_appliance_store_epoch", "appliance", "rack1"); v != 1 {
+	if v, _ := fams.Sample("embassy_verifier_appliance_store_epoch", "appliance", "rack1"); v != 1 {
 		t.Errorf("store epoch %v, want 1", v)
 	}
-	if _, ok := sample(fams, "embassy_verifier_build_info"); ok {
+	if _, ok := fams.Sample("embassy_verifier_build_info"); ok {
 		t.Error("build info without labels")
 	}
 	if f := fams["embassy_verifier_build_info"]; f == nil || f.GetMetric()[0].GetGauge().GetValue() != 1 {
@@ -205,7 +168,7 @@ func TestMetricsWithoutServer(t *testing.T) {
 	h := httptest.NewServer(verifier.NewMetrics().Handler())
 	defer h.Close()
 	fams := scrape(t, h)
-	if v, ok := sample(fams, "embassy_verifier_up"); !ok || v != 0 {
+	if v, ok := fams.Sample("embassy_verifier_up"); !ok || v != 0 {
 		t.Fatalf("embassy_verifier_up = %v (present %v), want 0", v, ok)
 	}
 	if fams["embassy_verifier_appliance_revoked"] != nil {
