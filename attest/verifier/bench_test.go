@@ -180,14 +180,15 @@ func benchProcessLoad(b *testing.B, nProc int) loadResult {
 		return d
 	}
 	var ru0, ru1 syscall.Rusage
-	v0, pg0 := verifiers(), postgresCPU(b)
+	v0, pg0, m0 := verifiers(), postgresCPU(b), readMachineTimes(b)
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
 	r := runLoad(b, clients, total, func(i int) (*http.Response, error) {
 		p := procs[i%nProc]
 		return p.hc.Post(p.url+protocol.PathAttest, "application/json", bytes.NewReader(bodies[i]))
 	})
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
-	v1, pg1 := verifiers(), postgresCPU(b)
+	v1, pg1, m1 := verifiers(), postgresCPU(b), readMachineTimes(b)
+	idle, steal := m1.idleSteal(m0)
 	clientCPU, pgCPU := rusageCPU(ru1)-rusageCPU(ru0), pg1-pg0
 	var verCPU time.Duration
 	each := make([]string, nProc)
@@ -203,9 +204,9 @@ func benchProcessLoad(b *testing.B, nProc int) loadResult {
 	b.ReportMetric(perAttestation(all, total), "cpu-ms/attest")
 	b.Logf("postgres-x%d (verifier processes), %s: %d attestations, %d appliances, %d clients: %.0f/s, p50 %s, p99 %s",
 		nProc, purpose, total, nApp, clients, r.rate, r.p50, r.p99)
-	b.Logf("postgres-x%d, %s: CPU over the %d attestations (%s wall, %d cores): verifier processes %s (%s), PostgreSQL server %s, load clients %s; %s in all, %.0f%% of the cores",
+	b.Logf("postgres-x%d, %s: CPU over the %d attestations (%s wall, %d cores): verifier processes %s (%s), PostgreSQL server %s, load clients %s; %s in all, %.0f%% of the cores; machine %.0f%% idle, %.0f%% steal",
 		nProc, purpose, total, wall.Round(time.Millisecond), runtime.NumCPU(), verCPU, strings.Join(each, " + "), pgCPU, clientCPU, all,
-		100*all.Seconds()/(wall.Seconds()*float64(runtime.NumCPU())))
+		100*all.Seconds()/(wall.Seconds()*float64(runtime.NumCPU())), idle, steal)
 	checkAudit(b, f, total, purpose)
 	return r
 }

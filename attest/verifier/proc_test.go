@@ -248,3 +248,45 @@ func postgresCPU(t testing.TB) time.Duration {
 	}
 	return sum
 }
+
+// machineTimes is the first line of /proc/stat: the whole machine's CPU
+// time by state, in clock ticks, summed over its cores.
+type machineTimes struct{ total, idle, steal int64 }
+
+func readMachineTimes(t testing.TB) machineTimes {
+	t.Helper()
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		t.Fatalf("/proc/stat: %q", line)
+	}
+	var m machineTimes
+	for k, s := range f[1:9] { // user nice system idle iowait irq softirq steal
+		v, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			t.Fatalf("/proc/stat: %q: %v", line, err)
+		}
+		m.total += v
+		switch k {
+		case 3, 4:
+			m.idle += v
+		case 7:
+			m.steal += v
+		}
+	}
+	return m
+}
+
+// idleSteal is the share of the machine's CPU time between m0 and m that
+// was idle and that the hypervisor took (steal), in percent.
+func (m machineTimes) idleSteal(m0 machineTimes) (idle, steal float64) {
+	d := float64(m.total - m0.total)
+	if d <= 0 {
+		return 0, 0
+	}
+	return 100 * float64(m.idle-m0.idle) / d, 100 * float64(m.steal-m0.steal) / d
+}
