@@ -61,15 +61,6 @@ func newFixtureAt(t testing.TB, dsn string) *fixture {
 
 func (f *fixture) clock() time.Time { return f.now }
 
-// twin starts a second verifier server with a connection pool of its own
-// on f's database, as a second verifier process would be.
-func (f *fixture) twin() *fixture {
-	f.t.Helper()
-	g := &fixture{t: f.t, dsn: f.dsn, now: f.now, relKey: f.relKey, opts: f.opts}
-	g.start()
-	return g
-}
-
 // start opens the DB and serves it over TLS.
 func (f *fixture) start() {
 	t := f.t

@@ -1,23 +1,11 @@
 package verifier_test
 
 import (
-	"bufio"
-	"bytes"
-	"crypto/tls"
-	"crypto/x509"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/dataembassy/embassy/attest/protocol"
 	"github.com/dataembassy/embassy/attest/verifier"
@@ -27,148 +15,6 @@ import (
 // These tests run the real embassy-verifier binary, twice, on one
 // PostgreSQL database: verifiers coordinate only through the database.
 // They need PostgreSQL whatever EMBASSY_TEST_DB says.
-
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-// verifierBinary builds cmd/embassy-verifier once per test binary.
-func verifierBinary(t testing.TB) string {
-	t.Helper()
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "embassy-verifier-bin-")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "embassy-verifier")
-		cmd := exec.Command("go", "build", "-o", binPath, "github.com/dataembassy/embassy/cmd/embassy-verifier")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			binErr = fmt.Errorf("go build embassy-verifier: %w\n%s", err, out)
-		}
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
-
-// verifierProc is a running embassy-verifier process.
-type verifierProc struct {
-	t    testing.TB
-	cmd  *exec.Cmd
-	url  string
-	hc   *http.Client
-	log  bytes.Buffer // guarded by mu
-	mu   sync.Mutex
-	exit chan struct{}
-}
-
-var reServing = regexp.MustCompile(`msg=serving addr=(\S+)`)
-
-// startVerifierProc runs the verifier binary on dsn, on a free loopback
-// port, with a TLS identity of its own; it is killed at the test's end.
-func startVerifierProc(t testing.TB, dsn string) *verifierProc {
-	t.Helper()
-	bin, dir := verifierBinary(t), t.TempDir()
-	if out, err := exec.Command(bin, "--init-tls", dir, "--hosts", "127.0.0.1").CombinedOutput(); err != nil {
-		t.Fatalf("init-tls: %v\n%s", err, out)
-	}
-	caPEM, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(caPEM)
-	p := &verifierProc{t: t, exit: make(chan struct{}),
-		hc: &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, MaxIdleConnsPerHost: 16}}}
-	p.cmd = exec.Command(bin, "--db", dsn, "--listen", "127.0.0.1:0", "--nonce-ttl", "1h",
-		"--cert", filepath.Join(dir, "server.pem"), "--key", filepath.Join(dir, "server.key"))
-	stderr, err := p.cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	addr := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			p.mu.Lock()
-			p.log.WriteString(sc.Text() + "\n")
-			p.mu.Unlock()
-			if m := reServing.FindStringSubmatch(sc.Text()); m != nil {
-				addr <- m[1]
-			}
-		}
-		io.Copy(io.Discard, stderr)
-		p.cmd.Wait()
-		close(p.exit)
-	}()
-	t.Cleanup(func() { p.kill(); p.hc.CloseIdleConnections() })
-	select {
-	case a := <-addr:
-		p.url = "https://" + a
-	case <-p.exit:
-		t.Fatalf("embassy-verifier exited before serving:\n%s", p.output())
-	}
-	return p
-}
-
-func (p *verifierProc) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.log.String()
-}
-
-// kill SIGKILLs the process and waits for it to be gone.
-func (p *verifierProc) kill() {
-	p.cmd.Process.Kill()
-	<-p.exit
-}
-
-// post sends req to path; it returns the HTTP status (0 when the request
-// got no answer) and decodes a 200 answer into resp, else into the
-// refusal.
-func (p *verifierProc) post(path string, req, resp any) (int, *protocol.ErrorResponse) {
-	body, _ := json.Marshal(req)
-	res, err := p.hc.Post(p.url+path, "application/json", bytes.NewReader(body))
-	if err != nil {
-		return 0, nil
-	}
-	defer res.Body.Close()
-	if res.StatusCode != http.StatusOK {
-		var e protocol.ErrorResponse
-		if json.NewDecoder(res.Body).Decode(&e) != nil {
-			return res.StatusCode, nil
-		}
-		return res.StatusCode, &e
-	}
-	if json.NewDecoder(res.Body).Decode(resp) != nil {
-		return 0, nil
-	}
-	return res.StatusCode, nil
-}
-
-func (p *verifierProc) nonce(id string) []byte {
-	p.t.Helper()
-	var n protocol.NonceResponse
-	if code, e := p.post(protocol.PathNonce, &protocol.NonceRequest{ApplianceID: id}, &n); code != http.StatusOK {
-		p.t.Fatalf("nonce from %s: HTTP %d %+v\n%s", p.url, code, e, p.output())
-	}
-	return n.Nonce
-}
-
-// attest presents q: ok, a refusal, or neither (no answer).
-func (p *verifierProc) attest(q *protocol.AttestRequest) (ok bool, refusal *protocol.ErrorResponse) {
-	var resp protocol.AttestResponse
-	code, e := p.post(protocol.PathAttest, q, &resp)
-	return code == http.StatusOK && resp.AuditSeq > 0, e
-}
 
 // TestConcurrentMigrationsPostgres opens a new PostgreSQL database from
 // several handles at once, as verifier processes starting together do:
@@ -200,9 +46,9 @@ func TestConcurrentMigrationsPostgres(t *testing.T) {
 }
 
 // sharedPostgres is an in-process fixture (for enrolment and the final
-// checks) and two verifier processes, all on one PostgreSQL database, and
-// nApp enrolled appliances.
-func sharedPostgres(t *testing.T, nApp int) (*fixture, [2]*verifierProc, []*appliance) {
+// checks) and nProc verifier processes, all on one PostgreSQL database,
+// and nApp enrolled appliances.
+func sharedPostgres(t testing.TB, nApp, nProc int) (*fixture, []*verifierProc, []*appliance) {
 	t.Helper()
 	dsn := pgtest.NewDatabase(t)
 	f := newFixtureAt(t, dsn)
@@ -210,17 +56,21 @@ func sharedPostgres(t *testing.T, nApp int) (*fixture, [2]*verifierProc, []*appl
 	for i := range apps {
 		apps[i] = f.enrolled(fmt.Sprintf("rack%d", i))
 	}
-	return f, [2]*verifierProc{startVerifierProc(t, dsn), startVerifierProc(t, dsn)}, apps
+	procs := make([]*verifierProc, nProc)
+	for i := range procs {
+		procs[i] = startVerifierProc(t, dsn)
+	}
+	return f, procs, apps
 }
 
-// quotes makes n heartbeat quotes round-robin over apps, quote i over a
-// nonce issued by procs[i%2].
-func quotes(t *testing.T, procs [2]*verifierProc, apps []*appliance, n int) []*protocol.AttestRequest {
+// quotes makes n quotes for purpose round-robin over apps, quote i over a
+// nonce issued by procs[i%len(procs)].
+func quotes(t testing.TB, procs []*verifierProc, apps []*appliance, n int, purpose protocol.Purpose) []*protocol.AttestRequest {
 	t.Helper()
 	qs := make([]*protocol.AttestRequest, n)
 	for i := range qs {
 		ap := apps[i%len(apps)]
-		qs[i] = quote(t, ap, procs[i%2].nonce(ap.id), protocol.PurposeHeartbeat, 0)
+		qs[i] = quote(t, ap, procs[i%len(procs)].nonce(ap.id), purpose, 0)
 	}
 	return qs
 }
@@ -260,9 +110,9 @@ func checkChain(t *testing.T, f *fixture, want int) {
 // both at once; the audit chain stays one chain holding every admitted
 // attestation once.
 func TestVerifierProcessesSharePostgres(t *testing.T) {
-	f, procs, apps := sharedPostgres(t, 3)
+	f, procs, apps := sharedPostgres(t, 3, 2)
 	const n, replays = 24, 4 // quotes; each of the first replays is presented 3 times at each process
-	qs := quotes(t, procs, apps, n)
+	qs := quotes(t, procs, apps, n, protocol.PurposeHeartbeat)
 	admitted := make([]atomic.Int32, n)
 	var wg sync.WaitGroup
 	present := func(p *verifierProc, i int) {
@@ -302,9 +152,9 @@ func TestVerifierProcessesSharePostgres(t *testing.T) {
 // replay when presented again) or admitted by the surviving process:
 // each admitted exactly once, nothing lost.
 func TestVerifierProcessKilledMidLoad(t *testing.T) {
-	f, procs, apps := sharedPostgres(t, 3)
+	f, procs, apps := sharedPostgres(t, 3, 2)
 	const n, clients, killAfter = 60, 6, 12
-	qs := quotes(t, procs, apps, n)
+	qs := quotes(t, procs, apps, n, protocol.PurposeHeartbeat)
 	answered := make([]bool, n) // admitted with an answer during the load
 	var next, admittedAt0 atomic.Int32
 	var killOnce sync.Once
