@@ -3,6 +3,7 @@ package admin_test
 import (
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -91,5 +92,28 @@ func TestNewHandlerRequiresOptions(t *testing.T) {
 		if _, err := admin.NewHandler(o); err == nil {
 			t.Errorf("%s: NewHandler succeeded", name)
 		}
+	}
+}
+
+// TestConflictingRoles: a certificate holding both publisher and trustee
+// (which together undo k-of-n release signing) opens nothing, not even
+// the reads its other roles would allow, and embassyctl's role parser
+// refuses to ask for one.
+func TestConflictingRoles(t *testing.T) {
+	f := newFixture(t)
+	both := operator(t, f.ops, "greedy", admin.Viewer, admin.Publisher, admin.Trustee)
+	status, body, err := do(t, f.httpClient(both), f.srv.URL, "GET", "/admin/v1/appliances", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var eb admin.ErrorBody
+	if status != http.StatusUnauthorized || json.Unmarshal(body, &eb) != nil || eb.Code != "unauthenticated" {
+		t.Errorf("publisher+trustee: HTTP %d %s, want 401 unauthenticated", status, body)
+	}
+	if _, err := admin.ParseRoles("publisher,trustee"); !errors.Is(err, admin.ErrConflictingRoles) {
+		t.Errorf("ParseRoles(publisher,trustee): %v, want ErrConflictingRoles", err)
+	}
+	if roles, err := admin.ParseRoles("viewer,trustee"); err != nil || len(roles) != 2 {
+		t.Errorf("ParseRoles(viewer,trustee): %v %v", roles, err)
 	}
 }

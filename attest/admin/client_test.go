@@ -19,7 +19,8 @@ import (
 // with what the database says, as the operator's audit records show.
 func TestClient(t *testing.T) {
 	f := newFixture(t)
-	c := f.client(t, operator(t, f.ops, "alice", admin.Roles...))
+	c := f.client(t, operator(t, f.ops, "alice", rolesBut(admin.Trustee)...))
+	trustee := f.client(t, operator(t, f.ops, "alice", rolesBut(admin.Publisher)...))
 	ctx := t.Context()
 	ek, err := x509.ParsePKIXPublicKey(ekPublicDER(t))
 	if err != nil {
@@ -51,7 +52,7 @@ func TestClient(t *testing.T) {
 	}
 
 	root := newCA(t, "TPM vendor")
-	if err := c.AddEKRoot(ctx, root.Cert, ""); err != nil {
+	if err := trustee.AddEKRoot(ctx, root.Cert, ""); err != nil {
 		t.Fatal(err)
 	}
 	roots, err := c.EKRoots(ctx)
@@ -63,13 +64,13 @@ func TestClient(t *testing.T) {
 	if _, err := c.PublishRelease(ctx, env, ""); !errors.Is(err, release.ErrThreshold) {
 		t.Errorf("publish with no trusted key: %v, want release.ErrThreshold", err)
 	}
-	if err := c.AddReleaseKey(ctx, pub, ""); err != nil {
+	if err := trustee.AddReleaseKey(ctx, pub, ""); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.SetReleaseThreshold(ctx, 0, ""); !errors.Is(err, verifier.ErrBadArgument) {
+	if err := trustee.SetReleaseThreshold(ctx, 0, ""); !errors.Is(err, verifier.ErrBadArgument) {
 		t.Errorf("threshold 0: %v, want ErrBadArgument", err)
 	}
-	if err := c.SetReleaseThreshold(ctx, 1, ""); err != nil {
+	if err := trustee.SetReleaseThreshold(ctx, 1, ""); err != nil {
 		t.Fatal(err)
 	}
 	ks, k, err := c.ReleaseKeys(ctx)
@@ -161,7 +162,8 @@ func TestNewClientRefusesURLs(t *testing.T) {
 // endpoint) with an error body, never a crash, and change nothing.
 func TestBadInput(t *testing.T) {
 	f := newFixture(t)
-	hc := f.httpClient(operator(t, f.ops, "alice", admin.Roles...))
+	hc := f.httpClient(operator(t, f.ops, "alice", rolesBut(admin.Trustee)...))
+	trustee := f.httpClient(operator(t, f.ops, "alice", rolesBut(admin.Publisher)...))
 	if err := f.db.Enroll(t.Context(), verifier.EnrollParams{ID: "rack1", EKPublic: mustParsePKIX(t, ekPublicDER(t)), Actor: "setup"}); err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +201,11 @@ func TestBadInput(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			status, body, err := do(t, hc, f.srv.URL, tc.method, tc.path, tc.body)
+			as := hc
+			if trusteePath(tc.path) {
+				as = trustee
+			}
+			status, body, err := do(t, as, f.srv.URL, tc.method, tc.path, tc.body)
 			if err != nil {
 				t.Fatal(err)
 			}

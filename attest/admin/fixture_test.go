@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -243,4 +244,20 @@ func mustParsePKIX(t *testing.T, der []byte) crypto.PublicKey {
 		t.Fatal(err)
 	}
 	return k
+}
+
+// rolesBut is every role except r: an operator may hold every role but
+// not publisher and trustee together.
+func rolesBut(r admin.Role) []admin.Role {
+	return slices.DeleteFunc(slices.Clone(admin.Roles), func(x admin.Role) bool { return x == r })
+}
+
+// trusteePath reports whether path is an endpoint of the trustee role.
+func trusteePath(path string) bool {
+	for _, p := range []string{"/ek-roots", "/release-keys", "/release-threshold"} {
+		if strings.Contains(path, p) {
+			return true
+		}
+	}
+	return false
 }

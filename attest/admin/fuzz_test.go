@@ -27,11 +27,16 @@ func FuzzHandler(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	leaf, err := ops.Issue(admin.IssueOptions("fuzzer", admin.Roles, time.Hour))
-	if err != nil {
-		f.Fatal(err)
+	// Two operators between them hold every role (publisher and trustee
+	// never go together); the request goes to the one whose roles allow it.
+	var states [2]*tls.ConnectionState
+	for i, but := range []admin.Role{admin.Trustee, admin.Publisher} {
+		leaf, err := ops.Issue(admin.IssueOptions("fuzzer", rolesBut(but), time.Hour))
+		if err != nil {
+			f.Fatal(err)
+		}
+		states[i] = &tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf.Cert}, VerifiedChains: [][]*x509.Certificate{{leaf.Cert, ops.Cert}}}
 	}
-	state := &tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf.Cert}, VerifiedChains: [][]*x509.Certificate{{leaf.Cert, ops.Cert}}}
 	for _, seed := range []struct{ method, path, body string }{
 		{"POST", "/admin/v1/appliances", `{"id":"rack1","ek_public":"AAAA","share":"AQ=="}`},
 		{"POST", "/admin/v1/appliances/rack1/baseline", `{"pcrs":{"0":"00"}}`},
@@ -54,7 +59,10 @@ func FuzzHandler(f *testing.F) {
 		if err != nil {
 			return
 		}
-		req.TLS = state
+		req.TLS = states[0]
+		if trusteePath(path) {
+			req.TLS = states[1]
+		}
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
 		switch rec.Code {

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -19,19 +20,35 @@ const (
 	// Viewer reads appliances, EK roots, releases, release keys, the
 	// fleet page and the metrics.
 	Viewer Role = "viewer"
-	// Enroller enrolls appliances, trusts EK roots and sets baselines.
+	// Enroller enrolls appliances and sets their baselines.
 	Enroller Role = "enroller"
 	// Revoker revokes appliances.
 	Revoker Role = "revoker"
-	// Publisher publishes and withdraws releases, trusts release keys and
-	// sets the release threshold.
+	// Publisher publishes and withdraws releases.
 	Publisher Role = "publisher"
+	// Trustee changes the trust anchors: the release officers' keys, the
+	// release threshold k and the TPM manufacturers' EK roots.
+	Trustee Role = "trustee"
 	// Auditor reads and verifies the audit log.
 	Auditor Role = "auditor"
 )
 
 // Roles lists every role, in the order docs/admin-api.md gives them.
-var Roles = []Role{Viewer, Enroller, Revoker, Publisher, Auditor}
+var Roles = []Role{Viewer, Enroller, Revoker, Publisher, Trustee, Auditor}
+
+// ErrConflictingRoles is a set of roles no one operator may hold:
+// publisher with trustee would let one certificate trust its own release
+// key, set the threshold to 1 and publish, undoing k-of-n release
+// signing.
+var ErrConflictingRoles = errors.New("admin: the publisher and trustee roles are never held together")
+
+// checkRoles refuses a conflicting set of roles.
+func checkRoles(roles []Role) error {
+	if slices.Contains(roles, Publisher) && slices.Contains(roles, Trustee) {
+		return ErrConflictingRoles
+	}
+	return nil
+}
 
 // ParseRoles parses a comma-separated list of role names, refusing an
 // unknown or repeated one.
@@ -46,6 +63,9 @@ func ParseRoles(s string) ([]Role, error) {
 			return nil, fmt.Errorf("admin: role %q given twice", r)
 		}
 		out = append(out, r)
+	}
+	if err := checkRoles(out); err != nil {
+		return nil, err
 	}
 	return out, nil
 }

@@ -14,10 +14,17 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/dataembassy/embassy/attest/protocol"
 	"github.com/dataembassy/embassy/attest/release"
 	"github.com/dataembassy/embassy/attest/verifier"
 	"github.com/dataembassy/embassy/internal/pki"
 )
+
+// OutcomeForbidden is the audit outcome of a call refused for a missing
+// role (check "role"). It is not "refused", the outcome of an appliance's
+// refused attestation: an operator's call never marks an appliance as
+// refused.
+const OutcomeForbidden = "forbidden"
 
 // Store is the verifier state the API serves: *verifier.DB.
 type Store interface {
@@ -143,6 +150,9 @@ func (h *handler) authenticate(r *http.Request) (*operator, error) {
 			op.roles = append(op.roles, r)
 		}
 	}
+	if err := checkRoles(op.roles); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrUnauthenticated, op.name, err)
+	}
 	return op, nil
 }
 
@@ -153,9 +163,12 @@ func (h *handler) authenticate(r *http.Request) (*operator, error) {
 func (h *handler) guard(rt route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		op := r.Context().Value(operatorKey{}).(*operator)
-		rec := &verifier.AuditRecord{Actor: op.actor(), Appliance: r.PathValue("id"), Action: rt.action, PCR: -1, Detail: requestLine(r)}
+		rec := &verifier.AuditRecord{Actor: op.actor(), Action: rt.action, PCR: -1, Detail: requestLine(r)}
+		if id := r.PathValue("id"); protocol.ValidID(id) {
+			rec.Appliance = id // an invalid one stays in the bounded request line
+		}
 		if !slices.Contains(op.roles, rt.role) {
-			rec.Outcome, rec.Check = "refused", "role"
+			rec.Outcome, rec.Check = OutcomeForbidden, "role"
 			rec.Detail += fmt.Sprintf(": needs role %s, certificate grants %s", rt.role, roleList(op.roles))
 			err := fmt.Errorf("%w: %s needs role %s; %s holds %s", ErrForbidden, rt.action, rt.role, op.name, roleList(op.roles))
 			h.log.Warn("admin API: refused", "operator", op.name, "action", rt.action, "need", rt.role)

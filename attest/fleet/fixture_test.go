@@ -56,8 +56,8 @@ type testFleet struct {
 //     epoch 1 refused by the "epoch" check (a rolled-back store);
 //   - rack-revoked: enrolled, then revoked;
 //   - rack-enrolled: enrolled, never attested;
-//   - rack-hostile: enrolled, with a refusal whose check, detail and actor
-//     are markup.
+//   - rack-hostile: enrolled, with a refusal whose check and detail are
+//     markup, and an audit record by an operator whose name is markup.
 //
 // Releases: "1" accepted and "0" withdrawn.
 func newFleet(t *testing.T) *testFleet {
@@ -108,8 +108,14 @@ func newFleet(t *testing.T) *testFleet {
 	if err := db.Revoke(ctx, revokedID, "disk shipped home for inspection", "bob"); err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Audit(ctx, &verifier.AuditRecord{Actor: hostile, Appliance: hostileID, Action: "attest-unlock",
+	// The refusal is the verifier's own (actor "appliance"); an operator
+	// with a hostile name leaves a record in the trail too.
+	if err := db.Audit(ctx, &verifier.AuditRecord{Actor: "appliance", Appliance: hostileID, Action: "attest-unlock",
 		Outcome: "refused", Check: "release" + hostile, PCR: 15, Detail: "PCR 15 differs " + hostile}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Audit(ctx, &verifier.AuditRecord{Actor: hostile, Appliance: hostileID, Action: "admin-read",
+		Outcome: "ok", PCR: -1, Detail: "appliance-show " + hostile}); err != nil {
 		t.Fatal(err)
 	}
 	return f

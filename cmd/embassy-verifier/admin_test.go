@@ -162,7 +162,7 @@ func TestAdminAPI(t *testing.T) {
 	for _, r := range recs {
 		got = append(got, r.Actor+" "+r.Action+" "+r.Outcome)
 	}
-	want := []string{"operator:alice enroll ok", "operator:alice revoke refused", "operator:bob revoke ok"}
+	want := []string{"operator:alice enroll ok", "operator:alice revoke forbidden", "operator:bob revoke ok"}
 	if strings.Join(got, "; ") != strings.Join(want, "; ") {
 		t.Errorf("rack1's audit records:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}

@@ -142,7 +142,7 @@ func TestAPIMode(t *testing.T) {
 	// anywhere?) and after (the EK hash it reports); the second enroll
 	// stopped at its read.
 	want := "operator:alice admin-read ok; operator:alice enroll ok; operator:alice admin-read ok; operator:alice admin-read ok; " +
-		"operator:bob revoke refused; operator:alice revoke ok; operator:bob admin-read ok"
+		"operator:bob revoke forbidden; operator:alice revoke ok; operator:bob admin-read ok"
 	if strings.Join(got, "; ") != want {
 		t.Errorf("rack1's audit records\n%s\nwant\n%s", strings.Join(got, "; "), want)
 	}
@@ -220,8 +220,9 @@ func TestAPIModeEveryVerifier(t *testing.T) {
 		t.Fatalf("enroll 2 of 2: %d %s", code, out)
 	}
 	key, env := signedRelease(t)
+	trent := ops.issue(t, "trent", "trustee") // publishers never trust keys
 	for _, v := range []apiVerifier{a, b} {
-		if out, code := ctl(t, append(append([]string{"release", "trust", "--verifier", v.url}, conn...), key+".pub")...); code != 0 {
+		if out, code := ctl(t, append(append([]string{"release", "trust", "--verifier", v.url}, trent...), key+".pub")...); code != 0 {
 			t.Fatalf("trust: %d %s", code, out)
 		}
 	}
@@ -230,7 +231,7 @@ func TestAPIModeEveryVerifier(t *testing.T) {
 		t.Fatalf("publish to both: %d %s", code, out)
 	}
 	// Each database holds its own share and the release, recorded as
-	// alice's.
+	// alice's; the release key as trent's.
 	for _, v := range []apiVerifier{a, b} {
 		db, err := verifier.OpenDB(context.Background(), v.db)
 		if err != nil {
@@ -245,7 +246,7 @@ func TestAPIModeEveryVerifier(t *testing.T) {
 		for _, r := range recs {
 			actions[r.Action] = r.Actor
 		}
-		if actions["enroll"] != "operator:alice" || actions["release-publish"] != "operator:alice" || actions["release-key-add"] != "operator:alice" {
+		if actions["enroll"] != "operator:alice" || actions["release-publish"] != "operator:alice" || actions["release-key-add"] != "operator:trent" {
 			t.Errorf("%s: audit actors %v", v.url, actions)
 		}
 	}

@@ -23,7 +23,8 @@ init-ca creates the operators' CA: D/ca.pem (give it to each verifier as
 --operator-ca) and D/ca-key.pem (keep it offline). issue writes an
 operator certificate and key, DIR/NAME-cert.pem and DIR/NAME-key.pem, for
 embassyctl's --cert and --key. The roles are viewer, enroller, revoker,
-publisher and auditor (docs/admin-api.md).
+publisher, trustee and auditor (docs/admin-api.md); publisher and trustee
+never go together.
 `
 
 func runOperator(args []string, stdout, stderr io.Writer) error {
@@ -62,7 +63,7 @@ func operatorIssue(args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("operator issue", "--ca-dir D --name NAME --roles R[,R...] --out DIR [--validity DURATION]", stdout, stderr)
 	caDir := fs.String("ca-dir", "", "the operators' CA directory (init-ca)")
 	name := fs.String("name", "", "the operator's name: the certificate's CN, as the audit log records it")
-	roles := fs.String("roles", "", "comma-separated roles: viewer, enroller, revoker, publisher, auditor")
+	roles := fs.String("roles", "", "comma-separated roles: viewer, enroller, revoker, publisher, trustee, auditor (not publisher with trustee)")
 	out := fs.String("out", "", "directory for NAME-cert.pem and NAME-key.pem (created)")
 	validity := fs.Duration("validity", 90*24*time.Hour, "how long the certificate is valid (there is no revocation: keep it short)")
 	if err := fs.require("ca-dir", "name", "roles", "out").parse(args); err != nil {
