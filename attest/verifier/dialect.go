@@ -40,9 +40,12 @@ const beginSQL = `BEGIN; SELECT pg_advisory_xact_lock(7100339453712098103)`
 
 // openPostgres opens the PostgreSQL database dsn. synchronousCommit is
 // the session's synchronous_commit: "off" keeps commits ordered and
-// atomic but may lose the newest ones if the database host loses power
-// (SQLite's synchronous=NORMAL); "on" makes every commit durable before
-// it returns.
+// atomic but may lose the newest ones (a fraction of a second's) if the
+// PostgreSQL server crashes or its host loses power, a little weaker than
+// SQLite's synchronous=NORMAL, which only a power loss can undo; "on"
+// makes every commit durable before it returns. A lost attestation
+// decision costs the appliance a retry; operators' writes (the admin API,
+// recovery mode) use "on".
 func openPostgres(dsn, synchronousCommit string) (*sql.DB, error) {
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {

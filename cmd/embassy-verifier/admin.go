@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -48,31 +49,45 @@ func (a adminFlags) check() error {
 
 // server returns the admin API's server and listener, or nils without
 // --admin-listen. cert is the appliances' API certificate, the default;
-// metrics is served at /metrics.
-func (a adminFlags) server(db *verifier.DB, cert tls.Certificate, metrics http.Handler, log *slog.Logger) (*http.Server, net.Listener, error) {
+// metrics is served at /metrics. The API has a handle of its own on the
+// database at dsn, durable (verifier.OpenDurableDB): an operator's
+// revocation answered 204 survives a power cut, while the appliances'
+// hot path keeps its cheaper commits. The caller closes the handle once
+// the server has shut down.
+func (a adminFlags) server(ctx context.Context, dsn string, cert tls.Certificate, metrics http.Handler, log *slog.Logger) (*http.Server, net.Listener, *verifier.DB, error) {
 	if *a.listen == "" {
-		return nil, nil, nil
+		return nil, nil, nil, nil
 	}
 	pem, err := os.ReadFile(*a.operatorCA)
 	if err != nil {
-		return nil, nil, fmt.Errorf("operator CA: %w", err)
+		return nil, nil, nil, fmt.Errorf("operator CA: %w", err)
 	}
 	ops := x509.NewCertPool()
 	if !ops.AppendCertsFromPEM(pem) {
-		return nil, nil, fmt.Errorf("operator CA %s: no PEM certificate", *a.operatorCA)
+		return nil, nil, nil, fmt.Errorf("operator CA %s: no PEM certificate", *a.operatorCA)
 	}
 	if *a.cert != "" {
 		if cert, err = tls.LoadX509KeyPair(*a.cert, *a.key); err != nil {
-			return nil, nil, fmt.Errorf("admin API certificate: %w", err)
+			return nil, nil, nil, fmt.Errorf("admin API certificate: %w", err)
 		}
 	}
+	db, err := verifier.OpenDurableDB(ctx, dsn)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			db.Close()
+		}
+	}()
 	h, err := admin.NewHandler(admin.Options{
 		DB: db, Operators: ops, Logger: log,
 		Fleet:   fleet.NewHandler(fleet.Options{Source: db, Logger: log}),
 		Metrics: metrics,
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	hs := &http.Server{
 		Handler:           h,
@@ -85,10 +100,11 @@ func (a adminFlags) server(db *verifier.DB, cert tls.Certificate, metrics http.H
 	}
 	ln, err := net.Listen("tcp", *a.listen)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
+	ok = true
 	log.Info("admin API serving", "addr", ln.Addr().String(), "operator_ca", *a.operatorCA)
-	return hs, ln, nil
+	return hs, ln, db, nil
 }
 
 // newLogger returns the logger of --log-format: "text" or "json" lines

@@ -141,10 +141,13 @@ func run(ctx context.Context, args []string, logw io.Writer, ready func(addr str
 	servers := []*http.Server{hs}
 	errc := make(chan error, 2)
 	go func() { errc <- hs.ServeTLS(ln, "", "") }()
-	as, aln, err := adm.server(db, cert, metrics.Handler(), log)
+	as, aln, opsDB, err := adm.server(ctx, *dbPath, cert, metrics.Handler(), log)
 	if err != nil {
 		hs.Close()
 		return err
+	}
+	if opsDB != nil {
+		defer opsDB.Close() // after the servers have shut down
 	}
 	if as != nil {
 		servers = append(servers, as)
