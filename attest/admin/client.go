@@ -157,17 +157,43 @@ func (c *Client) EKRoots(ctx context.Context) ([]verifier.EKRoot, error) {
 	return out, c.do(ctx, http.MethodGet, "ek-roots", nil, &out)
 }
 
-// AuditRecords returns audit records in ascending order.
+// AuditRecords returns audit records in ascending order, as
+// verifier.DB.AuditRecords does. With f.Limit 0 it pages through every
+// record, MaxAuditPage a request; f.Limit may not exceed MaxAuditPage.
 func (c *Client) AuditRecords(ctx context.Context, f verifier.AuditFilter) ([]verifier.AuditRecord, error) {
+	if f.Limit > MaxAuditPage {
+		return nil, fmt.Errorf("%w: limit %d: at most %d (or 0 for every record)", ErrBadRequest, f.Limit, MaxAuditPage)
+	}
+	if f.Limit > 0 {
+		return c.auditPage(ctx, f)
+	}
+	// Every record: page forward from f.AfterSeq until a short page.
+	var all []verifier.AuditRecord
+	for {
+		page, err := c.auditPage(ctx, verifier.AuditFilter{Appliance: f.Appliance, AfterSeq: f.AfterSeq, Limit: MaxAuditPage, Oldest: true})
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page...)
+		if len(page) < MaxAuditPage {
+			return all, nil
+		}
+		f.AfterSeq = page[len(page)-1].Seq
+	}
+}
+
+// auditPage is one GET /admin/v1/audit.
+func (c *Client) auditPage(ctx context.Context, f verifier.AuditFilter) ([]verifier.AuditRecord, error) {
 	q := url.Values{}
 	if f.Appliance != "" {
 		q.Set("appliance", f.Appliance)
 	}
-	if f.Limit > 0 {
-		q.Set("limit", strconv.Itoa(f.Limit))
-	}
+	q.Set("limit", strconv.Itoa(f.Limit))
 	if f.AfterSeq > 0 {
 		q.Set("after", strconv.FormatInt(f.AfterSeq, 10))
+	}
+	if f.Oldest {
+		q.Set("from", "oldest")
 	}
 	var out []verifier.AuditRecord
 	return out, c.do(ctx, http.MethodGet, "audit?"+q.Encode(), nil, &out)

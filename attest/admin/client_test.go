@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -196,6 +197,8 @@ func TestBadInput(t *testing.T) {
 		{"limit not a number", "GET", "/admin/v1/audit?limit=x", "", 400, "bad_request"},
 		{"seq without hash", "GET", "/admin/v1/audit/verify?seq=1", "", 400, "bad_request"},
 		{"short hash", "GET", "/admin/v1/audit/verify?seq=1&hash=ab", "", 400, "bad_request"},
+		{"audit order", "GET", "/admin/v1/audit?from=middle", "", 400, "bad_request"},
+		{"audit page too long", "GET", "/admin/v1/audit?limit=1001", "", 400, "bad_request"},
 		{"no endpoint", "GET", "/admin/v2/appliances", "", 404, "no_endpoint"},
 		{"wrong method", "DELETE", "/admin/v1/appliances/rack1", "", 404, "no_endpoint"},
 	}
@@ -244,5 +247,62 @@ func TestBadInput(t *testing.T) {
 	}
 	if failed != changes {
 		t.Errorf("%d failed changes recorded, want %d", failed, changes)
+	}
+}
+
+// TestAuditPaging: one request answers at most MaxAuditPage records, the
+// Client pages through a longer log in order, and pages follow AfterSeq.
+func TestAuditPaging(t *testing.T) {
+	f := newFixture(t)
+	ctx := t.Context()
+	total := admin.MaxAuditPage*2 + 7
+	for i := range total {
+		if err := f.db.Audit(ctx, &verifier.AuditRecord{Actor: "setup", Action: "note", Outcome: "ok", PCR: -1, Detail: strconv.Itoa(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cert := operator(t, f.ops, "carol", admin.Auditor)
+	hc := f.httpClient(cert)
+	status, body, err := do(t, hc, f.srv.URL, "GET", "/admin/v1/audit", "")
+	var page []verifier.AuditRecord
+	if err != nil || status != 200 || jsonUnmarshal(body, &page) != nil || len(page) != admin.MaxAuditPage {
+		t.Fatalf("GET audit without a limit: HTTP %d, %d records, %v; want the newest %d", status, len(page), err, admin.MaxAuditPage)
+	}
+	if status, body, _ := do(t, hc, f.srv.URL, "GET", "/admin/v1/audit?limit="+strconv.Itoa(admin.MaxAuditPage+1), ""); status != 400 {
+		t.Errorf("limit above the page: HTTP %d %s, want 400", status, body)
+	}
+	// Each request adds its own admin-read record: the log only grows
+	// while the Client pages, so every record of the setup must be there,
+	// in order, with no repeat.
+	all, err := f.client(t, cert).AuditRecords(ctx, verifier.AuditFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := 0
+	for i, r := range all {
+		if i > 0 && r.Seq != all[i-1].Seq+1 {
+			t.Fatalf("record %d has seq %d after %d", i, r.Seq, all[i-1].Seq)
+		}
+		if r.Actor == "setup" {
+			if r.Detail != strconv.Itoa(next) {
+				t.Fatalf("setup record %d reads %q", next, r.Detail)
+			}
+			next++
+		}
+	}
+	if next != total {
+		t.Errorf("paged through %d setup records, want %d", next, total)
+	}
+	if _, err := f.client(t, cert).AuditRecords(ctx, verifier.AuditFilter{Limit: admin.MaxAuditPage + 1}); !errors.Is(err, admin.ErrBadRequest) {
+		t.Errorf("Client with a limit above the page: %v, want ErrBadRequest", err)
+	}
+	// A page after a seq starts right after it.
+	after, err := f.db.AuditRecords(ctx, verifier.AuditFilter{AfterSeq: 10, Limit: 3, Oldest: true})
+	if err != nil || len(after) != 3 || after[0].Seq != 11 || after[2].Seq != 13 {
+		t.Errorf("AfterSeq 10, Limit 3, Oldest: %+v, %v", after, err)
+	}
+	newest, err := f.db.AuditRecords(ctx, verifier.AuditFilter{AfterSeq: 10, Limit: 3})
+	if last := all[len(all)-1].Seq; err != nil || len(newest) != 3 || newest[2].Seq < last || newest[0].Seq != newest[2].Seq-2 {
+		t.Errorf("AfterSeq 10, Limit 3: %+v, %v; want the newest three (the last paged was %d)", newest, err, last)
 	}
 }

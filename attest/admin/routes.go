@@ -64,6 +64,11 @@ func routes(o Options) []route {
 	return rs
 }
 
+// MaxAuditPage is the most audit records one GET /admin/v1/audit answers
+// (and its default limit): the log grows with every attestation, and one
+// request must not load it whole. Client.AuditRecords pages through more.
+const MaxAuditPage = 1000
+
 // call is one authorised API call.
 type call struct {
 	db Store
@@ -223,11 +228,24 @@ func auditList(c *call) (any, error) {
 	if f.Limit, err = intParam(q.Get("limit")); err != nil {
 		return nil, fmt.Errorf("%w: limit: %v", ErrBadRequest, err)
 	}
+	switch {
+	case f.Limit == 0:
+		f.Limit = MaxAuditPage
+	case f.Limit > MaxAuditPage:
+		return nil, fmt.Errorf("%w: limit %d: at most %d records a request (page with after)", ErrBadRequest, f.Limit, MaxAuditPage)
+	}
 	after, err := intParam(q.Get("after"))
 	if err != nil {
 		return nil, fmt.Errorf("%w: after: %v", ErrBadRequest, err)
 	}
 	f.AfterSeq = int64(after)
+	switch q.Get("from") {
+	case "", "newest":
+	case "oldest":
+		f.Oldest = true
+	default:
+		return nil, fmt.Errorf("%w: from: want newest or oldest", ErrBadRequest)
+	}
 	return nonNil(c.db.AuditRecords(c.r.Context(), f))
 }
 

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -95,9 +96,12 @@ type AuditFilter struct {
 	Appliance string
 	// AfterSeq keeps records with Seq > AfterSeq.
 	AfterSeq int64
-	// Limit bounds the number of records (0: no limit). The newest are
-	// returned when Limit is set, in ascending order.
+	// Limit bounds the number of records (0: no limit): the newest ones,
+	// or with Oldest the oldest ones.
 	Limit int
+	// Oldest makes Limit keep the oldest records after AfterSeq, for
+	// paging: AfterSeq = the last Seq of a page gives the next page.
+	Oldest bool
 }
 
 // AuditRecords returns audit records in ascending order.
@@ -108,7 +112,12 @@ func (d *DB) AuditRecords(ctx context.Context, f AuditFilter) ([]AuditRecord, er
 		q += ` AND appliance = ?`
 		args = append(args, f.Appliance)
 	}
-	q += ` ORDER BY seq DESC`
+	newest := f.Limit > 0 && !f.Oldest
+	if newest {
+		q += ` ORDER BY seq DESC`
+	} else {
+		q += ` ORDER BY seq`
+	}
 	if f.Limit > 0 {
 		q += fmt.Sprintf(` LIMIT %d`, f.Limit)
 	}
@@ -116,8 +125,8 @@ func (d *DB) AuditRecords(ctx context.Context, f AuditFilter) ([]AuditRecord, er
 	if err != nil {
 		return nil, err
 	}
-	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
-		out[i], out[j] = out[j], out[i]
+	if newest {
+		slices.Reverse(out)
 	}
 	return out, nil
 }
