@@ -21,7 +21,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -137,7 +136,7 @@ func run(ctx context.Context, args []string, logw io.Writer, ready func(addr str
 	if err != nil {
 		return err
 	}
-	log.Info("serving", "addr", ln.Addr().String(), "db", redactDSN(*dbPath))
+	log.Info("serving", "addr", ln.Addr().String(), "db", verifier.RedactDSN(*dbPath))
 	servers := []*http.Server{hs}
 	errc := make(chan error, 2)
 	go func() { errc <- hs.ServeTLS(ln, "", "") }()
@@ -200,21 +199,4 @@ func writeTLS(dir string, hosts []string) error {
 	}
 	fmt.Fprintf(stdout, "wrote %s/{ca.pem,server.pem,server.key}; appliances pin ca.pem\n", dir)
 	return nil
-}
-
-// redactDSN is the database name for the log: a postgres:// URL without
-// its password (in the user info or as a password parameter).
-func redactDSN(dsn string) string {
-	if !verifier.IsPostgresDSN(dsn) {
-		return dsn
-	}
-	u, err := url.Parse(dsn)
-	if err != nil {
-		return "postgres://(unparsable URL)"
-	}
-	if q := u.Query(); q.Has("password") {
-		q.Set("password", "xxxxx")
-		u.RawQuery = q.Encode()
-	}
-	return u.Redacted()
 }

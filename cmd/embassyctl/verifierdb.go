@@ -117,7 +117,7 @@ func (c connFlags) targets() (urls, dbs []string, err error) {
 	seen := map[string]bool{}
 	for _, t := range all {
 		if seen[t] {
-			return nil, nil, c.fs.usageError("%s given twice", t)
+			return nil, nil, c.fs.usageError("%s given twice", verifier.RedactDSN(t))
 		}
 		seen[t] = true
 	}
@@ -143,7 +143,8 @@ func (c connFlags) names() ([]string, error) {
 
 // verifierDB is one opened verifier.
 type verifierDB struct {
-	// path is the database path or the admin API URL, as output names it.
+	// path is the database path (a PostgreSQL URL without its password)
+	// or the admin API URL, as output names it.
 	path string
 	db   verifierState
 }
@@ -188,11 +189,12 @@ func (c connFlags) open() ([]verifierDB, error) {
 	}
 	fmt.Fprint(c.fs.stderr, recoveryWarning)
 	for _, p := range dbs {
+		name := verifier.RedactDSN(p) // what output and errors show
 		db, err := openDB(p)
 		if err != nil {
-			return fail(fmt.Errorf("%s: %w", p, err))
+			return fail(fmt.Errorf("%s: %w", name, err))
 		}
-		out = append(out, verifierDB{path: p, db: db})
+		out = append(out, verifierDB{path: name, db: db})
 	}
 	return out, nil
 }
