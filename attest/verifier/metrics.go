@@ -15,7 +15,8 @@ import (
 
 // Outcomes of an attestation in embassy_verifier_attestations_total: "ok"
 // (admitted), a refusal's protocol code (protocol.CodeRefused,
-// CodeRevoked, CodeNotEnrolled), or OutcomeError when the verifier failed.
+// CodeRevoked, CodeNotEnrolled, CodeBadRequest), or OutcomeError when the
+// verifier failed.
 const OutcomeError = "error"
 
 // scrapeTimeout bounds the database read made at each scrape.
@@ -48,7 +49,7 @@ func NewMetrics() *Metrics {
 		reg: promutil.NewRegistry("verifier"),
 		attestations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "embassy_verifier_attestations_total",
-			Help: "Attestations decided, by purpose (unlock, heartbeat) and outcome (ok, refused, revoked, not_enrolled, error).",
+			Help: "Attestations decided, by purpose (unlock, heartbeat) and outcome (ok, refused, revoked, not_enrolled, bad_request, error).",
 		}, []string{"purpose", "outcome"}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "embassy_verifier_attestation_refusals_total",
@@ -63,7 +64,7 @@ func NewMetrics() *Metrics {
 	// Every purpose and outcome is exported from the start, at zero, so
 	// that rate() sees the first increment.
 	for _, p := range []protocol.Purpose{protocol.PurposeUnlock, protocol.PurposeHeartbeat} {
-		for _, o := range []string{"ok", protocol.CodeRefused, protocol.CodeRevoked, protocol.CodeNotEnrolled, OutcomeError} {
+		for _, o := range []string{"ok", protocol.CodeRefused, protocol.CodeRevoked, protocol.CodeNotEnrolled, protocol.CodeBadRequest, OutcomeError} {
 			m.attestations.WithLabelValues(string(p), o)
 		}
 		m.duration.WithLabelValues(string(p))
@@ -92,6 +93,9 @@ func (m *Metrics) attestation(purpose protocol.Purpose, err error, took time.Dur
 	outcome := "ok"
 	var ref *Refusal
 	switch {
+	case errors.As(err, &ref) && ref.Code == protocol.CodeBadRequest:
+		// Evidence that does not parse: no check was reached.
+		outcome = ref.Code
 	case errors.As(err, &ref):
 		outcome = ref.Code
 		m.refusals.WithLabelValues(p, ref.Check).Inc()
