@@ -12,6 +12,11 @@ func TestRebind(t *testing.T) {
 		{`INSERT INTO t VALUES (?,?,?)`, `INSERT INTO t VALUES ($1,$2,$3)`},
 		{`SELECT '?' , "a?b", ? FROM t`, `SELECT '?' , "a?b", $1 FROM t`},
 		{`SELECT 'it''s?', ?`, `SELECT 'it''s?', $1`},
+		{"SELECT a, -- the appliance's row?\n ? FROM t", "SELECT a, -- the appliance's row?\n $1 FROM t"},
+		{"SELECT ? -- trailing ?", "SELECT $1 -- trailing ?"},
+		{`SELECT /* it's ? */ ?, ?`, `SELECT /* it's ? */ $1, $2`},
+		{`SELECT ? /* unclosed ?`, `SELECT $1 /* unclosed ?`},
+		{`SELECT 5 - -?`, `SELECT 5 - -$1`},
 	} {
 		if got := rebind(tc.in); got != tc.want {
 			t.Errorf("rebind(%q) = %q, want %q", tc.in, got, tc.want)
