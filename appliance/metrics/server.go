@@ -61,6 +61,10 @@ func (m *Metrics) listen() (*listener, error) {
 		// serving) are the scrapers' to see: Debug, off the console.
 		ErrorLog: slog.NewLogLogger(m.log.Handler(), slog.LevelDebug),
 	}
+	// Every scrape shakes hands anew, so that once the appliance stops
+	// serving (no identity: ErrNotServing) no kept-alive connection
+	// scrapes on; a scrape every few seconds costs one handshake each.
+	srv.SetKeepAlivesEnabled(false)
 	go srv.ServeTLS(ln, "", "")
 	m.log.Info("serving metrics", "addr", ln.Addr().String())
 	return &listener{ln: ln, srv: srv}, nil

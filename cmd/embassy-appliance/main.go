@@ -93,6 +93,7 @@ func run(ctx context.Context, log *slog.Logger, configPath, tpmPath string) erro
 		if err != nil {
 			return err
 		}
+		defer m.Close()
 		exporter.Observer, monitor = m, m
 	}
 	a, err := appliance.New(appliance.Options{
