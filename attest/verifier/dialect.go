@@ -131,7 +131,7 @@ func (c pgConn) QueryContext(ctx context.Context, q string, args []driver.NamedV
 
 // rebind numbers q's `?` placeholders $1, $2, ... in order, leaving
 // those inside quoted literals and identifiers and comments alone. The
-// verifier's SQL has no E'' strings and no dollar quotes around a `?`
+// verifier's SQL has no E-prefixed strings and no dollar quotes around a `?`
 // (TestRebind holds the cases).
 func rebind(q string) string {
 	if !strings.Contains(q, "?") {
