@@ -66,8 +66,16 @@ func TestMetricsCountAttestations(t *testing.T) {
 	}
 	_, e := c.attest(req)
 	expectRefusal(t, e, protocol.CodeRefused, "nonce", -1)
+	// Evidence that does not parse: bad_request, no check reached.
+	garbled := quote(t, ap, c.nonce(ap.id), protocol.PurposeHeartbeat, 3)
+	garbled.Attestation = []byte{0xff, 0xff}
+	_, e = c.attest(garbled)
+	expectRefusal(t, e, protocol.CodeBadRequest, "", -1)
 
 	after := scrape(t, h)
+	if _, ok := after.Sample("embassy_verifier_attestation_refusals_total", "check", "", "purpose", "heartbeat"); ok {
+		t.Error("a bad request counted as a refusal without a check")
+	}
 	counters := []struct {
 		name   string
 		labels []string
@@ -78,7 +86,8 @@ func TestMetricsCountAttestations(t *testing.T) {
 		{"embassy_verifier_attestations_total", []string{"outcome", "revoked", "purpose", "heartbeat"}, 0},
 		{"embassy_verifier_attestations_total", []string{"outcome", "ok", "purpose", "unlock"}, 0},
 		{"embassy_verifier_attestation_refusals_total", []string{"check", "nonce", "purpose", "heartbeat"}, 1},
-		{"embassy_verifier_attestation_duration_seconds", []string{"purpose", "heartbeat"}, 2},
+		{"embassy_verifier_attestations_total", []string{"outcome", "bad_request", "purpose", "heartbeat"}, 1},
+		{"embassy_verifier_attestation_duration_seconds", []string{"purpose", "heartbeat"}, 3},
 		{"embassy_verifier_attestation_duration_seconds", []string{"purpose", "unlock"}, 0},
 	}
 	for _, k := range counters {
