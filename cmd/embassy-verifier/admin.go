@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,12 +10,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"time"
 
 	"github.com/dataembassy/embassy/attest/admin"
 	"github.com/dataembassy/embassy/attest/fleet"
 	"github.com/dataembassy/embassy/attest/verifier"
+	"github.com/dataembassy/embassy/internal/pki"
 )
 
 // adminFlags configure the operators' admin API (docs/admin-api.md), a
@@ -58,13 +57,9 @@ func (a adminFlags) server(ctx context.Context, dsn string, cert tls.Certificate
 	if *a.listen == "" {
 		return nil, nil, nil, nil
 	}
-	pem, err := os.ReadFile(*a.operatorCA)
+	ops, err := pki.ReadPoolFile(*a.operatorCA)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("operator CA: %w", err)
-	}
-	ops := x509.NewCertPool()
-	if !ops.AppendCertsFromPEM(pem) {
-		return nil, nil, nil, fmt.Errorf("operator CA %s: no PEM certificate", *a.operatorCA)
 	}
 	if *a.cert != "" {
 		if cert, err = tls.LoadX509KeyPair(*a.cert, *a.key); err != nil {

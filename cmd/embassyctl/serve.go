@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"io"
 	"log/slog"
@@ -15,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/dataembassy/embassy/appliance/wiring"
+	"github.com/dataembassy/embassy/internal/pki"
 	"github.com/dataembassy/embassy/storage"
 	"github.com/dataembassy/embassy/storage/nbd"
 )
@@ -182,13 +182,9 @@ func serverTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server certificate: %w", err)
 	}
-	caPEM, err := os.ReadFile(caFile)
+	pool, err := pki.ReadPoolFile(caFile)
 	if err != nil {
 		return nil, fmt.Errorf("client CA: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(caPEM) {
-		return nil, fmt.Errorf("client CA %s: no PEM certificates", caFile)
 	}
 	return &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool}, nil
 }

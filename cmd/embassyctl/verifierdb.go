@@ -16,6 +16,7 @@ import (
 	"github.com/dataembassy/embassy/attest/admin"
 	"github.com/dataembassy/embassy/attest/release"
 	"github.com/dataembassy/embassy/attest/verifier"
+	"github.com/dataembassy/embassy/internal/pki"
 )
 
 // The enrollment, appliance, revocation, audit and release-publication
@@ -169,13 +170,8 @@ func (c connFlags) open() ([]verifierDB, error) {
 		}
 		var roots *x509.CertPool
 		if *c.ca != "" {
-			pem, err := os.ReadFile(*c.ca)
-			if err != nil {
-				return nil, err
-			}
-			roots = x509.NewCertPool()
-			if !roots.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("--ca %s: no PEM certificate", *c.ca)
+			if roots, err = pki.ReadPoolFile(*c.ca); err != nil {
+				return nil, fmt.Errorf("--ca: %w", err)
 			}
 		}
 		for _, u := range urls {

@@ -34,6 +34,20 @@ func ReadCertFile(path string) (*x509.Certificate, error) {
 	return c, nil
 }
 
+// ReadPoolFile reads a pool of trusted certificates from a PEM file (one
+// or more CERTIFICATE blocks), refusing a file that holds none.
+func ReadPoolFile(path string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("%s: no PEM certificate", path)
+	}
+	return pool, nil
+}
+
 // CA files: WriteFiles writes a CA as dir/ca.pem (the certificate, mode
 // 0644, what peers trust) and dir/ca-key.pem (its key, PKCS #8, mode 0600);
 // LoadCA reads them back to issue more certificates.

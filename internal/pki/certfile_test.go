@@ -91,3 +91,28 @@ func TestCAFilesRoundTrip(t *testing.T) {
 		t.Error("LoadCA of a missing directory succeeded")
 	}
 }
+
+func TestReadPoolFile(t *testing.T) {
+	ca, err := pki.NewCA("clients", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	good, bad := filepath.Join(dir, "ca.pem"), filepath.Join(dir, "bad.pem")
+	if err := os.WriteFile(good, ca.CertPEM(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bad, []byte("not PEM"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pool, err := pki.ReadPoolFile(good)
+	if err != nil || !pool.Equal(ca.Pool()) {
+		t.Errorf("ReadPoolFile(%s): %v", good, err)
+	}
+	if _, err := pki.ReadPoolFile(bad); err == nil {
+		t.Error("a file without a certificate read as a pool")
+	}
+	if _, err := pki.ReadPoolFile(filepath.Join(dir, "missing.pem")); err == nil {
+		t.Error("a missing file read as a pool")
+	}
+}
