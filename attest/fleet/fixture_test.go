@@ -110,7 +110,7 @@ func newFleet(t *testing.T) *testFleet {
 	}
 	// The refusal is the verifier's own (actor "appliance"); an operator
 	// with a hostile name leaves a record in the trail too.
-	if err := db.Audit(ctx, &verifier.AuditRecord{Actor: "appliance", Appliance: hostileID, Action: "attest-unlock",
+	if err := db.Audit(ctx, &verifier.AuditRecord{Actor: verifier.ActorAppliance, Appliance: hostileID, Action: "attest-unlock",
 		Outcome: "refused", Check: "release" + hostile, PCR: 15, Detail: "PCR 15 differs " + hostile}); err != nil {
 		t.Fatal(err)
 	}

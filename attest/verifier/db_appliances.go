@@ -231,14 +231,14 @@ func (d *DB) Appliance(ctx context.Context, id string) (*ApplianceInfo, error) {
 }
 
 // lastRefusal returns appliance id's newest refused or revoked request
-// (the verifier's own records, actor "appliance") newer than its newest
+// (the verifier's own records, ActorAppliance) newer than its newest
 // admitted attestation, or nil. Records operators' calls leave, such as
 // an admin API refusal naming the appliance, are not the appliance's.
 func (d *DB) lastRefusal(ctx context.Context, id string) (*AuditRecord, error) {
 	rows, err := d.db.QueryContext(ctx, `SELECT seq, time, actor, appliance, action, outcome, check_name, pcr, detail, prev_hash, hash
-		FROM audit WHERE appliance = ? AND actor = 'appliance' AND outcome IN ('refused', 'revoked') AND seq > COALESCE(
-			(SELECT MAX(seq) FROM audit WHERE appliance = ? AND actor = 'appliance' AND action LIKE 'attest-%' AND outcome = 'ok'), 0)
-		ORDER BY seq DESC LIMIT 1`, id, id)
+		FROM audit WHERE appliance = ? AND actor = ? AND outcome IN ('refused', 'revoked') AND seq > COALESCE(
+			(SELECT MAX(seq) FROM audit WHERE appliance = ? AND actor = ? AND action LIKE 'attest-%' AND outcome = 'ok'), 0)
+		ORDER BY seq DESC LIMIT 1`, id, ActorAppliance, id, ActorAppliance)
 	if err != nil {
 		return nil, fmt.Errorf("verifier: last refusal: %w", err)
 	}

@@ -12,6 +12,11 @@ import (
 	"time"
 )
 
+// ActorAppliance is the actor of the audit records the verifier writes of
+// an appliance's own requests (attestations, enrolment, server identity);
+// operators' records name the operator.
+const ActorAppliance = "appliance"
+
 // AuditRecord is one entry of the append-only, hash-chained audit log.
 //
 // Hash = SHA-256("embassy-audit-v1\x00" || PrevHash || fields), the fields

@@ -34,5 +34,5 @@ func (d *DB) recordServerIdentity(ctx context.Context, tx *sql.Tx, id, release s
 	if old != "" {
 		detail += "; replaces " + old
 	}
-	return d.appendAudit(ctx, tx, &AuditRecord{Actor: "appliance", Appliance: id, Action: "server-identity", Outcome: "ok", PCR: -1, Detail: detail})
+	return d.appendAudit(ctx, tx, &AuditRecord{Actor: ActorAppliance, Appliance: id, Action: "server-identity", Outcome: "ok", PCR: -1, Detail: detail})
 }

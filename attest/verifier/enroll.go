@@ -97,7 +97,7 @@ func (s *Server) enrollActivate(ctx context.Context, req *protocol.EnrollActivat
 	if err != nil {
 		return nil, err
 	}
-	rec := &AuditRecord{Actor: "appliance", Appliance: a.id, Action: "enroll-activate", Outcome: "ok", PCR: -1, Detail: "AK " + nameHex}
+	rec := &AuditRecord{Actor: ActorAppliance, Appliance: a.id, Action: "enroll-activate", Outcome: "ok", PCR: -1, Detail: "AK " + nameHex}
 	base, err := s.db.activateAK(ctx, a.id, sess.akPublic, nameHex, func() (map[int][]byte, error) { return quotedBaseline(quote) }, rec)
 	if errors.Is(err, errAKActivated) {
 		return nil, refuse("ak", -1, "appliance already has an activated AK")

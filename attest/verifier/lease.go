@@ -13,7 +13,7 @@ import (
 // sets resp.Provision and resp.AuditSeq.
 func (s *Server) recordDecision(ctx context.Context, resp *protocol.AttestResponse, a *appliance, req *protocol.AttestRequest, rel *policyRelease) error {
 	now := s.db.now()
-	rec := &AuditRecord{Actor: "appliance", Appliance: a.id, Action: "attest-" + string(req.Purpose), Outcome: "ok", PCR: -1,
+	rec := &AuditRecord{Actor: ActorAppliance, Appliance: a.id, Action: "attest-" + string(req.Purpose), Outcome: "ok", PCR: -1,
 		Detail: fmt.Sprintf("%s; release %s (%s); epoch %d; lease %s", resp.Decision, rel.label, rel.digest[:16], req.StoreEpoch, s.opts.Lease)}
 	d := &decision{appliance: a.id, nonce: req.Nonce, epoch: req.StoreEpoch, release: rel.label,
 		at: now, leaseUntil: now.Add(s.opts.Lease), serverCert: req.ServerCert, audit: rec}

@@ -60,7 +60,7 @@ func (s *Server) auditOnRefusal(ctx context.Context, id, action string, errp *er
 // non-nil nonce (if it is this appliance's) is burnt in the same
 // transaction, so a refused attestation cannot be retried with it.
 func (s *Server) auditRefusal(ctx context.Context, id, action string, ref *Refusal, nonce []byte) {
-	rec := &AuditRecord{Actor: "appliance", Appliance: id, Action: action, Outcome: ref.Code, Check: ref.Check, PCR: -1, Detail: ref.Detail}
+	rec := &AuditRecord{Actor: ActorAppliance, Appliance: id, Action: action, Outcome: ref.Code, Check: ref.Check, PCR: -1, Detail: ref.Detail}
 	if ref.PCR != nil {
 		rec.PCR = *ref.PCR
 	}
