@@ -22,8 +22,8 @@ import (
 // The enrollment, appliance, revocation, audit and release-publication
 // commands work on a verifier's state: through its admin API
 // (docs/admin-api.md) as an operator with a certificate of the operators'
-// CA, by default; or, in recovery mode only, on its SQLite database
-// directly on the verifier host (--db).
+// CA, by default; or, in recovery mode only, on its database directly
+// (--db: the SQLite file on the verifier host, or a postgres:// URL).
 
 // verifierState is what those commands use of a verifier: *admin.Client
 // (the admin API) and *verifier.DB (recovery mode) both have it. The actor
@@ -85,7 +85,7 @@ func addConnFlags(fs *cmdFlags, multi bool) connFlags {
 	c.cert = fs.String("cert", os.Getenv("EMBASSY_OPERATOR_CERT"), "operator certificate `FILE` (PEM; env EMBASSY_OPERATOR_CERT)")
 	c.key = fs.String("key", os.Getenv("EMBASSY_OPERATOR_KEY"), "operator private key `FILE` (PEM; env EMBASSY_OPERATOR_KEY)")
 	c.ca = fs.String("ca", os.Getenv("EMBASSY_OPERATOR_CA"), "the CA certificate `FILE` the verifier's server certificate chains to (PEM; default: the system's roots; env EMBASSY_OPERATOR_CA)")
-	fs.Var(c.dbs, "db", "recovery mode: the verifier database file `PATH` itself, on the verifier host"+repeat+" (env EMBASSY_VERIFIER_DB)")
+	fs.Var(c.dbs, "db", "recovery mode: the verifier database itself, its SQLite file `PATH` on the verifier host or a postgres:// URL"+repeat+" (env EMBASSY_VERIFIER_DB)")
 	who := "operator"
 	if u, err := user.Current(); err == nil {
 		who = u.Username
